@@ -1,0 +1,59 @@
+"""The naive baseline `make bench` compares against: Keras `fit(validation_data=...)`.
+
+Same work as the canonical run: the first 300 training images, 784-100x6-10 ReLU with He init,
+SGD lr 0.01, batch 100, 200 epochs, the whole test set evaluated after every epoch, plus the
+whole training subset in inference mode (the train metrics the suite logs). Run as its own
+process so its time includes start-up, like `overfit run`.
+
+Usage: python bench/naive_fit.py MNIST_NPZ [EPOCHS]
+"""
+
+import sys
+import time
+
+import keras
+import numpy as np
+
+start = time.perf_counter()
+path = sys.argv[1]
+epochs = int(sys.argv[2]) if len(sys.argv) > 2 else 200
+with np.load(path) as d:
+    x_train = d["x_train"][:300].reshape(300, -1).astype("float32") / 255
+    y_train = d["y_train"][:300]
+    x_test = d["x_test"].reshape(len(d["x_test"]), -1).astype("float32") / 255
+    y_test = d["y_test"]
+
+keras.utils.set_random_seed(0)
+init = keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal")
+model = keras.Sequential(
+    [keras.Input((784,))]
+    + [keras.layers.Dense(100, "relu", kernel_initializer=init) for _ in range(6)]
+    + [keras.layers.Dense(10, kernel_initializer=init)]
+)
+model.compile(
+    keras.optimizers.SGD(0.01),
+    keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    metrics=["accuracy"],
+)
+
+
+class TrainEval(keras.callbacks.Callback):
+    """Whole-training-subset metrics in inference mode, as the suite logs them."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.evaluate(x_train, y_train, batch_size=300, verbose=0)
+
+
+history = model.fit(
+    x_train,
+    y_train,
+    batch_size=100,
+    epochs=epochs,
+    validation_data=(x_test, y_test),
+    callbacks=[TrainEval()],
+    verbose=0,
+)
+print(
+    f"naive fit: {epochs} epochs, final test accuracy {history.history['val_accuracy'][-1]:.4f}, "
+    f"{time.perf_counter() - start:.1f} s in process"
+)

@@ -1,0 +1,153 @@
+"""Model builders: `build_model(spec, seed) -> keras.Model`, a pure function of the spec.
+
+Each hidden layer is Dense -> [BatchNorm] -> activation -> [Dropout], as in the textbook's code;
+the output is a Dense layer of logits (softmax lives in the loss). Regularisation is attached to
+the kernels, so `model.losses` holds exactly the textbook's penalty.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+
+from suite.spec import ModelSpec, StdInit
+
+ACTIVATIONS = {
+    "relu": keras.activations.relu,
+    # 0.01 is the common leaky slope; Keras' own default (0.2) is much leakier.
+    "leaky_relu": lambda x: keras.activations.leaky_relu(x, negative_slope=0.01),
+    "elu": keras.activations.elu,
+    "sigmoid": keras.activations.sigmoid,
+    "tanh": keras.activations.tanh,
+}
+
+
+@keras.saving.register_keras_serializable(package="suite")
+class ClassicDropout(keras.layers.Layer):
+    """The textbook's (non-inverted) dropout.
+
+    Training: keep a unit when uniform noise > rate, output x * mask with no rescaling.
+    Inference: output x * (1 - rate). Keras' `Dropout` is the inverted form instead
+    (x * mask / (1 - rate) in training, identity at inference): same expectation, but the
+    training noise is scaled differently, which changes how fast a net learns.
+    """
+
+    def __init__(self, rate: float, seed: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.rate = float(rate)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs: Any, training: bool = False) -> Any:
+        if training:
+            noise = keras.random.uniform(keras.ops.shape(inputs), seed=self.seed_generator)
+            return inputs * keras.ops.cast(noise > self.rate, inputs.dtype)
+        return inputs * (1.0 - self.rate)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+def kernel_initializer(init: str | StdInit, seed: int) -> keras.initializers.Initializer:
+    """The textbook's `he`/`xavier` (untruncated normal, fan-in scaling), a fixed std, or a
+    Keras initializer by name.
+
+    `xavier` here is the textbook's sqrt(1/fan_in), i.e. LeCun-normal scaling, not Keras'
+    GlorotNormal (which is truncated and uses fan_in + fan_out).
+    """
+    if isinstance(init, StdInit):
+        return keras.initializers.RandomNormal(mean=0.0, stddev=init.std, seed=seed)
+    if init in ("he", "xavier"):
+        return keras.initializers.VarianceScaling(
+            scale=2.0 if init == "he" else 1.0,
+            mode="fan_in",
+            distribution="untruncated_normal",
+            seed=seed,
+        )
+    initializer = keras.initializers.get(init)
+    if hasattr(initializer, "seed"):
+        initializer.seed = seed
+    return initializer
+
+
+def kernel_regularizer(spec: ModelSpec) -> keras.regularizers.Regularizer | None:
+    """The textbook's penalty 0.5*lambda*sum(W^2) is Keras' L2(lambda/2); L1 is l1*sum(|W|)."""
+    if spec.weight_decay == 0 and spec.l1 == 0:
+        return None
+    return keras.regularizers.L1L2(l1=spec.l1, l2=0.5 * spec.weight_decay)
+
+
+def build_model(
+    spec: ModelSpec, seed: int = 0, input_dim: int = 784, num_classes: int = 10
+) -> keras.Sequential:
+    """Build the MLP a `ModelSpec` describes.
+
+    Args:
+        spec: the resolved model spec.
+        seed: seeds every initializer and dropout layer, so the model is a function of
+            (spec, seed) alone.
+        input_dim: flattened input size.
+        num_classes: output logits.
+    """
+    layers: list[keras.layers.Layer] = [keras.Input(shape=(input_dim,))]
+    regularizer = kernel_regularizer(spec)
+    sizes = [*spec.hidden, num_classes]
+    for i, units in enumerate(sizes):
+        last = i == len(sizes) - 1
+        layers.append(
+            keras.layers.Dense(
+                units,
+                kernel_initializer=kernel_initializer(spec.init, seed * 1000 + i),
+                bias_initializer="zeros",
+                kernel_regularizer=regularizer,
+                name="logits" if last else f"dense_{i + 1}",
+            )
+        )
+        if last:
+            break
+        if spec.batch_norm:
+            layers.append(
+                keras.layers.BatchNormalization(
+                    momentum=spec.bn_momentum,
+                    epsilon=spec.bn_epsilon,
+                    # the textbook's running statistics start at 0, Keras' variance at 1
+                    moving_variance_initializer="zeros",
+                    name=f"bn_{i + 1}",
+                )
+            )
+        layers.append(keras.layers.Activation(ACTIVATIONS[spec.activation], name=f"act_{i + 1}"))
+        if spec.dropout > 0:
+            drop_seed = seed * 1000 + 500 + i
+            if spec.dropout_style == "classic":
+                layers.append(ClassicDropout(spec.dropout, seed=drop_seed, name=f"drop_{i + 1}"))
+            else:
+                layers.append(
+                    keras.layers.Dropout(spec.dropout, seed=drop_seed, name=f"drop_{i + 1}")
+                )
+    return keras.Sequential(layers, name="mlp")
+
+
+def parameter_count(spec: ModelSpec, input_dim: int = 784, num_classes: int = 10) -> int:
+    """Trainable parameters, by formula: weights and biases, plus gamma and beta per BN unit."""
+    sizes = [input_dim, *spec.hidden, num_classes]
+    dense = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
+    return dense + (2 * sum(spec.hidden) if spec.batch_norm else 0)
+
+
+def kernel_stds(model: keras.Model) -> list[float]:
+    """Measured standard deviation of each Dense kernel (for init checks)."""
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dense):
+            w = keras.ops.convert_to_numpy(layer.kernel)
+            out.append(float(w.std()))
+    return out
+
+
+def expected_std(init: str | StdInit, fan_in: int) -> float | None:
+    """The std an init rule promises for a layer with `fan_in` inputs (None if not fixed)."""
+    if isinstance(init, StdInit):
+        return init.std
+    return {"he": math.sqrt(2 / fan_in), "xavier": math.sqrt(1 / fan_in)}.get(init)

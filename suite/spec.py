@@ -1,0 +1,530 @@
+"""Study specs: load a study YAML, validate it strictly, expand it into cells and runs.
+
+A study is `base` (a full run configuration with defaults), `variants` (named patches on base),
+an optional `grid` (dotted keys crossed with the variants) and `seeds`. Every cell is a frozen,
+fully resolved `RunConfig`; its identity is a short hash of that configuration, so the same
+configuration is the same cell wherever it appears. Every user mistake becomes a `SpecError`
+whose one-line message names the file and the key path.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import itertools
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# Final per-run metrics a `reference:` block may name (design.md, Metrics).
+FINAL_METRICS = (
+    "final_train_accuracy",
+    "final_test_accuracy",
+    "final_gap",
+    "best_test_accuracy",
+    "train_accuracy",
+    "test_accuracy",
+    "gap",
+)
+
+KERAS_INITIALIZERS = (
+    "glorot_normal",
+    "glorot_uniform",
+    "he_normal",
+    "he_uniform",
+    "lecun_normal",
+    "lecun_uniform",
+    "orthogonal",
+    "random_normal",
+    "random_uniform",
+    "truncated_normal",
+    "variance_scaling",
+    "zeros",
+    "ones",
+)
+
+# The textbook's optimizer defaults (reference/book-ch06.md); Keras' own defaults differ.
+OPTIMIZER_DEFAULTS: dict[str, dict[str, float]] = {
+    "sgd": {"learning_rate": 0.01},
+    "momentum": {"learning_rate": 0.01, "momentum": 0.9},
+    "nesterov": {"learning_rate": 0.01, "momentum": 0.9},
+    "adagrad": {"learning_rate": 0.01, "epsilon": 1e-7},
+    "rmsprop": {"learning_rate": 0.01, "rho": 0.99, "epsilon": 1e-7},
+    "adam": {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7},
+}
+
+
+class SpecError(ValueError):
+    """A study file or override is invalid; the message is one line naming file and key."""
+
+
+class Strict(BaseModel):
+    """Frozen, no unknown keys, no coercion: "0.1" is not a number and 1.5 is not an int."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+NonNegativeFloat = Annotated[float, Field(ge=0.0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class DataSpec(Strict):
+    """Which images a run trains and tests on."""
+
+    dataset: Literal["mnist"] = "mnist"
+    path: str | None = None  # a Keras mnist.npz; else SUITE_MNIST_PATH, Keras' cache, bundled
+    train_size: PositiveInt | None = None  # None: the whole training pool
+    subset: Literal["first", "random"] = "first"  # first N (textbook) or stratified seeded draw
+    val_size: Annotated[int, Field(ge=0)] = 0  # held out of the selected training images
+    test_size: PositiveInt | None = None  # first N test images; None: the whole test set
+
+
+class StdInit(Strict):
+    """A plain normal initialisation with a fixed standard deviation."""
+
+    std: PositiveFloat
+
+
+InitSpec = StdInit | str
+
+
+class ModelSpec(Strict):
+    """The MLP: Dense -> [BatchNorm] -> activation -> [Dropout] per hidden layer, logits out."""
+
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [100] * 6, min_length=1)
+    activation: Literal["relu", "leaky_relu", "elu", "sigmoid", "tanh"] = "relu"
+    init: InitSpec = "he"  # he/xavier: the textbook's untruncated N(0,1)*sqrt(2|1 / fan_in)
+    weight_decay: NonNegativeFloat = 0.0  # textbook: loss += 0.5*lambda*sum(W^2), every kernel
+    l1: NonNegativeFloat = 0.0  # loss += l1*sum(|W|), every kernel
+    dropout: Probability = 0.0
+    dropout_style: Literal["classic", "inverted"] = "classic"  # classic: textbook; inverted: Keras
+    batch_norm: bool = False
+    bn_momentum: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.9  # textbook; Keras uses 0.99
+    bn_epsilon: PositiveFloat = 1e-6  # textbook; Keras uses 1e-3
+
+    @field_validator("init", mode="before")
+    @classmethod
+    def _known_init(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            std = value.get("std")
+            if set(value) != {"std"} or isinstance(std, bool) or not isinstance(std, int | float):
+                raise ValueError(f"expected {{std: <number>}}, got {value!r}")
+            if not std > 0:
+                raise ValueError(f"std must be greater than 0, got {std!r}")
+            return StdInit(std=float(std))
+        if not isinstance(value, str | StdInit):
+            raise ValueError(
+                f"expected he, xavier, a Keras initializer name or {{std: x}}, got {value!r}"
+            )
+        if isinstance(value, str) and value not in ("he", "xavier", *KERAS_INITIALIZERS):
+            hint = _did_you_mean(value, ("he", "xavier", *KERAS_INITIALIZERS))
+            raise ValueError(f"unknown init {value!r}{hint}; or give {{std: 0.01}}")
+        return value
+
+
+class OptimizerSpec(Strict):
+    """An optimizer by name; unset hyperparameters take the textbook's defaults."""
+
+    name: Literal["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"] = "sgd"
+    learning_rate: PositiveFloat | None = None
+    momentum: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+    rho: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+    beta_1: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+    beta_2: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+    epsilon: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> OptimizerSpec:
+        defaults = OPTIMIZER_DEFAULTS[self.name]
+        for key in ("momentum", "rho", "beta_1", "beta_2", "epsilon"):
+            if getattr(self, key) is not None and key not in defaults:
+                raise ValueError(f"{key}: not a setting of the {self.name} optimizer")
+        for key, value in defaults.items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)
+        return self
+
+
+class TrainSpec(Strict):
+    """How a run trains: optimizer, minibatches, length."""
+
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    batch_size: PositiveInt = 100
+    epochs: PositiveInt = 200
+    # with_replacement: the textbook's np.random.choice draws; shuffle: Keras-style epoch passes
+    sampling: Literal["with_replacement", "shuffle"] = "with_replacement"
+
+
+class RunConfig(Strict):
+    """One fully resolved configuration: what a cell is."""
+
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted-key params, as logged to MLflow."""
+        return flatten(self.model_dump(mode="json"))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @property
+    def hash(self) -> str:
+        """A stable short hash of the resolved configuration: the cell's identity."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+
+Range = Annotated[list[float], Field(min_length=2, max_length=2)]
+
+
+class StudyFile(Strict):
+    """The top level of a study YAML."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    description: str = ""
+    base: dict[str, Any] = Field(default_factory=dict)
+    variants: dict[str, dict[str, Any] | None] = Field(default_factory=lambda: {"base": {}})
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    seeds: list[Annotated[int, Field(ge=0)]] | PositiveInt = Field(default_factory=lambda: [0])
+    reference: dict[str, dict[str, Range]] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A resolved configuration with its name (variant plus grid point) and hash."""
+
+    name: str
+    variant: str
+    config: RunConfig
+    grid_point: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def hash(self) -> str:
+        return self.config.hash
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """One run: a cell trained with one seed."""
+
+    cell: Cell
+    seed: int
+
+
+@dataclass(frozen=True)
+class Study:
+    """A validated, expanded study."""
+
+    name: str
+    description: str
+    path: Path | None
+    cells: tuple[Cell, ...]
+    seeds: tuple[int, ...]
+    reference: dict[str, dict[str, tuple[float, float]]]
+
+    def runs(self, seeds: tuple[int, ...] | None = None) -> list[RunKey]:
+        """Every (cell, seed), cells in order, seeds inner."""
+        return [RunKey(c, s) for c in self.cells for s in (seeds or self.seeds)]
+
+    def select(self, only: list[str]) -> Study:
+        """Keep the cells named (by name, variant or hash prefix)."""
+        wanted = []
+        for token in only:
+            hits = [
+                c for c in self.cells if token in (c.name, c.variant) or c.hash.startswith(token)
+            ]
+            if not hits:
+                names = [c.name for c in self.cells]
+                raise SpecError(f"--only: no cell {token!r}{_did_you_mean(token, names)}")
+            wanted.extend(h for h in hits if h not in wanted)
+        return Study(
+            self.name, self.description, self.path, tuple(wanted), self.seeds, self.reference
+        )
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists and leaves stay values."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """`--seeds 0,1,2` (a list) or `--seeds 3` (the first three seeds)."""
+    try:
+        parts = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise SpecError(f"--seeds: expected N or a list like 0,1,2, got {text!r}") from None
+    if not parts or any(p < 0 for p in parts):
+        raise SpecError(f"--seeds: expected N or a list like 0,1,2, got {text!r}")
+    if "," not in text:
+        if parts[0] == 0:
+            raise SpecError("--seeds: the count must be at least 1")
+        return tuple(range(parts[0]))
+    return tuple(parts)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`--set train.epochs=3` -> {"train.epochs": 3}; values are YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"--set {item}: expected KEY=VALUE, e.g. train.epochs=3")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise SpecError(f"--set {key}: value {raw!r} is not a YAML scalar") from None
+    return out
+
+
+def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Study:
+    """Load, validate and expand a study file.
+
+    Args:
+        path: the study YAML.
+        overrides: dotted keys applied to every resolved cell (`--set`).
+
+    Raises:
+        SpecError: one line naming the file and key path of the first problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such study file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise SpecError(f"{path}: invalid YAML{where}: {problem}") from None
+    return build_study(raw, path, overrides or {})
+
+
+def build_study(raw: Any, path: Path | None, overrides: dict[str, Any]) -> Study:
+    """Validate a parsed study document and expand it into cells (see `load_study`)."""
+    where = str(path) if path else "<study>"
+    if raw is None:
+        raise SpecError(f"{where}: the file is empty; a study needs at least `name:`")
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where}: a study is a mapping of keys (name, base, variants, ...)")
+    top = _validate(StudyFile, raw, where, "")
+    if not top.grid and "grid" in raw:
+        raise SpecError(f"{where}: grid: is empty; remove it or give it keys")
+    for key, values in top.grid.items():
+        if not values:
+            raise SpecError(f"{where}: grid.{key}: has no values")
+    _validate(RunConfig, top.base, where, "base.")
+
+    cells: list[Cell] = []
+    grid_points = [
+        dict(zip(top.grid, combo, strict=True)) for combo in itertools.product(*top.grid.values())
+    ] or [{}]
+    for variant, patch in top.variants.items():
+        for point in grid_points:
+            merged = _merge(top.base, patch or {})
+            origin = {k: f"variants.{variant}." for k in flatten(patch or {})}
+            for key, value in point.items():
+                _set_dotted(merged, key, value, where, f"grid.{key}")
+                origin[key] = "grid."
+            for key, value in overrides.items():
+                _set_dotted(merged, key, value, where, f"--set {key}")
+                origin[key] = "--set "
+            config = _validate(RunConfig, merged, where, origin)
+            name = variant + _grid_label(point)
+            cells.append(Cell(name=name, variant=variant, config=config, grid_point=point))
+
+    seen: dict[str, str] = {}
+    for cell in cells:
+        if cell.hash in seen:
+            raise SpecError(
+                f"{where}: cells {seen[cell.hash]} and {cell.name} resolve to the same "
+                "configuration; remove one"
+            )
+        seen[cell.hash] = cell.name
+        _check_data(cell, where)
+
+    names = [c.name for c in cells]
+    for cell_name, metrics in top.reference.items():
+        if cell_name not in names and cell_name not in top.variants:
+            raise SpecError(
+                f"{where}: reference.{cell_name}: no such cell{_did_you_mean(cell_name, names)}"
+            )
+        for metric, (lo, hi) in metrics.items():
+            if metric not in FINAL_METRICS:
+                hint = _did_you_mean(metric, FINAL_METRICS)
+                raise SpecError(f"{where}: reference.{cell_name}.{metric}: unknown metric{hint}")
+            if lo > hi:
+                raise SpecError(f"{where}: reference.{cell_name}.{metric}: range [{lo}, {hi}]")
+
+    seeds = tuple(range(top.seeds)) if isinstance(top.seeds, int) else tuple(top.seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SpecError(f"{where}: seeds: expected distinct seeds, got {list(seeds)}")
+    reference = {
+        cell: {m: (float(r[0]), float(r[1])) for m, r in metrics.items()}
+        for cell, metrics in top.reference.items()
+    }
+    return Study(top.name, top.description, path, tuple(cells), seeds, reference)
+
+
+def _check_data(cell: Cell, where: str) -> None:
+    from suite import data
+
+    spec = cell.config.data
+    try:
+        n_pool, n_test, source = data.pool_sizes(spec.path)
+    except data.DataError as err:
+        raise SpecError(f"{where}: cell {cell.name}: {err}") from None
+    n_train = spec.train_size if spec.train_size is not None else n_pool - spec.val_size
+    if n_train + spec.val_size > n_pool:
+        raise SpecError(
+            f"{where}: cell {cell.name}: data.train_size: {n_train}"
+            + (f" + val_size {spec.val_size}" if spec.val_size else "")
+            + f" is more than the {n_pool} training images of {source.label}"
+        )
+    if n_train <= 0:
+        raise SpecError(f"{where}: cell {cell.name}: data.val_size: leaves no training images")
+    if spec.test_size is not None and spec.test_size > n_test:
+        raise SpecError(
+            f"{where}: cell {cell.name}: data.test_size: {spec.test_size} is more than the "
+            f"{n_test} test images of {source.label}"
+        )
+
+
+def _grid_label(point: dict[str, Any]) -> str:
+    if not point:
+        return ""
+    parts = [f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in point.items()]
+    return "[" + ",".join(parts) + "]"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"{k}:{_short(v)}" for k, v in value.items())
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge `patch` over `base` (dicts merge, everything else replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, where: str, label: str) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SpecError(f"{where}: {label}: {part} is not a section")
+        node = child
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def _validate(model: type[Any], raw: Any, where: str, origin: str | dict[str, str]) -> Any:
+    """Validate `raw` against `model`; turn the first error into a one-line SpecError.
+
+    `origin` says where a key came from: a fixed prefix (`base.`) or, for a merged cell, a map
+    from dotted key to the prefix of the part of the file that set it.
+    """
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = [str(p) for p in first["loc"] if not _is_union_tag(p)]
+        dotted = ".".join(loc)
+        if isinstance(origin, str):
+            prefix = origin
+        else:
+            prefix = next(
+                (origin[k] for k in origin if dotted == k or dotted.startswith(k + ".")), "base."
+            )
+        key = (prefix if not prefix.startswith("--set") else "") + dotted
+        message = _explain(first, model, loc)
+        label = f"--set {dotted}" if prefix.startswith("--set") else key
+        raise SpecError(f"{where}: {label or '(top level)'}: {message}") from None
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic adds the union member's name to the location: "init.StdInit.std", "str"
+    return isinstance(part, str) and (
+        part in ("str", "int", "float", "bool", "none")
+        or part[:1].isupper()
+        or part.startswith(("literal[", "constrained-", "function-"))
+    )
+
+
+def _explain(error: Any, model: type[Any], loc: list[str]) -> str:
+    kind = error["type"]
+    value = error.get("input")
+    if kind == "extra_forbidden":
+        parent = _model_at(model, loc[:-1])
+        options = list(parent.model_fields) if parent else []
+        return f"unknown key{_did_you_mean(loc[-1], options)}" + (
+            f" (valid: {', '.join(options)})" if options else ""
+        )
+    msg = str(error["msg"])
+    msg = re.sub(r"^(Value error|Assertion failed), ", "", msg)
+    if kind in ("float_parsing", "float_type"):
+        return f"expected a number, got {value!r}"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"expected a whole number, got {value!r}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"expected true or false, got {value!r}"
+    if kind == "literal_error":
+        return msg.replace("Input should be", "expected") + f", got {value!r}"
+    msg = msg.replace("Input should be", "must be")
+    if not isinstance(value, dict | list) and "got" not in msg and repr(value) not in msg:
+        msg += f" (got {value!r})"
+    return msg
+
+
+def _model_at(model: type[Any], loc: list[str]) -> type[BaseModel] | None:
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        info = current.model_fields.get(part)
+        if info is None:
+            return None
+        current = info.annotation
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return current
+    return None
+
+
+def _did_you_mean(word: str, options: Any) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def describe_init(init: InitSpec) -> str:
+    """A short text for tables: `he`, `std=0.01`, `glorot_uniform`."""
+    return f"std={init.std:g}" if isinstance(init, StdInit) else str(init)
+
+
+def finite(value: float) -> bool:
+    return not (math.isnan(value) or math.isinf(value))

@@ -1,0 +1,209 @@
+"""The compiled training loop: one run -> a per-epoch history. Knows nothing of MLflow.
+
+One `tf.function` call does a whole epoch: its minibatch updates, then the loss and accuracy of
+the whole training subset, the whole test set (and the validation split, if any) in inference
+mode. The host sees the model once per epoch, for a handful of scalars, instead of Keras'
+per-batch callbacks and per-epoch `evaluate()` machinery.
+
+An epoch is `ceil(train_size / batch_size)` updates. With `sampling: with_replacement` each
+update draws `batch_size` indices with replacement (the textbook's `np.random.choice`); with
+`shuffle` an epoch is one pass over a fresh permutation (Keras' `fit`). The index sequence is
+drawn up front from `numpy.random.default_rng(seed)`, so the same spec and seed give the same
+batches, and, on the same machine, the same history.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from suite.data import Split
+from suite.models import build_model
+from suite.spec import OptimizerSpec, RunConfig
+
+# Per-epoch metric names (design.md); reports rely on them.
+EPOCH_METRICS = (
+    "train_loss",
+    "train_accuracy",
+    "test_loss",
+    "test_accuracy",
+    "gap",
+    "reg_loss",
+    "weight_norm",
+)
+VAL_METRICS = ("val_loss", "val_accuracy")
+FINAL_METRICS = (
+    "final_train_accuracy",
+    "final_test_accuracy",
+    "final_gap",
+    "best_test_accuracy",
+    "best_epoch",
+    "train_seconds",
+)
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+class Diverged(RuntimeError):
+    """Training produced NaN or infinity; `history` holds the epochs before it."""
+
+    def __init__(self, reason: str, history: History) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.history = history
+
+
+@dataclass
+class History:
+    """Per-epoch metrics of one run; index 0 is epoch 1."""
+
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+    train_seconds: float = 0.0
+
+    @property
+    def epochs(self) -> int:
+        return len(self.metrics.get("train_loss", []))
+
+    def append(self, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            self.metrics.setdefault(name, []).append(value)
+
+    def final(self) -> dict[str, float]:
+        """The end-of-run summary metrics (design.md): final values, best test epoch, time."""
+        test = self.metrics["test_accuracy"]
+        best = int(np.argmax(test))
+        return {
+            "final_train_accuracy": self.metrics["train_accuracy"][-1],
+            "final_test_accuracy": test[-1],
+            "final_gap": self.metrics["gap"][-1],
+            "best_test_accuracy": test[best],
+            "best_epoch": float(best + 1),
+            "train_seconds": self.train_seconds,
+        }
+
+
+def make_optimizer(spec: OptimizerSpec) -> keras.optimizers.Optimizer:
+    """Keras optimizers configured to the textbook's update rules and defaults."""
+    lr = spec.learning_rate
+    match spec.name:
+        case "sgd":
+            return keras.optimizers.SGD(learning_rate=lr)
+        case "momentum" | "nesterov":
+            return keras.optimizers.SGD(
+                learning_rate=lr, momentum=spec.momentum, nesterov=spec.name == "nesterov"
+            )
+        case "adagrad":
+            # the textbook's accumulator starts at 0 (Keras: 0.1)
+            return keras.optimizers.Adagrad(
+                learning_rate=lr, initial_accumulator_value=0.0, epsilon=spec.epsilon
+            )
+        case "rmsprop":
+            return keras.optimizers.RMSprop(learning_rate=lr, rho=spec.rho, epsilon=spec.epsilon)
+        case "adam":
+            return keras.optimizers.Adam(
+                learning_rate=lr, beta_1=spec.beta_1, beta_2=spec.beta_2, epsilon=spec.epsilon
+            )
+    raise ValueError(f"unknown optimizer {spec.name}")
+
+
+def batch_order(n: int, batch_size: int, epochs: int, sampling: str, seed: int) -> np.ndarray:
+    """Training indices for every epoch: shape (epochs, steps * batch_size) or (epochs, n)."""
+    rng = np.random.default_rng(seed)
+    steps = steps_per_epoch(n, batch_size)
+    if sampling == "with_replacement":
+        return rng.integers(0, n, size=(epochs, steps * batch_size), dtype=np.int32)
+    return np.stack([rng.permutation(n).astype(np.int32) for _ in range(epochs)])
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Updates per epoch: the textbook's max(n / batch, 1), rounded up for uneven sizes."""
+    return max(math.ceil(n / batch_size), 1)
+
+
+def train(
+    config: RunConfig, split: Split, seed: int, on_epoch: EpochCallback | None = None
+) -> History:
+    """Train one run and return its per-epoch history.
+
+    Args:
+        config: the resolved run configuration.
+        split: the run's data (see `suite.data.make_split`).
+        seed: seeds the weights, dropout masks and minibatch draws.
+        on_epoch: called after every epoch with (epoch starting at 1, that epoch's metrics).
+
+    Raises:
+        Diverged: a loss or accuracy became NaN or infinite; carries the history so far.
+    """
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    spec = config.train
+    model = build_model(config.model, seed=seed, input_dim=split.x_train.shape[1])
+    optimizer = make_optimizer(spec.optimizer)
+    optimizer.build(model.trainable_variables)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    x_train, y_train = tf.constant(split.x_train), tf.constant(split.y_train)
+    x_test, y_test = tf.constant(split.x_test), tf.constant(split.y_test)
+    has_val = split.x_val is not None
+    x_val = tf.constant(split.x_val) if has_val else None
+    y_val = tf.constant(split.y_val) if has_val else None
+    n = len(split.y_train)
+    batch = spec.batch_size
+    steps = steps_per_epoch(n, batch)
+    kernels = [layer.kernel for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+
+    def evaluate(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        logits = model(x, training=False)
+        accuracy = tf.reduce_mean(
+            tf.cast(tf.argmax(logits, axis=1, output_type=tf.int32) == y, tf.float32)
+        )
+        return loss_fn(y, logits), accuracy
+
+    def penalty() -> tf.Tensor:
+        return tf.add_n(model.losses) if model.losses else tf.constant(0.0)
+
+    @tf.function(jit_compile=True)
+    def run_epoch(order: tf.Tensor) -> dict[str, tf.Tensor]:
+        for step in tf.range(steps):
+            idx = order[step * batch : (step + 1) * batch]
+            xb, yb = tf.gather(x_train, idx), tf.gather(y_train, idx)
+            with tf.GradientTape() as tape:
+                logits = model(xb, training=True)
+                loss = loss_fn(yb, logits) + penalty()
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply(grads, model.trainable_variables)
+        train_loss, train_acc = evaluate(x_train, y_train)
+        test_loss, test_acc = evaluate(x_test, y_test)
+        out = {
+            "train_loss": train_loss,
+            "train_accuracy": train_acc,
+            "test_loss": test_loss,
+            "test_accuracy": test_acc,
+            "reg_loss": penalty(),
+            "weight_norm": tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(k)) for k in kernels])),
+        }
+        if has_val:
+            out["val_loss"], out["val_accuracy"] = evaluate(x_val, y_val)
+        return out
+
+    orders = batch_order(n, batch, spec.epochs, spec.sampling, seed)
+    history = History()
+    start = time.perf_counter()
+    for epoch in range(1, spec.epochs + 1):
+        values = {k: float(v) for k, v in run_epoch(tf.constant(orders[epoch - 1])).items()}
+        values["gap"] = values["train_accuracy"] - values["test_accuracy"]
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if bad:
+            history.train_seconds = time.perf_counter() - start
+            raise Diverged(f"diverged at epoch {epoch}: {bad[0]} is {values[bad[0]]}", history)
+        history.append(values)
+        if on_epoch is not None:
+            on_epoch(epoch, values)
+    history.train_seconds = time.perf_counter() - start
+    return history
