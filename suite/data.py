@@ -115,10 +115,26 @@ def resolve_source(path: str | None = None) -> Source:
     return Source("bundled", str(bundled_path()))
 
 
+KERAS_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
+
+
+@functools.cache
 def _keras_download() -> bool:
-    """Try Keras' own download once; False when the network is not there."""
+    """Try Keras' own download, once per process; False when the network is not there.
+
+    A quick probe of Keras' origin comes first, so an offline machine does not pay for
+    importing TensorFlow just to learn that the download cannot happen.
+    """
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(KERAS_ORIGIN, method="HEAD"), timeout=5)
+    except Exception:  # noqa: BLE001 - offline, DNS failure, proxy refusal: all mean "no"
+        return False
     try:
         import keras
+
+        import suite._tf  # noqa: F401
 
         keras.datasets.mnist.load_data()
     except Exception:  # noqa: BLE001 - any failure means: fall back to the bundled subset
@@ -186,8 +202,6 @@ def make_split(
     asked for, is then held out of that selection, stratified and seeded. `test_size` keeps the
     first N test images (all of them by default).
     """
-    from sklearn.model_selection import train_test_split
-
     pool = load_pool(resolve_source(path))
     n_pool = len(pool.y_train)
     n_train = n_pool - val_size if train_size is None else train_size
@@ -200,15 +214,11 @@ def make_split(
     if subset == "first" or n_take == n_pool:
         idx = np.arange(n_take)
     else:
-        idx, _ = train_test_split(
-            np.arange(n_pool), train_size=n_take, stratify=pool.y_train, random_state=seed
-        )
+        idx, _ = _stratified_split(np.arange(n_pool), pool.y_train, seed, train_size=n_take)
         idx = np.sort(idx)
     x_val = y_val = None
     if val_size:
-        idx, val_idx = train_test_split(
-            idx, test_size=val_size, stratify=pool.y_train[idx], random_state=seed
-        )
+        idx, val_idx = _stratified_split(idx, pool.y_train[idx], seed, test_size=val_size)
         idx, val_idx = np.sort(idx), np.sort(val_idx)
         x_val, y_val = _prepare(pool.x_train[val_idx]), pool.y_train[val_idx].astype(np.int32)
     n_test = len(pool.y_test) if test_size is None else test_size
@@ -221,6 +231,24 @@ def make_split(
         y_val=y_val,
         source=pool.source,
     )
+
+
+def _stratified_split(
+    idx: np.ndarray, labels: np.ndarray, seed: int, **size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """sklearn's `train_test_split` of `idx`, stratified by `labels` where that is possible.
+
+    Stratifying needs at least one image per class on each side and two per class overall;
+    small draws (`val_size: 5`, or `train_size: 8` with `subset: random`) cannot have that and
+    fall back to a plain seeded draw instead of failing.
+    """
+    from sklearn.model_selection import train_test_split
+
+    try:
+        train, test = train_test_split(idx, stratify=labels, random_state=seed, **size)
+    except ValueError:
+        train, test = train_test_split(idx, random_state=seed, **size)
+    return train, test
 
 
 def _prepare(x: np.ndarray) -> np.ndarray:

@@ -7,6 +7,10 @@ the kernels, so `model.losses` holds exactly the textbook's penalty.
 
 from __future__ import annotations
 
+import suite._tf  # noqa: F401  (quiet TensorFlow start-up, before keras)
+
+# isort: split
+
 import math
 from typing import Any
 

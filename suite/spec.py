@@ -61,6 +61,10 @@ OPTIMIZER_DEFAULTS: dict[str, dict[str, float]] = {
 }
 
 
+# `--only` accepts a cell hash prefix of at least this many characters.
+MIN_HASH_PREFIX = 4
+
+
 class SpecError(ValueError):
     """A study file or override is invalid; the message is one line naming file and key."""
 
@@ -238,12 +242,13 @@ class Study:
         return [RunKey(c, s) for c in self.cells for s in (seeds or self.seeds)]
 
     def select(self, only: list[str]) -> Study:
-        """Keep the cells named (by name, variant or hash prefix)."""
+        """Keep the cells named (by name, variant, or a hash prefix of 4+ characters)."""
         wanted = []
         for token in only:
-            hits = [
-                c for c in self.cells if token in (c.name, c.variant) or c.hash.startswith(token)
-            ]
+            hits = [c for c in self.cells if token in (c.name, c.variant)]
+            if not hits and len(token) >= MIN_HASH_PREFIX:
+                # a name wins over a hash prefix, and a short token ("a", "b") is never a hash
+                hits = [c for c in self.cells if c.hash.startswith(token)]
             if not hits:
                 names = [c.name for c in self.cells]
                 raise SpecError(f"--only: no cell {token!r}{_did_you_mean(token, names)}")

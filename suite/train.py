@@ -14,6 +14,11 @@ batches, and, on the same machine, the same history.
 
 from __future__ import annotations
 
+import suite._tf  # noqa: F401  (quiet TensorFlow start-up, before keras)
+
+# isort: split
+
+
 import math
 import time
 from collections.abc import Callable
@@ -168,7 +173,7 @@ def train(
     def penalty() -> tf.Tensor:
         return tf.add_n(model.losses) if model.losses else tf.constant(0.0)
 
-    @tf.function(jit_compile=True)
+    @tf.function(reduce_retracing=True)
     def run_epoch(order: tf.Tensor) -> dict[str, tf.Tensor]:
         for step in tf.range(steps):
             idx = order[step * batch : (step + 1) * batch]

@@ -1,0 +1,33 @@
+"""Import TensorFlow and Keras once, quietly.
+
+TensorFlow's C++ start-up lines (oneDNN notes, CUDA probing on a machine without a GPU) are
+written to file descriptor 2 before `TF_CPP_MIN_LOG_LEVEL` takes effect; they are noise for a
+user of this suite, so the import runs with descriptor 2 pointed at /dev/null. Errors raised by
+the import itself still surface as Python exceptions.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _quiet_import() -> None:
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+_quiet_import()

@@ -1,0 +1,346 @@
+"""The `overfit` command: parse, call the library, print. No logic of its own.
+
+Heavy imports (TensorFlow, MLflow) happen inside the commands that need them, so `overfit
+validate` and `overfit --help` answer at once.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything imports TensorFlow
+
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from suite.spec import (
+    RunKey,
+    SpecError,
+    Study,
+    describe_init,
+    load_study,
+    parse_overrides,
+    parse_seeds,
+)
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Declarative Keras overfitting studies, tracked in MLflow, compared in reports.",
+)
+out = Console()
+err = Console(stderr=True)
+
+EXPERIMENTS = Path("experiments")
+
+StudyArg = Annotated[str, typer.Argument(help="A study YAML, or a study name in experiments/.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override every cell: dotted KEY=VALUE (YAML scalar). Repeatable."),
+]
+UriOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db].",
+    ),
+]
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the library's user-facing errors into one line and a non-zero exit."""
+    from suite.data import DataError
+
+    try:
+        yield
+    except (SpecError, DataError) as e:
+        fail(str(e))
+    except Exception as e:
+        if type(e).__name__ in ("TrackingError", "MlflowException", "ReportError"):
+            fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        raise
+
+
+def _show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+warnings.showwarning = _show_warning
+
+
+def study_path(study: str) -> Path:
+    """A YAML path as given, or `experiments/<name>.yaml` for a bare name."""
+    path = Path(study)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    return EXPERIMENTS / f"{study}.yaml"
+
+
+def load(study: str, sets: list[str] | None) -> Study:
+    return load_study(study_path(study), parse_overrides(sets or []))
+
+
+def cells_table(study: Study) -> Table:
+    table = Table(title=f"{study.name}: {len(study.cells)} cells x {len(study.seeds)} seeds")
+    for column in ("cell", "hash", "hidden", "init", "wd", "dropout", "bn", "optimizer", "epochs"):
+        table.add_column(column)
+    for cell in study.cells:
+        m, t = cell.config.model, cell.config.train
+        table.add_row(
+            cell.name,
+            cell.hash,
+            "x".join(str(h) for h in m.hidden),
+            describe_init(m.init),
+            f"{m.weight_decay:g}",
+            f"{m.dropout:g} {m.dropout_style}" if m.dropout else "-",
+            "yes" if m.batch_norm else "-",
+            f"{t.optimizer.name} {t.optimizer.learning_rate:g}",
+            str(t.epochs),
+        )
+    return table
+
+
+@app.command()
+def validate(study: StudyArg, set_: SetOpt = None) -> None:
+    """Load and expand a study, print its cells; run nothing."""
+    with user_errors():
+        spec = load(study, set_)
+    out.print(cells_table(spec))
+    out.print(f"seeds: {list(spec.seeds)}  runs: {len(spec.runs())}")
+
+
+class RichObserver:
+    """The run display: a study bar with ETA, and the current run's epochs and metrics."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.study_task: TaskID | None = None
+        self.run_task: TaskID | None = None
+        self.last_update = 0.0
+
+    def study_started(self, study: Study, todo: list[RunKey], skipped: int) -> None:
+        if skipped:
+            out.print(f"{skipped} runs already finished in the store: skipped")
+        if todo:
+            self.study_task = self.progress.add_task(f"[bold]{study.name}", total=len(todo))
+
+    def run_started(self, key: RunKey, index: int, total: int) -> None:
+        if self.run_task is not None:
+            self.progress.remove_task(self.run_task)
+        self.run_task = self.progress.add_task(
+            f"{key.cell.name} seed {key.seed}", total=key.cell.config.train.epochs
+        )
+
+    def epoch_done(self, key: RunKey, epoch: int, epochs: int, values: dict[str, float]) -> None:
+        now = time.monotonic()
+        if epoch != epochs and now - self.last_update < 0.2:
+            return
+        self.last_update = now
+        assert self.run_task is not None
+        self.progress.update(
+            self.run_task,
+            completed=epoch,
+            description=f"{key.cell.name} seed {key.seed}  train {values['train_accuracy']:.3f}"
+            f"  test {values['test_accuracy']:.3f}",
+        )
+
+    def run_ended(self, result: Any) -> None:
+        if self.study_task is not None:
+            self.progress.advance(self.study_task)
+        if result.status == "failed":
+            self.progress.console.print(
+                f"[red]failed[/] {result.key.cell.name} seed {result.key.seed}: {result.reason}"
+            )
+
+
+def summary_table(result: Any) -> Table:
+    table = Table(title=f"{result.study.name}: final values, mean over seeds")
+    for column in ("cell", "seeds", "failed", "train acc", "test acc", "gap"):
+        table.add_column(column, justify="left" if column == "cell" else "right")
+
+    def fmt(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    for cell in result.cells():
+        table.add_row(
+            cell.cell,
+            str(cell.done),
+            f"[red]{cell.failed}[/]" if cell.failed else "0",
+            fmt(cell.train_accuracy),
+            fmt(cell.test_accuracy),
+            fmt(cell.gap),
+        )
+    return table
+
+
+@app.command()
+def run(
+    study: StudyArg,
+    set_: SetOpt = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="Seeds to run: N (0..N-1) or a list 0,1,2.")
+    ] = None,
+    only: Annotated[
+        str | None, typer.Option(help="Cells to run: names, variants or hash prefixes, a,b.")
+    ] = None,
+    tracking_uri: UriOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; run nothing.")] = False,
+    rerun: Annotated[bool, typer.Option("--rerun", help="Train finished runs again.")] = False,
+) -> None:
+    """Train every run of a study not yet FINISHED in the store; log each to MLflow."""
+    with user_errors():
+        spec = load(study, set_)
+        if only:
+            spec = spec.select([t.strip() for t in only.split(",") if t.strip()])
+        seed_list = parse_seeds(seeds) if seeds else None
+        from suite.runner import plan, run_study
+        from suite.tracking import Tracker
+
+        tracker = Tracker(tracking_uri)
+        if dry_run:
+            todo, finished, _ = plan(spec, tracker, seed_list, rerun)
+            out.print(cells_table(spec))
+            n = len(spec.runs(seed_list))
+            out.print(
+                f"dry run: {len(todo)} of {n} runs to train, {n - len(todo)} already finished"
+            )
+            return
+        with _progress() as progress:
+            result = run_study(spec, tracker, seed_list, rerun, RichObserver(progress))
+    out.print(summary_table(result))
+    line = (
+        f"{result.count('finished')} finished, {result.count('skipped')} skipped, "
+        f"{result.count('failed')} failed"
+    )
+    out.print(line if result.ok else f"[red]{line}[/]")
+    out.print(f"tracking: {tracker.uri}   browse: overfit ui   report: overfit report {spec.name}")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@contextmanager
+def _progress() -> Iterator[Progress]:
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=out,
+        transient=False,
+    )
+    try:
+        with progress:
+            yield progress
+    except KeyboardInterrupt:
+        err.print("interrupted: finished runs are kept; run the same command again to resume")
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def report(
+    study: StudyArg,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Output folder [default: reports/<study>].")
+    ] = None,
+    tracking_uri: UriOpt = None,
+) -> None:
+    """Write the study's comparison report (HTML + Markdown) from what MLflow holds."""
+    with user_errors():
+        from suite.report import write_report
+        from suite.tracking import Tracker
+
+        name = study
+        spec = None
+        path = study_path(study)
+        if path.is_file():
+            spec = load_study(path)
+            name = spec.name
+        paths = write_report(name, Tracker(tracking_uri), out_dir, spec)
+    out.print(f"report: {paths.html}")
+    out.print(f"        {paths.markdown}")
+
+
+@app.command()
+def ui(
+    tracking_uri: UriOpt = None,
+    port: Annotated[int, typer.Option(help="Port for the MLflow UI.")] = 5000,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+) -> None:
+    """Serve the MLflow UI over the same store `run` writes to."""
+    from suite.tracking import resolve_uri
+
+    uri = resolve_uri(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        out.print(f"the store is a tracking server: open {uri}")
+        return
+    out.print(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl-C stops it)")
+    out.print("compare cells: experiment page -> Group by -> tag `cell`")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    command += ["--host", host, "--port", str(port)]
+    try:
+        code = subprocess.call(command)
+    except KeyboardInterrupt:
+        code = 0
+    raise typer.Exit(code)
+
+
+@app.command("list")
+def list_(tracking_uri: UriOpt = None) -> None:
+    """Studies in the store, with runs finished / failed / running per study."""
+    with user_errors():
+        from suite.tracking import Tracker
+
+        tracker = Tracker(tracking_uri)
+        studies = tracker.studies()
+    if not studies:
+        out.print(f"no studies in {tracker.uri}")
+        return
+    table = Table(title=f"studies in {tracker.uri}")
+    for column in ("study", "cells", "finished", "failed", "running", "other"):
+        table.add_column(column, justify="left" if column == "study" else "right")
+    for experiment_id, name in studies:
+        records = tracker.runs(experiment_id)
+        status = [r.status for r in records]
+        known = ("FINISHED", "FAILED", "RUNNING")
+        table.add_row(
+            name,
+            str(len({r.cell_hash for r in records})),
+            str(status.count("FINISHED")),
+            str(status.count("FAILED")),
+            str(status.count("RUNNING")),
+            str(sum(s not in known for s in status)),
+        )
+    out.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="overfit")

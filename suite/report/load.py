@@ -1,0 +1,145 @@
+"""MLflow -> pandas: a study's runs (tags and final metrics) and their per-epoch histories.
+
+Everything the report shows is read back from the tracking store (design.md: no side files).
+This module and `suite.tracking` are the only places that talk to MLflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import pandas as pd
+from mlflow.entities import ViewType
+
+from suite.tracking import Tracker
+
+# The metric names the report relies on (design.md, Metrics); checked before use.
+FINAL_METRICS = (
+    "final_train_accuracy",
+    "final_test_accuracy",
+    "final_gap",
+    "best_test_accuracy",
+    "best_epoch",
+    "train_seconds",
+)
+CURVE_METRICS = ("train_accuracy", "test_accuracy")
+TAGS = ("cell", "cell_hash", "variant", "seed", "data_source", "suite_version", "git_commit")
+FAILURE_TAG = "failure_reason"  # suite.tracking.FAILURE_TAG, spelled here to stay import-light
+
+RUN_COLUMNS = (
+    "run_id",
+    "run_name",
+    "status",
+    "start_time",
+    "end_time",
+    *TAGS,
+    FAILURE_TAG,
+    *FINAL_METRICS,
+)
+HISTORY_COLUMNS = ("run_id", "cell_hash", "cell", "seed", "epoch", "metric", "value")
+
+
+class ReportError(RuntimeError):
+    """The report cannot be written; the message is one line meant for the user."""
+
+
+@dataclass(frozen=True)
+class StudyRuns:
+    """Every active run of one study, one row each (see `RUN_COLUMNS`)."""
+
+    study: str
+    uri: str  # the tracking URI, without credentials: safe to print in a report
+    experiment_id: str
+    runs: pd.DataFrame
+
+
+def load_runs(study: str, tracker: Tracker) -> StudyRuns:
+    """Read a study's runs: tags, status, failure reason and final metrics.
+
+    Raises:
+        ReportError: the store is empty, has no such study, or the study has no FINISHED run.
+    """
+    uri = display_uri(tracker.uri)
+    # a missing sqlite file would be created by the first query: say so instead
+    studies = [name for _, name in tracker.studies()] if tracker.exists() else []
+    if not studies:
+        raise ReportError(f"no studies in {uri}; run one first: overfit run STUDY.yaml")
+    experiment_id = tracker.experiment_id(study, create=False)
+    if experiment_id is None:
+        raise ReportError(f"no study {study!r} in {uri}; studies: {', '.join(sorted(studies))}")
+
+    runs = pd.DataFrame(list(_run_rows(tracker, experiment_id)), columns=list(RUN_COLUMNS))
+    runs["seed"] = pd.to_numeric(runs["seed"], errors="coerce").astype("Int64")
+    for column in ("start_time", "end_time"):
+        runs[column] = pd.to_datetime(runs[column], unit="ms", utc=True)
+    for metric in FINAL_METRICS:
+        runs[metric] = runs[metric].astype(float)
+    if not (runs["status"] == "FINISHED").any():
+        counts = runs["status"].str.lower().value_counts()
+        what = ", ".join(f"{n} {status}" for status, n in counts.items()) or "no runs"
+        raise ReportError(
+            f"study {study!r} has no FINISHED runs in {uri} ({what}); run it: overfit run {study}"
+        )
+    return StudyRuns(study, uri, experiment_id, runs)
+
+
+def load_histories(tracker: Tracker, runs: pd.DataFrame) -> pd.DataFrame:
+    """The per-epoch `CURVE_METRICS` of `runs`, long: one row per (run, metric, epoch).
+
+    One `get_metric_history` request per run and metric: a few dozen for a study, which
+    every store answers quickly. Epochs are MLflow steps, counted from 1.
+    """
+    rows = []
+    for run in runs.itertuples(index=False):
+        for metric in CURVE_METRICS:
+            for point in tracker.client.get_metric_history(run.run_id, metric):
+                if point.step >= 1:
+                    rows.append(
+                        (run.run_id, run.cell_hash, run.cell, run.seed, point.step, metric)
+                        + (point.value,)
+                    )
+    history = pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
+    # a metric re-logged at the same step (a resumed flush) counts once: keep the last value
+    history = history.drop_duplicates(["run_id", "metric", "epoch"], keep="last")
+    return history.astype({"epoch": int, "value": float}).reset_index(drop=True)
+
+
+def display_uri(uri: str) -> str:
+    """The tracking URI without a user name or password, for printing."""
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _run_rows(tracker: Tracker, experiment_id: str) -> Iterable[dict[str, object]]:
+    page_token = None
+    while True:
+        page = tracker.client.search_runs(
+            [experiment_id],
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1000,
+            page_token=page_token,
+        )
+        for run in page:
+            tags = run.data.tags
+            if "cell_hash" not in tags:  # not a suite run (e.g. logged by hand)
+                continue
+            row: dict[str, object] = {
+                "run_id": run.info.run_id,
+                "run_name": run.info.run_name,
+                "status": run.info.status,
+                "start_time": run.info.start_time,
+                "end_time": run.info.end_time,
+                FAILURE_TAG: tags.get(FAILURE_TAG),
+            }
+            row.update({tag: tags.get(tag) for tag in TAGS})
+            row.update({m: run.data.metrics.get(m) for m in FINAL_METRICS})
+            yield row
+        page_token = page.token
+        if not page_token:
+            return

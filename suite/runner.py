@@ -1,0 +1,212 @@
+"""Run a study: expand it, skip finished runs, train the rest, isolate failures.
+
+The runner is display-agnostic: it reports progress to an `Observer` (the CLI's rich display,
+or nothing in tests) and returns a `StudyResult` that tests and the CLI read.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from suite.spec import RunKey, Study
+from suite.tracking import EpochLogger, RunRecord, Tracker
+
+FINISHED, SKIPPED, FAILED = "finished", "skipped", "failed"
+
+
+class Observer(Protocol):
+    """What the runner tells a display. Every method is optional in spirit: see `Silent`."""
+
+    def study_started(self, study: Study, todo: list[RunKey], skipped: int) -> None: ...
+    def run_started(self, key: RunKey, index: int, total: int) -> None: ...
+    def epoch_done(
+        self, key: RunKey, epoch: int, epochs: int, values: dict[str, float]
+    ) -> None: ...
+    def run_ended(self, result: RunResult) -> None: ...
+
+
+class Silent:
+    """An observer that shows nothing."""
+
+    def study_started(self, study: Study, todo: list[RunKey], skipped: int) -> None:
+        pass
+
+    def run_started(self, key: RunKey, index: int, total: int) -> None:
+        pass
+
+    def epoch_done(self, key: RunKey, epoch: int, epochs: int, values: dict[str, float]) -> None:
+        pass
+
+    def run_ended(self, result: RunResult) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How one (cell, seed) ended in this invocation."""
+
+    key: RunKey
+    status: str  # finished | skipped | failed
+    run_id: str | None = None
+    final: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class CellSummary:
+    """Seed means of one cell's final metrics (finished and previously finished runs)."""
+
+    cell: str
+    cell_hash: str
+    done: int
+    failed: int
+    train_accuracy: float | None
+    test_accuracy: float | None
+    gap: float | None
+
+
+@dataclass
+class StudyResult:
+    """Everything `run_study` did, in run order."""
+
+    study: Study
+    results: list[RunResult]
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.results)
+
+    @property
+    def ok(self) -> bool:
+        return self.count(FAILED) == 0
+
+    def cells(self) -> list[CellSummary]:
+        """Per cell: mean final train/test accuracy and gap over its done seeds, failures."""
+        out = []
+        for cell in self.study.cells:
+            mine = [r for r in self.results if r.key.cell.hash == cell.hash]
+            done = [r.final for r in mine if r.status in (FINISHED, SKIPPED) and r.final]
+
+            def mean(name: str, done: list[dict[str, float]] = done) -> float | None:
+                values = [d[name] for d in done if name in d]
+                return statistics.fmean(values) if values else None
+
+            out.append(
+                CellSummary(
+                    cell=cell.name,
+                    cell_hash=cell.hash,
+                    done=len(done),
+                    failed=sum(r.status == FAILED for r in mine),
+                    train_accuracy=mean("final_train_accuracy"),
+                    test_accuracy=mean("final_test_accuracy"),
+                    gap=mean("final_gap"),
+                )
+            )
+        return out
+
+
+def plan(
+    study: Study, tracker: Tracker, seeds: tuple[int, ...] | None = None, rerun: bool = False
+) -> tuple[list[RunKey], dict[tuple[str, int], RunRecord], list[RunRecord]]:
+    """Split a study's runs into those to train and those already FINISHED in the store.
+
+    Returns:
+        (runs to train, finished records by (cell hash, seed), stale RUNNING records of the
+        runs to train, left behind by an interrupted invocation).
+    """
+    experiment_id = tracker.experiment_id(study.name, create=False) if tracker.exists() else None
+    records = tracker.runs(experiment_id) if experiment_id else []
+    finished = {(r.cell_hash, r.seed): r for r in records if r.status == "FINISHED"}
+    keys = study.runs(seeds)
+    todo = keys if rerun else [k for k in keys if (k.cell.hash, k.seed) not in finished]
+    wanted = {(k.cell.hash, k.seed) for k in todo}
+    stale = [r for r in records if r.status == "RUNNING" and (r.cell_hash, r.seed) in wanted]
+    return todo, finished, stale
+
+
+def run_study(
+    study: Study,
+    tracker: Tracker,
+    seeds: tuple[int, ...] | None = None,
+    rerun: bool = False,
+    observer: Observer | None = None,
+) -> StudyResult:
+    """Train every run of `study` that is not FINISHED in the store yet.
+
+    One failing run (divergence, a bad data file, any exception) is marked FAILED with its
+    reason and the study goes on. Ctrl-C marks the current run KILLED and propagates, so a
+    later invocation resumes exactly where this one stopped.
+    """
+    from suite import data
+    from suite.train import Diverged, train
+
+    observer = observer or Silent()
+    todo, finished, stale = plan(study, tracker, seeds, rerun)
+    results: list[RunResult] = []
+    todo_ids = {(k.cell.hash, k.seed) for k in todo}
+    for key in study.runs(seeds):
+        record = finished.get((key.cell.hash, key.seed))
+        if record is not None and (key.cell.hash, key.seed) not in todo_ids:
+            results.append(RunResult(key, SKIPPED, record.run_id, record.metrics))
+    observer.study_started(study, todo, len(results))
+    if not todo:
+        return StudyResult(study, results)
+
+    experiment_id = tracker.experiment_id(study.name)
+    assert experiment_id is not None
+    for record in stale:
+        tracker.fail(record.run_id, "left RUNNING by an interrupted invocation", "KILLED")
+
+    for index, key in enumerate(todo):
+        observer.run_started(key, index, len(todo))
+        cfg = key.cell.config
+        run_id = None
+        try:
+            split = data.make_split(
+                cfg.data.path,
+                cfg.data.train_size,
+                cfg.data.subset,
+                cfg.data.val_size,
+                cfg.data.test_size,
+                key.seed,
+            )
+            run_id = tracker.start_run(
+                experiment_id, study.name, key.cell, key.seed, split.source.label
+            )
+            logger = EpochLogger(tracker, run_id)
+
+            def on_epoch(
+                epoch: int,
+                values: dict[str, float],
+                key: RunKey = key,
+                logger: EpochLogger = logger,
+            ) -> None:
+                logger(epoch, values)
+                observer.epoch_done(key, epoch, key.cell.config.train.epochs, values)
+
+            try:
+                history = train(cfg, split, key.seed, on_epoch=on_epoch)
+            finally:
+                logger.flush()
+            final = history.final()
+            tracker.finish(run_id, final)
+            result = RunResult(key, FINISHED, run_id, final)
+        except KeyboardInterrupt:
+            if run_id is not None:
+                tracker.fail(run_id, "interrupted", "KILLED")
+            raise
+        except Diverged as err:
+            result = _failed(tracker, key, run_id, err.reason)
+        except Exception as err:  # noqa: BLE001 - one failing run never stops the study
+            result = _failed(tracker, key, run_id, f"{type(err).__name__}: {err}")
+        results.append(result)
+        observer.run_ended(result)
+    return StudyResult(study, results)
+
+
+def _failed(tracker: Tracker, key: RunKey, run_id: str | None, reason: str) -> RunResult:
+    reason = reason.strip().splitlines()[0] if reason.strip() else "failed"
+    if run_id is not None:
+        tracker.fail(run_id, reason)
+    return RunResult(key, FAILED, run_id, {}, reason)

@@ -1,0 +1,255 @@
+"""Everything MLflow: the store, experiments, runs, params, metrics, artifacts, resume look-ups.
+
+Layout (design.md): one experiment per study; one flat run per (cell, seed), named
+`<cell>/seed<seed>` and tagged `study`, `cell`, `cell_hash`, `variant`, `seed`, `data_source`,
+`suite_version` and `git_commit`. The UI compares cells by grouping the runs on the `cell` tag
+(experiment page -> "Group by" -> tag `cell`), which shows every cell's seeds together with
+their mean. Flat runs (rather than a parent run per cell) keep resuming simple: a run is done
+when a FINISHED run with its cell hash and seed exists.
+
+Per-epoch metrics are buffered and sent with `log_batch` (up to 1000 values a request), so a
+200-epoch run costs a few requests, not one per value.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+import suite
+from suite.spec import Cell
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+FAILURE_TAG = "failure_reason"
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_PER_BATCH = 100
+
+
+logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO lines on every start
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message is one line."""
+
+
+def resolve_uri(uri: str | None = None) -> str:
+    """`--tracking-uri`, else `MLFLOW_TRACKING_URI`, else the embedded sqlite default."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def artifact_root(uri: str) -> str | None:
+    """For a local sqlite store, artifacts live in `mlartifacts/` beside the database file."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///") :])
+    return (db.resolve().parent / "mlartifacts").as_uri()
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """The commit of the suite's source tree, when it is a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run as the store holds it (the fields the runner and `list` need)."""
+
+    run_id: str
+    cell: str
+    cell_hash: str
+    seed: int
+    status: str
+    metrics: dict[str, float]
+
+
+class Tracker:
+    """A study's view of one MLflow store."""
+
+    def __init__(self, uri: str | None = None) -> None:
+        self.uri = resolve_uri(uri)
+        scheme = urlparse(self.uri).scheme
+        if scheme not in ("sqlite", "http", "https", "file", "postgresql", "mysql", "databricks"):
+            raise TrackingError(f"--tracking-uri: unsupported URI {self.uri!r}")
+        self.client = MlflowClient(tracking_uri=self.uri)
+
+    def exists(self) -> bool:
+        """False for a local sqlite store whose file is not there yet (nothing to read)."""
+        if self.uri.startswith("sqlite:///"):
+            return Path(self.uri[len("sqlite:///") :]).is_file()
+        return True
+
+    # experiments -------------------------------------------------------------------------
+
+    def experiment_id(self, study: str, create: bool = True) -> str | None:
+        """The study's experiment, created (with the local artifact root) when asked."""
+        try:
+            experiment = self.client.get_experiment_by_name(study)
+            if experiment is not None:
+                if experiment.lifecycle_stage == "deleted":
+                    raise TrackingError(
+                        f"experiment {study!r} is deleted in {self.uri}; restore or purge it "
+                        "(mlflow experiments restore / mlflow gc)"
+                    )
+                return str(experiment.experiment_id)
+            if not create:
+                return None
+            return str(
+                self.client.create_experiment(study, artifact_location=artifact_root(self.uri))
+            )
+        except MlflowException as err:
+            raise TrackingError(f"tracking store {self.uri}: {_first_line(err)}") from None
+
+    def studies(self) -> list[tuple[str, str]]:
+        """(experiment id, name) of every active experiment but MLflow's `Default`."""
+        return [
+            (str(e.experiment_id), e.name)
+            for e in self.client.search_experiments(view_type=ViewType.ACTIVE_ONLY)
+            if e.name != "Default"
+        ]
+
+    def runs(self, experiment_id: str) -> list[RunRecord]:
+        """Every active run of a study, as records."""
+        out = []
+        page_token = None
+        while True:
+            page = self.client.search_runs(
+                [experiment_id],
+                run_view_type=ViewType.ACTIVE_ONLY,
+                max_results=1000,
+                page_token=page_token,
+            )
+            for run in page:
+                tags = run.data.tags
+                if "cell_hash" not in tags:
+                    continue
+                out.append(
+                    RunRecord(
+                        run_id=run.info.run_id,
+                        cell=tags.get("cell", ""),
+                        cell_hash=tags["cell_hash"],
+                        seed=int(tags.get("seed", -1)),
+                        status=run.info.status,
+                        metrics=dict(run.data.metrics),
+                    )
+                )
+            page_token = page.token
+            if not page_token:
+                return out
+
+    # runs --------------------------------------------------------------------------------
+
+    def start_run(
+        self, experiment_id: str, study: str, cell: Cell, seed: int, data_source: str
+    ) -> str:
+        """Create a RUNNING run with its tags, flattened params and `config.yaml` artifact."""
+        tags = {
+            "study": study,
+            "cell": cell.name,
+            "cell_hash": cell.hash,
+            "variant": cell.variant,
+            "seed": str(seed),
+            "data_source": data_source,
+            "suite_version": suite.__version__,
+        }
+        commit = git_commit()
+        if commit:
+            tags["git_commit"] = commit
+            tags["mlflow.source.git.commit"] = commit
+        run = self.client.create_run(experiment_id, tags=tags, run_name=f"{cell.name}/seed{seed}")
+        run_id = str(run.info.run_id)
+        params = [Param(k, _param_value(v)) for k, v in cell.config.flat().items()]
+        params.append(Param("seed", str(seed)))
+        for chunk in _chunks(params, MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(run_id, params=chunk)
+        self.client.log_text(run_id, cell.config.to_yaml(), "config.yaml")
+        return run_id
+
+    def log_epochs(self, run_id: str, rows: Iterable[tuple[int, dict[str, float]]]) -> None:
+        """Send per-epoch metrics (step = epoch, from 1) in as few requests as the API allows."""
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(name, float(value), now, epoch)
+            for epoch, values in rows
+            for name, value in values.items()
+        ]
+        for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=chunk)
+
+    def finish(self, run_id: str, final: dict[str, float]) -> None:
+        self.log_epochs(run_id, [(0, final)])
+        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+    def fail(self, run_id: str, reason: str, status: str = "FAILED") -> None:
+        """End a run as FAILED (or KILLED) with its reason as a tag."""
+        self.client.log_batch(run_id, tags=[RunTag(FAILURE_TAG, reason[:5000])])
+        self.client.set_terminated(run_id, status)
+
+
+class EpochLogger:
+    """Buffers a run's per-epoch metrics and flushes them every `every` epochs or `seconds`.
+
+    Used as the training loop's `on_epoch` hook, so the UI shows a running run's curves
+    while the number of requests stays small.
+    """
+
+    def __init__(self, tracker: Tracker, run_id: str, every: int = 100, seconds: float = 15.0):
+        self.tracker = tracker
+        self.run_id = run_id
+        self.every = every
+        self.seconds = seconds
+        self.buffer: list[tuple[int, dict[str, float]]] = []
+        self.last_flush = time.monotonic()
+
+    def __call__(self, epoch: int, values: dict[str, float]) -> None:
+        self.buffer.append((epoch, values))
+        if len(self.buffer) >= self.every or time.monotonic() - self.last_flush > self.seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.tracker.log_epochs(self.run_id, self.buffer)
+            self.buffer = []
+        self.last_flush = time.monotonic()
+
+
+def _param_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
