@@ -5,7 +5,8 @@ SGD lr 0.01, batch 100, 200 epochs, the whole test set evaluated after every epo
 whole training subset in inference mode (the train metrics the suite logs). Run as its own
 process so its time includes start-up, like `overfit run`.
 
-Usage: python bench/naive_fit.py MNIST_NPZ [EPOCHS]
+Usage: python bench/naive_fit.py MNIST_NPZ|--bundled [EPOCHS]
+(--bundled: the suite's offline subset, split as the suite splits it)
 """
 
 import sys
@@ -17,11 +18,20 @@ import numpy as np
 start = time.perf_counter()
 path = sys.argv[1]
 epochs = int(sys.argv[2]) if len(sys.argv) > 2 else 200
-with np.load(path) as d:
-    x_train = d["x_train"][:300].reshape(300, -1).astype("float32") / 255
-    y_train = d["y_train"][:300]
-    x_test = d["x_test"].reshape(len(d["x_test"]), -1).astype("float32") / 255
-    y_test = d["y_test"]
+if path == "--bundled":
+    from suite.data import BUNDLED_TRAIN_POOL, bundled_path
+
+    with np.load(bundled_path()) as d:
+        x_all, y_all = d["x"], d["y"]
+    x_train_all, y_train_all = x_all[:BUNDLED_TRAIN_POOL], y_all[:BUNDLED_TRAIN_POOL]
+    x_test_all, y_test = x_all[BUNDLED_TRAIN_POOL:], y_all[BUNDLED_TRAIN_POOL:]
+else:
+    with np.load(path) as d:
+        x_train_all, y_train_all = d["x_train"], d["y_train"]
+        x_test_all, y_test = d["x_test"], d["y_test"]
+x_train = x_train_all[:300].reshape(300, -1).astype("float32") / 255
+y_train = y_train_all[:300]
+x_test = x_test_all.reshape(len(x_test_all), -1).astype("float32") / 255
 
 keras.utils.set_random_seed(0)
 init = keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal")

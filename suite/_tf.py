@@ -23,7 +23,10 @@ def _quiet_import() -> None:
     try:
         os.dup2(devnull, 2)
         import keras  # noqa: F401
-        import tensorflow  # noqa: F401
+        import tensorflow as tf
+
+        # every run builds a new model and so traces a new epoch function, by design
+        tf.get_logger().setLevel("ERROR")
     finally:
         os.dup2(saved, 2)
         os.close(saved)

@@ -1,0 +1,76 @@
+"""Shared fixtures. Tests run offline: nothing downloads, and TensorFlow stays quiet.
+
+The environment is set at import, before any test module imports TensorFlow or `suite.data`.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["SUITE_OFFLINE"] = "1"  # never try Keras' download; fall back to the bundled subset
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+# a developer's own MNIST must not change what the offline tests see
+os.environ.pop("SUITE_MNIST_PATH", None)
+
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shared_mnist() -> Path:
+    """`../shared/data/mnist.npz` (10k train + the official test set); skips when absent."""
+    path = REPO_ROOT.parent / "shared" / "data" / "mnist.npz"
+    if not path.is_file():
+        pytest.skip(f"{path} not found (only the development machines have ../shared)")
+    return path
+
+
+@pytest.fixture
+def bundled_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make `dataset: mnist` without a path resolve to the bundled subset on any machine.
+
+    Hides a Keras cache the developer may have in `~/.keras/datasets`.
+    """
+    from suite import data
+
+    monkeypatch.setattr(data, "KERAS_CACHE", Path("/nonexistent/keras/datasets/mnist.npz"))
+
+
+@pytest.fixture
+def write_study(tmp_path: Path) -> Callable[[str], Path]:
+    """A function that writes YAML text to a fresh study file and returns its path."""
+    counter = iter(range(1_000_000))
+
+    def write(text: str, name: str | None = None) -> Path:
+        path = tmp_path / (name or f"study_{next(counter)}.yaml")
+        path.write_text(text)
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def _store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty, fully migrated sqlite MLflow store, built once per session.
+
+    Creating a store runs MLflow's schema migrations (seconds); copying the file does not.
+    """
+    from suite.tracking import Tracker
+
+    path = tmp_path_factory.mktemp("store-template") / "mlflow.db"
+    Tracker(f"sqlite:///{path}").client.search_experiments()
+    return path
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path, _store_template: Path) -> str:
+    """A fresh, real sqlite MLflow store in this test's temporary folder."""
+    import shutil
+
+    path = tmp_path / "mlflow.db"
+    shutil.copyfile(_store_template, path)
+    return f"sqlite:///{path}"

@@ -1,0 +1,166 @@
+"""The runner against a real sqlite MLflow store: logging layout, resume, failures, interrupts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from suite.runner import FAILED, FINISHED, SKIPPED, Silent, run_study
+from suite.spec import RunKey, load_study
+from suite.tracking import Tracker
+from suite.train import EPOCH_METRICS, FINAL_METRICS
+
+TINY = """
+name: tiny
+base:
+  data: {train_size: 40, test_size: 100}
+  model: {hidden: [8]}
+  train: {batch_size: 20, epochs: 3}
+seeds: [0, 1]
+variants:
+  baseline: {}
+  weight_decay: {model: {weight_decay: 0.1}}
+"""
+
+DIVERGING = TINY + "  exploding: {train: {optimizer: {name: sgd, learning_rate: 1.0e+30}}}\n"
+
+
+@pytest.fixture
+def tracker(tracking_uri: str) -> Tracker:
+    return Tracker(tracking_uri)
+
+
+def finished_keys(tracker: Tracker, study: str) -> list[tuple[str, int]]:
+    experiment_id = tracker.experiment_id(study, create=False)
+    assert experiment_id is not None
+    return sorted(
+        (r.cell_hash, r.seed) for r in tracker.runs(experiment_id) if r.status == FINISHED.upper()
+    )
+
+
+def test_every_run_logged_with_its_config_and_history(
+    write_study: Callable[[str], Path], tracker: Tracker
+) -> None:
+    study = load_study(write_study(TINY))
+    result = run_study(study, tracker)
+
+    assert result.ok and result.count(FINISHED) == 4
+    client = MlflowClient(tracker.uri)
+    experiment = client.get_experiment_by_name("tiny")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 4
+    for run in runs:
+        tags, params = run.data.tags, run.data.params
+        cell = next(c for c in study.cells if c.hash == tags["cell_hash"])
+        assert tags["study"] == "tiny" and tags["cell"] == cell.name
+        assert tags["data_source"] == "bundled-subset"
+        assert run.info.run_name == f"{cell.name}/seed{tags['seed']}"
+        # params are the flattened resolved config, defaults included
+        assert params["model.weight_decay"] == str(cell.config.model.weight_decay)
+        assert params["train.optimizer.learning_rate"] == "0.01"
+        assert params["model.dropout_style"] == "classic"
+        assert len(params) == len(cell.config.flat()) + 1  # + seed
+        for name in EPOCH_METRICS:
+            history = client.get_metric_history(run.info.run_id, name)
+            assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2, 3]
+        assert set(FINAL_METRICS) <= set(run.data.metrics)
+        assert run.data.metrics["final_gap"] == pytest.approx(
+            run.data.metrics["final_train_accuracy"] - run.data.metrics["final_test_accuracy"]
+        )
+        config_file = client.download_artifacts(run.info.run_id, "config.yaml")
+        assert yaml.safe_load(Path(config_file).read_text()) == cell.config.model_dump(mode="json")
+    # artifacts of the default-style sqlite store live beside the database
+    assert (Path(tracker.uri[len("sqlite:///") :]).parent / "mlartifacts").is_dir()
+
+
+def test_second_invocation_skips_finished_runs(
+    write_study: Callable[[str], Path], tracker: Tracker
+) -> None:
+    study = load_study(write_study(TINY))
+    first = run_study(study, tracker)
+    again = run_study(study, tracker)
+
+    assert again.count(SKIPPED) == 4 and again.count(FINISHED) == 0
+    assert [{k: r.final[k] for k in FINAL_METRICS} for r in again.results] == [
+        r.final for r in first.results
+    ]
+    assert len(finished_keys(tracker, "tiny")) == 4
+    rerun = run_study(study, tracker, seeds=(0,), rerun=True)
+    assert rerun.count(FINISHED) == 2
+    assert len(finished_keys(tracker, "tiny")) == 6
+
+
+def test_a_diverging_cell_fails_alone(write_study: Callable[[str], Path], tracker: Tracker) -> None:
+    study = load_study(write_study(DIVERGING))
+    result = run_study(study, tracker)
+
+    failed = [r for r in result.results if r.status == FAILED]
+    assert [r.key.cell.name for r in failed] == ["exploding", "exploding"]
+    assert all("diverged at epoch" in (r.reason or "") for r in failed)
+    assert result.count(FINISHED) == 4 and not result.ok
+    summary = {c.cell: c for c in result.cells()}
+    assert summary["exploding"].failed == 2 and summary["exploding"].test_accuracy is None
+    assert summary["baseline"].done == 2 and summary["baseline"].test_accuracy is not None
+
+    client = MlflowClient(tracker.uri)
+    for r in failed:
+        assert r.run_id is not None
+        run = client.get_run(r.run_id)
+        assert run.info.status == "FAILED"
+        assert run.data.tags["failure_reason"].startswith("diverged at epoch")
+    # the failed runs are trained again next time; the finished ones are not
+    again = run_study(study, tracker)
+    assert again.count(SKIPPED) == 4 and again.count(FAILED) == 2
+
+
+class InterruptAt(Silent):
+    """Raises KeyboardInterrupt (as Ctrl-C would) in the given run's second epoch."""
+
+    def __init__(self, run_index: int) -> None:
+        self.run_index = run_index
+        self.current = -1
+
+    def run_started(self, key: RunKey, index: int, total: int) -> None:
+        self.current = index
+
+    def epoch_done(self, key: RunKey, epoch: int, epochs: int, values: dict[str, float]) -> None:
+        if self.current == self.run_index and epoch == 2:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_study_resumes_without_duplicates(
+    write_study: Callable[[str], Path], tracker: Tracker
+) -> None:
+    study = load_study(write_study(TINY))
+    with pytest.raises(KeyboardInterrupt):
+        run_study(study, tracker, observer=InterruptAt(run_index=2))
+
+    experiment_id = tracker.experiment_id("tiny", create=False)
+    assert experiment_id is not None
+    statuses = sorted(r.status for r in tracker.runs(experiment_id))
+    assert statuses == ["FINISHED", "FINISHED", "KILLED"]
+
+    resumed = run_study(study, tracker)
+    assert resumed.count(SKIPPED) == 2 and resumed.count(FINISHED) == 2
+    keys = finished_keys(tracker, "tiny")
+    assert len(keys) == len(set(keys)) == 4
+
+
+def test_a_run_left_running_by_a_dead_process_is_closed(
+    write_study: Callable[[str], Path], tracker: Tracker
+) -> None:
+    study = load_study(write_study(TINY))
+    experiment_id = tracker.experiment_id("tiny")
+    assert experiment_id is not None
+    cell = study.cells[0]
+    orphan = tracker.start_run(experiment_id, "tiny", cell, 0, "bundled-subset")  # never ended
+
+    run_study(study, tracker)
+    client = MlflowClient(tracker.uri)
+    assert client.get_run(orphan).info.status == "KILLED"
+    assert len(finished_keys(tracker, "tiny")) == 4

@@ -1,0 +1,272 @@
+"""The compiled training loop on tiny networks and the bundled data: history, seeds, failure."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+
+from suite import data, models, train
+from suite.spec import RunConfig
+
+EPOCHS = 3
+TRAIN_SIZE = 60
+TEST_SIZE = 200
+
+
+def _config(**sections: dict[str, Any]) -> RunConfig:
+    """The tiny run every test starts from, with sections patched in."""
+    raw: dict[str, dict[str, Any]] = {
+        "data": {"train_size": TRAIN_SIZE, "test_size": TEST_SIZE},
+        "model": {"hidden": [16, 16]},
+        "train": {"batch_size": 20, "epochs": EPOCHS},
+    }
+    for key, patch in sections.items():
+        raw[key] = {**raw[key], **patch}
+    return RunConfig.model_validate(raw)
+
+
+def _split(config: RunConfig, seed: int = 0) -> data.Split:
+    d = config.data
+    return data.make_split(d.path, d.train_size, d.subset, d.val_size, d.test_size, seed)
+
+
+def _run(config: RunConfig, seed: int = 0, **kwargs: Any) -> train.History:
+    return train.train(config, _split(config, seed), seed, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _bundled(bundled_only: None) -> None:
+    """Path-less data resolves to the bundled subset here, whatever the machine has."""
+
+
+@pytest.fixture(scope="module")
+def tiny_run() -> tuple[train.History, list[tuple[int, dict[str, float]]]]:
+    """One tiny run (seed 0) and what its `on_epoch` hook saw."""
+    calls: list[tuple[int, dict[str, float]]] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(data, "KERAS_CACHE", Path("/nonexistent/keras/datasets/mnist.npz"))
+        history = _run(_config(), on_epoch=lambda epoch, values: calls.append((epoch, values)))
+    return history, calls
+
+
+# --- the history ----------------------------------------------------------------------------
+
+
+def test_history_has_every_metric_for_every_epoch(tiny_run) -> None:
+    history, _ = tiny_run
+    assert history.epochs == EPOCHS
+    assert set(history.metrics) == set(train.EPOCH_METRICS)
+    for name in train.EPOCH_METRICS:
+        values = history.metrics[name]
+        assert len(values) == EPOCHS, name
+        assert all(isinstance(v, float) and math.isfinite(v) for v in values), name
+    assert "val_loss" not in history.metrics and "val_accuracy" not in history.metrics
+    assert history.train_seconds > 0
+
+
+def test_gap_is_train_minus_test_accuracy(tiny_run) -> None:
+    history, _ = tiny_run
+    m = history.metrics
+    for train_acc, test_acc, gap in zip(
+        m["train_accuracy"], m["test_accuracy"], m["gap"], strict=True
+    ):
+        assert gap == pytest.approx(train_acc - test_acc, abs=1e-12)
+
+
+def test_accuracies_are_over_the_whole_sets(tiny_run) -> None:
+    """Train accuracy counts all 60 training images, test accuracy all 200 test images."""
+    history, _ = tiny_run
+    for name, n in (("train_accuracy", TRAIN_SIZE), ("test_accuracy", TEST_SIZE)):
+        for value in history.metrics[name]:
+            assert 0.0 <= value <= 1.0
+            assert value * n == pytest.approx(round(value * n), abs=1e-3), (name, value)
+
+
+def test_no_penalty_without_regularisation(tiny_run) -> None:
+    history, _ = tiny_run
+    assert history.metrics["reg_loss"] == [0.0] * EPOCHS
+    assert all(w > 0 for w in history.metrics["weight_norm"])
+
+
+def test_on_epoch_sees_every_epoch_in_order(tiny_run) -> None:
+    history, calls = tiny_run
+    assert [epoch for epoch, _ in calls] == [1, 2, 3]
+    for epoch, values in calls:
+        assert set(values) == set(train.EPOCH_METRICS)
+        for name, value in values.items():
+            assert history.metrics[name][epoch - 1] == value
+
+
+def test_final_summary(tiny_run) -> None:
+    history, _ = tiny_run
+    final = history.final()
+    assert set(final) == set(train.FINAL_METRICS)
+    test = history.metrics["test_accuracy"]
+    assert final["final_train_accuracy"] == history.metrics["train_accuracy"][-1]
+    assert final["final_test_accuracy"] == test[-1]
+    assert final["final_gap"] == history.metrics["gap"][-1]
+    assert final["best_test_accuracy"] == max(test)
+    assert test[int(final["best_epoch"]) - 1] == max(test)
+    assert final["train_seconds"] == history.train_seconds
+
+
+def test_first_epoch_starts_from_the_built_model(tiny_run) -> None:
+    """The run's weights are `build_model(spec, seed)`'s: one epoch of SGD moves the loss a bit."""
+    history, _ = tiny_run
+    config = _config()
+    split = _split(config)
+    model = models.build_model(config.model, seed=0)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    initial = float(loss(split.y_train, model(split.x_train)))
+    assert history.metrics["train_loss"][0] < initial
+    assert history.metrics["train_loss"][0] == pytest.approx(initial, abs=0.5)
+
+
+def test_validation_metrics_iff_val_split() -> None:
+    history = _run(_config(data={"val_size": 20}))
+    assert set(history.metrics) == set(train.EPOCH_METRICS) | set(train.VAL_METRICS)
+    for name in train.VAL_METRICS:
+        assert len(history.metrics[name]) == EPOCHS
+    for value in history.metrics["val_accuracy"]:
+        assert value * 20 == pytest.approx(round(value * 20), abs=1e-3)
+
+
+# --- seeds ----------------------------------------------------------------------------------
+
+
+def test_same_seed_same_history_other_seed_other_history(tiny_run) -> None:
+    history, _ = tiny_run
+    again = _run(_config(), seed=0)
+    assert again.metrics == history.metrics
+    other = _run(_config(), seed=1)
+    assert other.metrics["train_loss"] != history.metrics["train_loss"]
+    assert other.metrics["weight_norm"] != history.metrics["weight_norm"]
+
+
+def test_dropout_runs_are_reproducible() -> None:
+    config = _config(model={"dropout": 0.3, "batch_norm": True}, train={"epochs": 2})
+    assert _run(config, seed=4).metrics == _run(config, seed=4).metrics
+
+
+# --- divergence -----------------------------------------------------------------------------
+
+
+def test_divergence_raises_with_the_history_before_it() -> None:
+    # weight decay with lr * lambda >> 2 multiplies every kernel by (1 - lr * lambda) = -99 per
+    # update, whatever the data does: the weights overflow within a few epochs on any seed
+    config = _config(
+        model={"weight_decay": 100.0},
+        train={"optimizer": {"name": "sgd", "learning_rate": 1.0}, "epochs": 10},
+    )
+    seen: list[int] = []
+    with pytest.raises(train.Diverged) as err:
+        _run(config, on_epoch=lambda epoch, values: seen.append(epoch))
+    reason = err.value.reason
+    match = re.search(r"diverged at epoch (\d+): (\w+) is (nan|inf|-inf)", reason)
+    assert match, reason
+    epoch = int(match.group(1))
+    assert match.group(2) in (*train.EPOCH_METRICS, *train.VAL_METRICS)
+    assert str(err.value) == reason
+    before = err.value.history
+    assert epoch >= 2, "the test wants a few finite epochs first"
+    assert before.epochs == epoch - 1
+    assert seen == list(range(1, epoch))
+    assert all(math.isfinite(v) for values in before.metrics.values() for v in values)
+    # the weights were blowing up before they overflowed
+    norms = before.metrics["weight_norm"]
+    assert norms[-1] > 1e3
+
+
+# --- minibatches ----------------------------------------------------------------------------
+
+
+def test_steps_per_epoch() -> None:
+    assert train.steps_per_epoch(300, 100) == 3
+    assert train.steps_per_epoch(301, 100) == 4
+    assert train.steps_per_epoch(5, 100) == 1
+
+
+def test_with_replacement_draws_indices() -> None:
+    order = train.batch_order(65, 20, epochs=4, sampling="with_replacement", seed=0)
+    assert order.shape == (4, 4 * 20)  # ceil(65/20) updates of a full batch each
+    assert order.dtype == np.int32
+    assert order.min() >= 0 and order.max() < 65
+    # draws with replacement repeat indices within an epoch
+    assert any(len(np.unique(row)) < len(row) for row in order)
+
+
+def test_shuffle_epochs_are_permutations() -> None:
+    order = train.batch_order(65, 20, epochs=4, sampling="shuffle", seed=0)
+    assert order.shape == (4, 65)
+    for row in order:
+        np.testing.assert_array_equal(np.sort(row), np.arange(65))
+    assert not np.array_equal(order[0], order[1])
+
+
+@pytest.mark.parametrize("sampling", ["with_replacement", "shuffle"])
+def test_batch_order_is_seeded(sampling: str) -> None:
+    a = train.batch_order(50, 10, 3, sampling, seed=1)
+    np.testing.assert_array_equal(a, train.batch_order(50, 10, 3, sampling, seed=1))
+    assert not np.array_equal(a, train.batch_order(50, 10, 3, sampling, seed=2))
+
+
+def test_shuffle_with_an_uneven_last_batch_trains() -> None:
+    # 50 images in batches of 20: the last update of each epoch sees 10
+    history = _run(_config(data={"train_size": 50}, train={"sampling": "shuffle"}))
+    assert history.epochs == EPOCHS
+    assert history.metrics["train_loss"][-1] < history.metrics["train_loss"][0]
+
+
+# --- optimizers and the penalty -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"])
+def test_every_optimizer_trains(name: str) -> None:
+    config = _config(train={"optimizer": {"name": name}, "epochs": 1})
+    split = _split(config)
+    model = models.build_model(config.model, seed=0)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    initial = float(loss(split.y_train, model(split.x_train)))
+    after = train.train(config, split, 0).metrics["train_loss"][0]
+    assert math.isfinite(after)
+    assert abs(after - initial) > 1e-3
+    if name != "rmsprop":
+        # rmsprop's first steps are lr / sqrt(1 - rho) = 10 lr per weight (its average of
+        # squared gradients starts at 0), so one epoch may overshoot; the rest must descend
+        assert after < initial
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"])
+def test_optimizer_settings_reach_keras(name: str) -> None:
+    config = _config(train={"optimizer": {"name": name}})
+    spec = config.train.optimizer
+    optimizer = train.make_optimizer(spec)
+    assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(
+        spec.learning_rate
+    )
+    if name in ("momentum", "nesterov"):
+        assert optimizer.momentum == pytest.approx(0.9)
+        assert optimizer.nesterov is (name == "nesterov")
+    if name == "sgd":
+        assert optimizer.momentum == 0
+    if name == "adam":
+        assert (optimizer.beta_1, optimizer.beta_2) == (0.9, 0.999)
+    if name == "rmsprop":
+        assert optimizer.rho == pytest.approx(0.99)
+    if name == "adagrad":
+        assert optimizer.initial_accumulator_value == 0.0
+
+
+def test_weight_decay_reg_loss_is_half_lambda_sum_of_squares() -> None:
+    lam = 0.05
+    history = _run(_config(model={"weight_decay": lam}))
+    for reg, norm in zip(history.metrics["reg_loss"], history.metrics["weight_norm"], strict=True):
+        assert reg > 0
+        # weight_norm is the L2 norm of every kernel, so 0.5 * lambda * norm^2 is the penalty
+        assert reg == pytest.approx(0.5 * lam * norm**2, rel=1e-4)
