@@ -27,6 +27,8 @@ def _quiet_import() -> None:
 
         # every run builds a new model and so traces a new epoch function, by design
         tf.get_logger().setLevel("ERROR")
+        # device discovery probes CUDA and logs its failure on a CPU-only machine: do it here
+        tf.config.list_physical_devices()
     finally:
         os.dup2(saved, 2)
         os.close(saved)

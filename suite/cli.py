@@ -48,8 +48,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Declarative Keras overfitting studies, tracked in MLflow, compared in reports.",
 )
-out = Console()
-err = Console(stderr=True)
+# piped output is not cut to 80 columns: tables go to logs and files whole
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 400)
 
 EXPERIMENTS = Path("experiments")
 
@@ -108,7 +109,9 @@ def load(study: str, sets: list[str] | None) -> Study:
 
 def cells_table(study: Study) -> Table:
     table = Table(title=f"{study.name}: {len(study.cells)} cells x {len(study.seeds)} seeds")
-    for column in ("cell", "hash", "hidden", "init", "wd", "dropout", "bn", "optimizer", "epochs"):
+    table.add_column("cell", no_wrap=True)
+    table.add_column("hash", no_wrap=True)
+    for column in ("hidden", "init", "wd", "dropout", "bn", "optimizer", "epochs"):
         table.add_column(column)
     for cell in study.cells:
         m, t = cell.config.model, cell.config.train
@@ -181,8 +184,9 @@ class RichObserver:
 
 def summary_table(result: Any) -> Table:
     table = Table(title=f"{result.study.name}: final values, mean over seeds")
-    for column in ("cell", "seeds", "failed", "train acc", "test acc", "gap"):
-        table.add_column(column, justify="left" if column == "cell" else "right")
+    table.add_column("cell", no_wrap=True)
+    for column in ("seeds", "failed", "train acc", "test acc", "gap"):
+        table.add_column(column, justify="right")
 
     def fmt(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}"

@@ -6,7 +6,11 @@ or nothing in tests) and returns a `StudyResult` that tests and the CLI read.
 
 from __future__ import annotations
 
+import signal
 import statistics
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -125,6 +129,40 @@ def plan(
     return todo, finished, stale
 
 
+@dataclass
+class _StopRequest:
+    """Ctrl-C (SIGINT) or SIGTERM, taken at the next epoch boundary.
+
+    A signal raised at an arbitrary point can land in a finalizer or weakref callback, where
+    Python only prints it and goes on; checking a flag after every epoch stops reliably. A
+    second Ctrl-C stops at once.
+    """
+
+    requested: bool = False
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handle(signum: int, frame: object) -> None:
+            if self.requested and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.requested = True
+
+        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
 def run_study(
     study: Study,
     tracker: Tracker,
@@ -135,12 +173,10 @@ def run_study(
     """Train every run of `study` that is not FINISHED in the store yet.
 
     One failing run (divergence, a bad data file, any exception) is marked FAILED with its
-    reason and the study goes on. Ctrl-C marks the current run KILLED and propagates, so a
-    later invocation resumes exactly where this one stopped.
+    reason and the study goes on. Ctrl-C or SIGTERM stops at the next epoch boundary, marks
+    the current run KILLED and raises KeyboardInterrupt, so a later invocation resumes exactly
+    where this one stopped.
     """
-    from suite import data
-    from suite.train import Diverged, train
-
     observer = observer or Silent()
     todo, finished, stale = plan(study, tracker, seeds, rerun)
     results: list[RunResult] = []
@@ -158,51 +194,74 @@ def run_study(
     for record in stale:
         tracker.fail(record.run_id, "left RUNNING by an interrupted invocation", "KILLED")
 
-    for index, key in enumerate(todo):
-        observer.run_started(key, index, len(todo))
-        cfg = key.cell.config
-        run_id = None
-        try:
-            split = data.make_split(
-                cfg.data.path,
-                cfg.data.train_size,
-                cfg.data.subset,
-                cfg.data.val_size,
-                cfg.data.test_size,
-                key.seed,
+    stop = _StopRequest()
+    with stop.installed():
+        for index, key in enumerate(todo):
+            stop.check()
+            results.append(
+                _run_one(key, index, len(todo), study, tracker, experiment_id, observer, stop)
             )
-            run_id = tracker.start_run(
-                experiment_id, study.name, key.cell, key.seed, split.source.label
-            )
-            logger = EpochLogger(tracker, run_id)
-
-            def on_epoch(
-                epoch: int,
-                values: dict[str, float],
-                key: RunKey = key,
-                logger: EpochLogger = logger,
-            ) -> None:
-                logger(epoch, values)
-                observer.epoch_done(key, epoch, key.cell.config.train.epochs, values)
-
-            try:
-                history = train(cfg, split, key.seed, on_epoch=on_epoch)
-            finally:
-                logger.flush()
-            final = history.final()
-            tracker.finish(run_id, final)
-            result = RunResult(key, FINISHED, run_id, final)
-        except KeyboardInterrupt:
-            if run_id is not None:
-                tracker.fail(run_id, "interrupted", "KILLED")
-            raise
-        except Diverged as err:
-            result = _failed(tracker, key, run_id, err.reason)
-        except Exception as err:  # noqa: BLE001 - one failing run never stops the study
-            result = _failed(tracker, key, run_id, f"{type(err).__name__}: {err}")
-        results.append(result)
-        observer.run_ended(result)
     return StudyResult(study, results)
+
+
+def _run_one(
+    key: RunKey,
+    index: int,
+    total: int,
+    study: Study,
+    tracker: Tracker,
+    experiment_id: str,
+    observer: Observer,
+    stop: _StopRequest,
+) -> RunResult:
+    """Train and log one run; any failure but an interrupt becomes a FAILED result."""
+    from suite import data
+    from suite.train import Diverged, train
+
+    observer.run_started(key, index, total)
+    cfg = key.cell.config
+    run_id = None
+    try:
+        split = data.make_split(
+            cfg.data.path,
+            cfg.data.train_size,
+            cfg.data.subset,
+            cfg.data.val_size,
+            cfg.data.test_size,
+            key.seed,
+        )
+        run_id = tracker.start_run(
+            experiment_id, study.name, key.cell, key.seed, split.source.label
+        )
+        logger = EpochLogger(tracker, run_id)
+
+        def on_epoch(
+            epoch: int,
+            values: dict[str, float],
+            key: RunKey = key,
+            logger: EpochLogger = logger,
+        ) -> None:
+            logger(epoch, values)
+            observer.epoch_done(key, epoch, key.cell.config.train.epochs, values)
+            stop.check()
+
+        try:
+            history = train(cfg, split, key.seed, on_epoch=on_epoch)
+        finally:
+            logger.flush()
+        final = history.final()
+        tracker.finish(run_id, final)
+        result = RunResult(key, FINISHED, run_id, final)
+    except KeyboardInterrupt:
+        if run_id is not None:
+            tracker.fail(run_id, "interrupted", "KILLED")
+        raise
+    except Diverged as err:
+        result = _failed(tracker, key, run_id, err.reason)
+    except Exception as err:  # noqa: BLE001 - one failing run never stops the study
+        result = _failed(tracker, key, run_id, f"{type(err).__name__}: {err}")
+    observer.run_ended(result)
+    return result
 
 
 def _failed(tracker: Tracker, key: RunKey, run_id: str | None, reason: str) -> RunResult:

@@ -95,7 +95,11 @@ class Tracker:
         scheme = urlparse(self.uri).scheme
         if scheme not in ("sqlite", "http", "https", "file", "postgresql", "mysql", "databricks"):
             raise TrackingError(f"--tracking-uri: unsupported URI {self.uri!r}")
-        self.client = MlflowClient(tracking_uri=self.uri)
+
+    @functools.cached_property
+    def client(self) -> MlflowClient:
+        """Made on first use: for sqlite, that creates the database file."""
+        return MlflowClient(tracking_uri=self.uri)
 
     def exists(self) -> bool:
         """False for a local sqlite store whose file is not there yet (nothing to read)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+import shutil
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,7 @@ class Store:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
+def store(tmp_path_factory: pytest.TempPathFactory, _store_template: Path) -> Store:
     """The tiny study run through the real runner, plus one FAILED run (baseline, seed 2)."""
     from suite.runner import run_study
 
@@ -53,6 +54,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     path = root / "tiny.yaml"
     path.write_text(TINY_STUDY)
     study = load_study(path)
+    shutil.copyfile(_store_template, root / "mlflow.db")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     tracker = Tracker(uri)
     assert run_study(study, tracker).ok
@@ -150,12 +152,17 @@ def test_without_the_study_file_cells_sort_by_name(
     assert "reference" not in rows[0]
 
 
-def test_user_errors(store: Store, tmp_path: Path) -> None:
+def test_user_errors(store: Store, tracking_uri: str, tmp_path: Path) -> None:
     with pytest.raises(ReportError, match=r"no study 'nope' in .*; studies: tiny-report$"):
         write_report("nope", Tracker(store.uri), tmp_path)
 
-    # one fresh store (creating one costs seconds): first empty, then a study whose run failed
-    tracker = Tracker(f"sqlite:///{tmp_path / 'other.db'}")
+    missing = tmp_path / "missing.db"
+    with pytest.raises(ReportError, match="no studies in"):
+        write_report("tiny-report", Tracker(f"sqlite:///{missing}"), tmp_path)
+    assert not missing.exists()  # a report never creates a store
+
+    # a fresh store: first empty, then with a study whose only run failed
+    tracker = Tracker(tracking_uri)
     with pytest.raises(ReportError, match="no studies in"):
         write_report("tiny-report", tracker, tmp_path)
     experiment_id = tracker.experiment_id("broken")

@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 from matplotlib.typing import LineStyleType
 
 from suite.report.aggregate import CellRow
@@ -63,6 +64,7 @@ def accuracy_curves(curves: pd.DataFrame, cells: Sequence[CellRow], title: str) 
             seeds = f"{cell.done} seed" + ("s" if cell.done != 1 else "")
             ax.set_title(f"{cell.label}  ({seeds})", fontsize="medium")
         axes.flat[0].set_ylim(0.0, 1.02)  # shared: the whole accuracy range, comparable at sight
+        axes.flat[0].xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
         for index, ax in enumerate(axes.flat):
             if index >= len(shown):
                 ax.set_visible(False)

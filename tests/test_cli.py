@@ -1,0 +1,152 @@
+"""The `overfit` command as a user runs it: a real process, a real store in a temp folder."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from suite.tracking import Tracker
+
+TINY = """
+name: tiny
+base:
+  data: {train_size: 40, test_size: 100}
+  model: {hidden: [8]}
+  train: {batch_size: 20, epochs: 3}
+seeds: [0, 1]
+variants:
+  baseline: {}
+  weight_decay: {model: {weight_decay: 0.1}}
+"""
+
+BROKEN = {
+    "unknown key": ("base: {model: {weight_decya: 0.1}}", "base.model.weight_decya"),
+    "negative learning rate": (
+        "base: {train: {optimizer: {name: sgd, learning_rate: -0.01}}}",
+        "base.train.optimizer.learning_rate",
+    ),
+    "dropout 1.0": ("variants: {d: {model: {dropout: 1.0}}}", "variants.d.model.dropout"),
+    "train_size beyond the data": ("base: {data: {train_size: 60000}}", "data.train_size"),
+    "string for a number": ("base: {model: {weight_decay: '0.1'}}", "base.model.weight_decay"),
+    "invalid YAML": ("base: {model: [", "invalid YAML"),
+    "empty file": (None, "empty"),
+}
+
+
+def overfit(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SUITE_OFFLINE": "1", "MLFLOW_TRACKING_URI": ""}
+    env.pop("MLFLOW_TRACKING_URI")
+    return subprocess.run(
+        [sys.executable, "-m", "suite", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_broken_study_is_one_line_error_and_creates_nothing(
+    case: str, command: str, tmp_path: Path
+) -> None:
+    body, key = BROKEN[case]
+    path = tmp_path / "broken.yaml"
+    path.write_text("" if body is None else f"name: broken\n{body}\n")
+
+    done = overfit(command, str(path), cwd=tmp_path)
+
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr
+    assert str(path) in errors[0] and key in errors[0]
+    assert "Traceback" not in done.stderr + done.stdout
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()
+
+
+def test_bad_options_are_one_line_errors(
+    write_study: Callable[[str], Path], tmp_path: Path
+) -> None:
+    study = write_study(TINY)
+    for args, expected in [
+        (["--set", "train.epoch=3"], "--set train.epoch: unknown key (did you mean 'epochs'?)"),
+        (["--only", "basline"], "--only: no cell 'basline' (did you mean 'baseline'?)"),
+        (["--seeds", "x"], "--seeds"),
+    ]:
+        done = overfit("run", str(study), *args, cwd=tmp_path)
+        assert done.returncode != 0 and expected in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_validate_prints_the_cells(tmp_path: Path) -> None:
+    headline = Path(__file__).resolve().parents[1] / "experiments" / "overfitting.yaml"
+    done = overfit("validate", str(headline), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    for cell in ("baseline", "weight_decay", "dropout", "batch_norm", "init_small", "wd_dropout"):
+        assert cell in done.stdout
+    assert "runs: 21" in done.stdout
+
+
+def test_run_list_and_dry_run(write_study: Callable[[str], Path], tmp_path: Path) -> None:
+    study = write_study(TINY)
+    dry = overfit("run", str(study), "--dry-run", cwd=tmp_path)
+    assert dry.returncode == 0 and "4 of 4 runs to train" in dry.stdout
+    assert not (tmp_path / "mlflow.db").exists()
+
+    done = overfit("run", str(study), "--only", "baseline", "--seeds", "0,1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "2 finished, 0 skipped, 0 failed" in done.stdout
+    assert (tmp_path / "mlflow.db").exists()
+
+    dry = overfit("run", str(study), "--dry-run", cwd=tmp_path)
+    assert "2 of 4 runs to train, 2 already finished" in dry.stdout
+    listed = overfit("list", cwd=tmp_path)
+    assert listed.returncode == 0 and "tiny" in listed.stdout
+
+
+def test_sigint_then_rerun_completes_with_one_finished_run_each(
+    write_study: Callable[[str], Path], tmp_path: Path, tracking_uri: str
+) -> None:
+    study = write_study(TINY.replace("epochs: 3", "epochs: 40"))
+    env = {**os.environ, "SUITE_OFFLINE": "1", "MLFLOW_TRACKING_URI": tracking_uri}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "suite", "run", str(study)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    tracker = Tracker(tracking_uri)  # already migrated: reading it races with nothing
+    deadline = time.monotonic() + 240
+    finished = 0
+    while time.monotonic() < deadline and finished == 0 and process.poll() is None:
+        time.sleep(0.5)
+        experiment_id = tracker.experiment_id("tiny", create=False)
+        runs = tracker.runs(experiment_id) if experiment_id else []
+        finished = sum(r.status == "FINISHED" for r in runs)
+    assert finished >= 1 and process.poll() is None, "the study ended before it could be stopped"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "resume" in stderr and "Traceback" not in stderr
+
+    experiment_id = tracker.experiment_id("tiny", create=False)
+    assert experiment_id is not None
+    before = tracker.runs(experiment_id)
+    assert "RUNNING" not in {r.status for r in before}
+
+    done = overfit("run", str(study), "--tracking-uri", tracking_uri, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    after = tracker.runs(experiment_id)
+    finished_keys = [(r.cell_hash, r.seed) for r in after if r.status == "FINISHED"]
+    assert len(finished_keys) == len(set(finished_keys)) == 4
