@@ -243,7 +243,11 @@ def run(
         f"{result.count('failed')} failed"
     )
     out.print(line if result.ok else f"[red]{line}[/]")
-    out.print(f"tracking: {tracker.uri}   browse: overfit ui   report: overfit report {spec.name}")
+    out.print(
+        f"tracking: {tracker.uri}   browse: overfit ui   report: overfit report {spec.name}",
+        soft_wrap=True,
+        highlight=False,
+    )
     if not result.ok:
         raise typer.Exit(1)
 
@@ -288,8 +292,8 @@ def report(
             spec = load_study(path)
             name = spec.name
         paths = write_report(name, Tracker(tracking_uri), out_dir, spec)
-    out.print(f"report: {paths.html}")
-    out.print(f"        {paths.markdown}")
+    out.print(f"report: {paths.html}", soft_wrap=True, highlight=False)
+    out.print(f"        {paths.markdown}", soft_wrap=True, highlight=False)
 
 
 @app.command()

@@ -23,16 +23,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-# Final per-run metrics a `reference:` block may name (design.md, Metrics).
-FINAL_METRICS = (
-    "final_train_accuracy",
-    "final_test_accuracy",
-    "final_gap",
-    "best_test_accuracy",
-    "train_accuracy",
-    "test_accuracy",
-    "gap",
-)
+from suite.metrics import REFERENCE_METRICS
 
 KERAS_INITIALIZERS = (
     "glorot_normal",
@@ -192,13 +183,18 @@ class RunConfig(Strict):
 Range = Annotated[list[float], Field(min_length=2, max_length=2)]
 
 
+def _single_variant() -> dict[str, dict[str, Any] | None]:
+    """A study without `variants:` has one cell, its base."""
+    return {"base": {}}
+
+
 class StudyFile(Strict):
     """The top level of a study YAML."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
-    variants: dict[str, dict[str, Any] | None] = Field(default_factory=lambda: {"base": {}})
+    variants: dict[str, dict[str, Any] | None] = Field(default_factory=_single_variant)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     seeds: list[Annotated[int, Field(ge=0)]] | PositiveInt = Field(default_factory=lambda: [0])
     reference: dict[str, dict[str, Range]] = Field(default_factory=dict)
@@ -243,7 +239,7 @@ class Study:
 
     def select(self, only: list[str]) -> Study:
         """Keep the cells named (by name, variant, or a hash prefix of 4+ characters)."""
-        wanted = []
+        wanted: list[Cell] = []
         for token in only:
             hits = [c for c in self.cells if token in (c.name, c.variant)]
             if not hits and len(token) >= MIN_HASH_PREFIX:
@@ -372,8 +368,8 @@ def build_study(raw: Any, path: Path | None, overrides: dict[str, Any]) -> Study
                 f"{where}: reference.{cell_name}: no such cell{_did_you_mean(cell_name, names)}"
             )
         for metric, (lo, hi) in metrics.items():
-            if metric not in FINAL_METRICS:
-                hint = _did_you_mean(metric, FINAL_METRICS)
+            if metric not in REFERENCE_METRICS:
+                hint = _did_you_mean(metric, REFERENCE_METRICS)
                 raise SpecError(f"{where}: reference.{cell_name}.{metric}: unknown metric{hint}")
             if lo > hi:
                 raise SpecError(f"{where}: reference.{cell_name}.{metric}: range [{lo}, {hi}]")

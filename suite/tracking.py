@@ -18,13 +18,13 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
+from mlflow.entities import Metric, Param, Run, RunStatus, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -136,9 +136,8 @@ class Tracker:
             if e.name != "Default"
         ]
 
-    def runs(self, experiment_id: str) -> list[RunRecord]:
-        """Every active run of a study, as records."""
-        out = []
+    def iter_runs(self, experiment_id: str) -> Iterator[Run]:
+        """Every active run of a study that the suite logged (it has a `cell_hash` tag)."""
         page_token = None
         while True:
             page = self.client.search_runs(
@@ -147,23 +146,24 @@ class Tracker:
                 max_results=1000,
                 page_token=page_token,
             )
-            for run in page:
-                tags = run.data.tags
-                if "cell_hash" not in tags:
-                    continue
-                out.append(
-                    RunRecord(
-                        run_id=run.info.run_id,
-                        cell=tags.get("cell", ""),
-                        cell_hash=tags["cell_hash"],
-                        seed=int(tags.get("seed", -1)),
-                        status=run.info.status,
-                        metrics=dict(run.data.metrics),
-                    )
-                )
+            yield from (run for run in page if "cell_hash" in run.data.tags)
             page_token = page.token
             if not page_token:
-                return out
+                return
+
+    def runs(self, experiment_id: str) -> list[RunRecord]:
+        """Every suite run of a study, as records."""
+        return [
+            RunRecord(
+                run_id=run.info.run_id,
+                cell=run.data.tags.get("cell", ""),
+                cell_hash=run.data.tags["cell_hash"],
+                seed=int(run.data.tags.get("seed", -1)),
+                status=run.info.status,
+                metrics=dict(run.data.metrics),
+            )
+            for run in self.iter_runs(experiment_id)
+        ]
 
     # runs --------------------------------------------------------------------------------
 

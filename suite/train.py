@@ -29,28 +29,11 @@ import numpy as np
 import tensorflow as tf
 
 from suite.data import Split
+from suite.metrics import EPOCH_METRICS, FINAL_METRICS, VAL_METRICS
 from suite.models import build_model
 from suite.spec import OptimizerSpec, RunConfig
 
-# Per-epoch metric names (design.md); reports rely on them.
-EPOCH_METRICS = (
-    "train_loss",
-    "train_accuracy",
-    "test_loss",
-    "test_accuracy",
-    "gap",
-    "reg_loss",
-    "weight_norm",
-)
-VAL_METRICS = ("val_loss", "val_accuracy")
-FINAL_METRICS = (
-    "final_train_accuracy",
-    "final_test_accuracy",
-    "final_gap",
-    "best_test_accuracy",
-    "best_epoch",
-    "train_seconds",
-)
+__all__ = ["EPOCH_METRICS", "FINAL_METRICS", "VAL_METRICS", "Diverged", "History", "train"]
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 

@@ -9,10 +9,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from suite.metrics import EPOCH_METRICS, FINAL_METRICS
 from suite.runner import FAILED, FINISHED, SKIPPED, Silent, run_study
 from suite.spec import RunKey, load_study
 from suite.tracking import Tracker
-from suite.train import EPOCH_METRICS, FINAL_METRICS
 
 TINY = """
 name: tiny

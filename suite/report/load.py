@@ -11,22 +11,12 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
-from mlflow.entities import ViewType
 
-from suite.tracking import Tracker
+from suite.metrics import FINAL_METRICS
+from suite.tracking import FAILURE_TAG, Tracker
 
-# The metric names the report relies on (design.md, Metrics); checked before use.
-FINAL_METRICS = (
-    "final_train_accuracy",
-    "final_test_accuracy",
-    "final_gap",
-    "best_test_accuracy",
-    "best_epoch",
-    "train_seconds",
-)
 CURVE_METRICS = ("train_accuracy", "test_accuracy")
 TAGS = ("cell", "cell_hash", "variant", "seed", "data_source", "suite_version", "git_commit")
-FAILURE_TAG = "failure_reason"  # suite.tracking.FAILURE_TAG, spelled here to stay import-light
 
 RUN_COLUMNS = (
     "run_id",
@@ -117,29 +107,16 @@ def display_uri(uri: str) -> str:
 
 
 def _run_rows(tracker: Tracker, experiment_id: str) -> Iterable[dict[str, object]]:
-    page_token = None
-    while True:
-        page = tracker.client.search_runs(
-            [experiment_id],
-            run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=1000,
-            page_token=page_token,
-        )
-        for run in page:
-            tags = run.data.tags
-            if "cell_hash" not in tags:  # not a suite run (e.g. logged by hand)
-                continue
-            row: dict[str, object] = {
-                "run_id": run.info.run_id,
-                "run_name": run.info.run_name,
-                "status": run.info.status,
-                "start_time": run.info.start_time,
-                "end_time": run.info.end_time,
-                FAILURE_TAG: tags.get(FAILURE_TAG),
-            }
-            row.update({tag: tags.get(tag) for tag in TAGS})
-            row.update({m: run.data.metrics.get(m) for m in FINAL_METRICS})
-            yield row
-        page_token = page.token
-        if not page_token:
-            return
+    for run in tracker.iter_runs(experiment_id):
+        tags = run.data.tags
+        row: dict[str, object] = {
+            "run_id": run.info.run_id,
+            "run_name": run.info.run_name,
+            "status": run.info.status,
+            "start_time": run.info.start_time,
+            "end_time": run.info.end_time,
+            FAILURE_TAG: tags.get(FAILURE_TAG),
+        }
+        row.update({tag: tags.get(tag) for tag in TAGS})
+        row.update({m: run.data.metrics.get(m) for m in FINAL_METRICS})
+        yield row
