@@ -289,7 +289,7 @@ def report(
         spec = None
         path = study_path(study)
         if path.is_file():
-            spec = load_study(path)
+            spec = load_study(path, check_data=False)
             name = spec.name
         paths = write_report(name, Tracker(tracking_uri), out_dir, spec)
     out.print(f"report: {paths.html}", soft_wrap=True, highlight=False)

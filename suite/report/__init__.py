@@ -68,6 +68,12 @@ def write_report(
             "Cells marked 'not in the study file' are configurations found in the store that "
             "the current study file no longer has (edited since, or run with --set)."
         )
+    if any(c.adopted for c in cells):
+        notes.append(
+            "Cells marked 'settings differ from the study file' show the latest runs stored "
+            "under their name, whose configuration is not the file's as written (run with "
+            "--set, or the file edited since); the hash column is the runs'."
+        )
 
     folder = Path(out) if out is not None else Path("reports") / study
     folder.mkdir(parents=True, exist_ok=True)

@@ -51,6 +51,7 @@ class CellRow:
     name: str
     cell_hash: str
     in_study: bool  # False: runs of a configuration the given study file no longer has
+    adopted: bool  # a study cell shown with runs of its name whose settings differ (--set)
     expected: int  # seeds a complete cell has
     done: int
     failed: int
@@ -108,10 +109,11 @@ def cell_rows(runs: pd.DataFrame, study: Study | None = None) -> list[CellRow]:
     failed = failed_runs(runs)
     running = _open_seeds(runs, RUNNING)
 
-    # cell hash -> name, in table order; the study's names win over stored tags
-    names = {c.hash: c.name for c in study.cells} if study else {}
-    in_study = set(names) if study else set(runs["cell_hash"])
     stored = runs.sort_values("start_time").drop_duplicates("cell_hash", keep="last")
+    adopted = _adopted(stored, study)
+    # cell hash -> name, in table order; the study's names win over stored tags
+    names = {adopted.get(c.hash, c.hash): c.name for c in study.cells} if study else {}
+    in_study = set(names) if study else set(runs["cell_hash"])
     position = {c.name: i for i, c in enumerate(study.cells)} if study else {}
     others = [
         (h, n) for h, n in zip(stored["cell_hash"], stored["cell"], strict=True) if h not in names
@@ -141,6 +143,7 @@ def cell_rows(runs: pd.DataFrame, study: Study | None = None) -> list[CellRow]:
                 name=name,
                 cell_hash=cell_hash,
                 in_study=cell_hash in in_study,
+                adopted=cell_hash in adopted.values(),
                 expected=expected,
                 done=int(seeds_done.get(cell_hash, 0)),
                 failed=int((failed["cell_hash"] == cell_hash).sum()),
@@ -165,6 +168,31 @@ def curves(histories: pd.DataFrame) -> pd.DataFrame:
     grouped = histories.groupby(["cell_hash", "metric", "epoch"])["value"]
     out = grouped.agg(mean="mean", std="std", n="count").reset_index()
     return out.astype({"n": int})
+
+
+def _adopted(stored: pd.DataFrame, study: Study | None) -> dict[str, str]:
+    """Study cells to show with runs of the same name under another hash.
+
+    A run's hash covers its whole resolved configuration, so `overfit run STUDY --set
+    data.path=...` stores every cell under a hash the study file alone does not give. When a
+    study cell has no runs under its own hash, it takes the most recent hash stored under its
+    name, unless that hash belongs to another cell of the study.
+
+    Returns:
+        study cell hash -> the stored hash shown for it.
+    """
+    if study is None:
+        return {}
+    present = set(stored["cell_hash"])
+    own = {c.hash for c in study.cells}
+    out = {}
+    for cell in study.cells:
+        if cell.hash in present:
+            continue
+        same_name = stored[(stored["cell"] == cell.name) & ~stored["cell_hash"].isin(own)]
+        if len(same_name):
+            out[cell.hash] = str(same_name["cell_hash"].iloc[-1])  # sorted by start time
+    return out
 
 
 def _open_seeds(runs: pd.DataFrame, statuses: tuple[str, ...]) -> pd.DataFrame:
