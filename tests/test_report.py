@@ -216,3 +216,39 @@ def test_latest_finished_run_counts_and_rerun_clears_failure() -> None:
     assert (row.done, row.failed, row.expected) == (2, 1, 2)
     assert row.stats["final_train_accuracy"].mean == pytest.approx(0.8)
     assert row.partial and row.status == "partial: 1 failed"
+
+
+def test_study_cells_run_with_overrides_are_shown_under_their_names(store: Store) -> None:
+    """`overfit run STUDY --set data.path=...` stores every cell under another hash; the
+    report still shows the study's cells, with those runs, and says the settings differ."""
+    study = store.study
+    baseline = next(c for c in study.cells if c.name == "baseline")
+    weight_decay = next(c for c in study.cells if c.name == "weight_decay")
+    t = pd.Timestamp("2025-01-01", tz="UTC")
+    runs = pd.DataFrame(
+        {
+            "run_id": ["a", "b", "c", "d"],
+            "cell": ["baseline", "baseline", "weight_decay", "weight_decay"],
+            # baseline: an old and a newer override hash; weight_decay: its own hash plus one
+            "cell_hash": ["old-set", "new-set", weight_decay.hash, "other-set"],
+            "variant": ["baseline", "baseline", "weight_decay", "weight_decay"],
+            "seed": pd.array([0, 0, 0, 0], dtype="Int64"),
+            "status": ["FINISHED"] * 4,
+            "start_time": [t, t + pd.Timedelta(1, "h"), t, t],
+            "final_train_accuracy": [0.1, 0.9, 0.8, 0.7],
+            "final_test_accuracy": [0.1, 0.6, 0.5, 0.4],
+            "final_gap": [0.0, 0.3, 0.3, 0.3],
+            "best_test_accuracy": [0.1, 0.6, 0.5, 0.4],
+        }
+    )
+    rows = {r.cell_hash: r for r in cell_rows(runs, study)}
+
+    shown = rows["new-set"]
+    assert shown.name == "baseline" and shown.adopted and shown.in_study
+    assert shown.stats["final_test_accuracy"].mean == pytest.approx(0.6)
+    assert shown.reference == {"final_test_accuracy": (0.74, 0.77)}
+    own = rows[weight_decay.hash]
+    assert not own.adopted and own.in_study
+    # a cell with runs under its own hash adopts nothing; the others stay separate rows
+    assert {r.cell_hash for r in rows.values() if not r.in_study} == {"old-set", "other-set"}
+    assert baseline.hash not in rows
