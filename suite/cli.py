@@ -174,12 +174,20 @@ class RichObserver:
         )
 
     def run_ended(self, result: Any) -> None:
+        """One line per run, kept above the bars (and the only output when piped to a log)."""
         if self.study_task is not None:
             self.progress.advance(self.study_task)
+        name = f"{result.key.cell.name} seed {result.key.seed}"
         if result.status == "failed":
-            self.progress.console.print(
-                f"[red]failed[/] {result.key.cell.name} seed {result.key.seed}: {result.reason}"
-            )
+            self.progress.console.print(f"[red]failed[/]   {name}: {result.reason}")
+            return
+        final = result.final
+        self.progress.console.print(
+            f"finished {name}: train {final['final_train_accuracy']:.3f}  "
+            f"test {final['final_test_accuracy']:.3f}  gap {final['final_gap']:.3f}  "
+            f"({final['train_seconds']:.1f} s)",
+            highlight=False,
+        )
 
 
 def summary_table(result: Any) -> Table:

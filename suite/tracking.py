@@ -94,7 +94,10 @@ class Tracker:
         self.uri = resolve_uri(uri)
         scheme = urlparse(self.uri).scheme
         if scheme not in ("sqlite", "http", "https", "file", "postgresql", "mysql", "databricks"):
-            raise TrackingError(f"--tracking-uri: unsupported URI {self.uri!r}")
+            raise TrackingError(
+                f"--tracking-uri: unsupported URI {self.uri!r}; use sqlite:///path/to/mlflow.db, "
+                "http(s)://host:port (a tracking server) or a database URI"
+            )
 
     @functools.cached_property
     def client(self) -> MlflowClient:

@@ -53,6 +53,25 @@ def write_study(tmp_path: Path) -> Callable[[str], Path]:
     return write
 
 
+TINY_STUDY = """
+name: tiny
+base:
+  data: {train_size: 40, test_size: 100}
+  model: {hidden: [8]}
+  train: {batch_size: 20, epochs: 3}
+seeds: [0, 1]
+variants:
+  baseline: {}
+  weight_decay: {model: {weight_decay: 0.1}}
+"""
+
+
+@pytest.fixture
+def tiny_study() -> str:
+    """A study of 2 cells x 2 seeds x 3 epochs on 40 images: seconds end to end."""
+    return TINY_STUDY
+
+
 @pytest.fixture(scope="session")
 def _store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty, fully migrated sqlite MLflow store, built once per session.

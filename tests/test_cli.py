@@ -14,18 +14,6 @@ import pytest
 
 from suite.tracking import Tracker
 
-TINY = """
-name: tiny
-base:
-  data: {train_size: 40, test_size: 100}
-  model: {hidden: [8]}
-  train: {batch_size: 20, epochs: 3}
-seeds: [0, 1]
-variants:
-  baseline: {}
-  weight_decay: {model: {weight_decay: 0.1}}
-"""
-
 BROKEN = {
     "unknown key": ("base: {model: {weight_decya: 0.1}}", "base.model.weight_decya"),
     "negative learning rate": (
@@ -73,9 +61,9 @@ def test_broken_study_is_one_line_error_and_creates_nothing(
 
 
 def test_bad_options_are_one_line_errors(
-    write_study: Callable[[str], Path], tmp_path: Path
+    write_study: Callable[[str], Path], tmp_path: Path, tiny_study: str
 ) -> None:
-    study = write_study(TINY)
+    study = write_study(tiny_study)
     for args, expected in [
         (["--set", "train.epoch=3"], "--set train.epoch: unknown key (did you mean 'epochs'?)"),
         (["--only", "basline"], "--only: no cell 'basline' (did you mean 'baseline'?)"),
@@ -96,8 +84,10 @@ def test_validate_prints_the_cells(tmp_path: Path) -> None:
     assert "runs: 21" in done.stdout
 
 
-def test_run_list_and_dry_run(write_study: Callable[[str], Path], tmp_path: Path) -> None:
-    study = write_study(TINY)
+def test_run_list_and_dry_run(
+    write_study: Callable[[str], Path], tmp_path: Path, tiny_study: str
+) -> None:
+    study = write_study(tiny_study)
     dry = overfit("run", str(study), "--dry-run", cwd=tmp_path)
     assert dry.returncode == 0 and "4 of 4 runs to train" in dry.stdout
     assert not (tmp_path / "mlflow.db").exists()
@@ -114,9 +104,9 @@ def test_run_list_and_dry_run(write_study: Callable[[str], Path], tmp_path: Path
 
 
 def test_sigint_then_rerun_completes_with_one_finished_run_each(
-    write_study: Callable[[str], Path], tmp_path: Path, tracking_uri: str
+    write_study: Callable[[str], Path], tmp_path: Path, tiny_study: str, tracking_uri: str
 ) -> None:
-    study = write_study(TINY.replace("epochs: 3", "epochs: 40"))
+    study = write_study(tiny_study.replace("epochs: 3", "epochs: 40"))
     env = {**os.environ, "SUITE_OFFLINE": "1", "MLFLOW_TRACKING_URI": tracking_uri}
     process = subprocess.Popen(
         [sys.executable, "-m", "suite", "run", str(study)],

@@ -14,21 +14,9 @@ from suite.runner import FAILED, FINISHED, SKIPPED, Silent, run_study
 from suite.spec import RunKey, load_study
 from suite.tracking import Tracker
 
-TINY = """
-name: tiny
-base:
-  data: {train_size: 40, test_size: 100}
-  model: {hidden: [8]}
-  train: {batch_size: 20, epochs: 3}
-seeds: [0, 1]
-variants:
-  baseline: {}
-  weight_decay: {model: {weight_decay: 0.1}}
-"""
-
 # weight decay 1000 at learning rate 10 multiplies the weights by about -1e4 every update, so
 # the squared weights overflow float32 within 3 epochs of 2 updates, whatever the seed
-DIVERGING = TINY + (
+EXPLODING = (
     "  exploding: {model: {weight_decay: 1000.0}, train: {optimizer: {learning_rate: 10.0}}}\n"
 )
 
@@ -47,9 +35,9 @@ def finished_keys(tracker: Tracker, study: str) -> list[tuple[str, int]]:
 
 
 def test_every_run_logged_with_its_config_and_history(
-    write_study: Callable[[str], Path], tracker: Tracker
+    write_study: Callable[[str], Path], tracker: Tracker, tiny_study: str
 ) -> None:
-    study = load_study(write_study(TINY))
+    study = load_study(write_study(tiny_study))
     result = run_study(study, tracker)
 
     assert result.ok and result.count(FINISHED) == 4
@@ -83,9 +71,9 @@ def test_every_run_logged_with_its_config_and_history(
 
 
 def test_second_invocation_skips_finished_runs(
-    write_study: Callable[[str], Path], tracker: Tracker
+    write_study: Callable[[str], Path], tracker: Tracker, tiny_study: str
 ) -> None:
-    study = load_study(write_study(TINY))
+    study = load_study(write_study(tiny_study))
     first = run_study(study, tracker)
     again = run_study(study, tracker)
 
@@ -99,8 +87,10 @@ def test_second_invocation_skips_finished_runs(
     assert len(finished_keys(tracker, "tiny")) == 6
 
 
-def test_a_diverging_cell_fails_alone(write_study: Callable[[str], Path], tracker: Tracker) -> None:
-    study = load_study(write_study(DIVERGING))
+def test_a_diverging_cell_fails_alone(
+    write_study: Callable[[str], Path], tracker: Tracker, tiny_study: str
+) -> None:
+    study = load_study(write_study(tiny_study + EXPLODING))
     result = run_study(study, tracker)
 
     failed = [r for r in result.results if r.status == FAILED]
@@ -138,9 +128,9 @@ class InterruptAt(Silent):
 
 
 def test_interrupted_study_resumes_without_duplicates(
-    write_study: Callable[[str], Path], tracker: Tracker
+    write_study: Callable[[str], Path], tracker: Tracker, tiny_study: str
 ) -> None:
-    study = load_study(write_study(TINY))
+    study = load_study(write_study(tiny_study))
     with pytest.raises(KeyboardInterrupt):
         run_study(study, tracker, observer=InterruptAt(run_index=2))
 
@@ -156,9 +146,9 @@ def test_interrupted_study_resumes_without_duplicates(
 
 
 def test_a_run_left_running_by_a_dead_process_is_closed(
-    write_study: Callable[[str], Path], tracker: Tracker
+    write_study: Callable[[str], Path], tracker: Tracker, tiny_study: str
 ) -> None:
-    study = load_study(write_study(TINY))
+    study = load_study(write_study(tiny_study))
     experiment_id = tracker.experiment_id("tiny")
     assert experiment_id is not None
     cell = study.cells[0]
