@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from suite.metrics import EPOCH_METRICS
 from suite.tracking import Tracker
 
 BROKEN = {
@@ -140,3 +141,28 @@ def test_sigint_then_rerun_completes_with_one_finished_run_each(
     after = tracker.runs(experiment_id)
     finished_keys = [(r.cell_hash, r.seed) for r in after if r.status == "FINISHED"]
     assert len(finished_keys) == len(set(finished_keys)) == 4
+
+
+def test_same_spec_and_seed_give_identical_histories_across_processes(
+    write_study: Callable[[str], Path], tmp_path: Path, tiny_study: str, tracking_uri: str
+) -> None:
+    study = write_study(tiny_study + "  dropout: {model: {dropout: 0.2}}\n")
+    args = ["run", str(study), "--only", "dropout", "--seeds", "1", "--tracking-uri", tracking_uri]
+    assert overfit(*args, cwd=tmp_path).returncode == 0
+    assert overfit(*args, "--rerun", cwd=tmp_path).returncode == 0
+
+    tracker = Tracker(tracking_uri)
+    experiment_id = tracker.experiment_id("tiny", create=False)
+    assert experiment_id is not None
+    first, second = (r.run_id for r in tracker.runs(experiment_id))
+    for metric in EPOCH_METRICS:
+        a, b = (
+            [
+                (m.step, m.value)
+                for m in sorted(
+                    tracker.client.get_metric_history(run, metric), key=lambda m: m.step
+                )
+            ]
+            for run in (first, second)
+        )
+        assert len(a) == 3 and a == b, metric
