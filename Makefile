@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 OVERFIT := $(BIN)/overfit
 STUDY ?= overfitting
 ARGS ?=
-MARK ?= not slow and not browser
+MARK ?= not slow
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
@@ -15,6 +15,7 @@ STAMP := $(VENV)/.installed
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  variables: STUDY=$(STUDY) (run, report)  ARGS='...' (extra options for overfit run)"
+	@echo "  another store: MLFLOW_TRACKING_URI=... make run (reaches run, report and ui alike)"
 
 setup: $(STAMP) ## Create .venv and install the suite with its dev tools (quick when up to date)
 
@@ -26,7 +27,7 @@ $(STAMP): pyproject.toml
 
 run: setup ## Run a study (default: the headline overfitting study), then write its report
 	@status=0; $(OVERFIT) run experiments/$(STUDY).yaml $(ARGS) || status=$$?; \
-	if [ $$status -ne 130 ]; then $(OVERFIT) report $(STUDY) || status=$$?; fi; \
+	if [ $$status -le 1 ]; then $(OVERFIT) report $(STUDY) || status=$$?; else exit $$status; fi; \
 	echo; echo "report:  reports/$(STUDY)/index.html  (open it in a browser)"; \
 	echo "runs:    make ui  -> http://127.0.0.1:5000  (Group by -> tag 'cell' compares cells)"; \
 	exit $$status
@@ -51,7 +52,7 @@ lint: setup ## ruff (lint + format check) and mypy
 	$(BIN)/ruff format --check suite tests bench
 	$(BIN)/mypy
 
-clean: ## Remove generated reports, caches and .venv (keeps the MLflow store: mlflow.db, mlartifacts/)
+clean: ## Remove generated reports, bench results, caches and .venv (keeps mlflow.db, mlartifacts/)
 	find reports -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

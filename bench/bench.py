@@ -38,9 +38,13 @@ def timed(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, st
 def main() -> None:
     epochs = int(os.environ.get("BENCH_EPOCHS", "200"))
     data_path = SHARED if SHARED.is_file() else None
-    env = {**os.environ, "SUITE_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        # both sides read the same data: the shared file, else the bundled subset (no Keras
+        # cache or SUITE_MNIST_PATH of this machine in between)
+        env = {**os.environ, "SUITE_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+        env.pop("SUITE_MNIST_PATH", None)
+        env["KERAS_HOME"] = str(work / "keras-home")
         overfit = [sys.executable, "-m", "suite", "run", str(ROOT / "experiments/overfitting.yaml")]
         overfit += ["--only", "baseline", "--seeds", "1", "--set", f"train.epochs={epochs}"]
         if data_path:

@@ -1,7 +1,7 @@
 """The `overfit` command: parse, call the library, print. No logic of its own.
 
 Heavy imports (TensorFlow, MLflow) happen inside the commands that need them, so `overfit
-validate` and `overfit --help` answer at once.
+--help` and `overfit validate` do not pay for them.
 """
 
 from __future__ import annotations
@@ -83,8 +83,20 @@ def user_errors() -> Iterator[None]:
     except (SpecError, DataError) as e:
         fail(str(e))
     except Exception as e:
-        if type(e).__name__ in ("TrackingError", "MlflowException", "ReportError"):
-            fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        # classes of modules too heavy to import up front; any of them is loaded if it raised
+        loaded = [
+            sys.modules.get(m) for m in ("suite.tracking", "suite.report", "mlflow.exceptions")
+        ]
+        known = tuple(
+            getattr(module, name)
+            for module in loaded
+            if module is not None
+            for name in ("TrackingError", "ReportError", "MlflowException")
+            if hasattr(module, name)
+        )
+        if isinstance(e, known):
+            text = str(e).strip()
+            fail(text.splitlines()[0] if text else type(e).__name__)
         raise
 
 
@@ -145,17 +157,26 @@ class RichObserver:
         self.progress = progress
         self.study_task: TaskID | None = None
         self.run_task: TaskID | None = None
+        self.name = ""
+        self.epochs_before = 0  # epochs of the runs already ended
         self.last_update = 0.0
 
     def study_started(self, study: Study, todo: list[RunKey], skipped: int) -> None:
         if skipped:
             out.print(f"{skipped} runs already finished in the store: skipped")
+        self.name = study.name
         if todo:
-            self.study_task = self.progress.add_task(f"[bold]{study.name}", total=len(todo))
+            # counted in epochs, so the ETA moves within a run and weighs long runs right
+            epochs = sum(k.cell.config.train.epochs for k in todo)
+            self.study_task = self.progress.add_task(f"[bold]{study.name}", total=epochs)
 
     def run_started(self, key: RunKey, index: int, total: int) -> None:
         if self.run_task is not None:
             self.progress.remove_task(self.run_task)
+        if self.study_task is not None:
+            self.progress.update(
+                self.study_task, description=f"[bold]{self.name}[/] run {index + 1}/{total}"
+            )
         self.run_task = self.progress.add_task(
             f"{key.cell.name} seed {key.seed}", total=key.cell.config.train.epochs
         )
@@ -165,7 +186,8 @@ class RichObserver:
         if epoch != epochs and now - self.last_update < 0.2:
             return
         self.last_update = now
-        assert self.run_task is not None
+        assert self.run_task is not None and self.study_task is not None
+        self.progress.update(self.study_task, completed=self.epochs_before + epoch)
         self.progress.update(
             self.run_task,
             completed=epoch,
@@ -175,8 +197,9 @@ class RichObserver:
 
     def run_ended(self, result: Any) -> None:
         """One line per run, kept above the bars (and the only output when piped to a log)."""
+        self.epochs_before += result.key.cell.config.train.epochs
         if self.study_task is not None:
-            self.progress.advance(self.study_task)
+            self.progress.update(self.study_task, completed=self.epochs_before)
         name = f"{result.key.cell.name} seed {result.key.seed}"
         if result.status == "failed":
             self.progress.console.print(f"[red]failed[/]   {name}: {result.reason}")
@@ -266,10 +289,12 @@ def _progress() -> Iterator[Progress]:
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("epochs"),
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
         console=out,
+        speed_estimate_period=3600,  # the mean pace of the whole study, not the last 30 s
         transient=False,
     )
     try:
@@ -296,6 +321,8 @@ def report(
         name = study
         spec = None
         path = study_path(study)
+        if Path(study).suffix in (".yaml", ".yml") and not path.is_file():
+            raise SpecError(f"{study}: no such study file")
         if path.is_file():
             spec = load_study(path, check_data=False)
             name = spec.name
@@ -335,25 +362,26 @@ def list_(tracking_uri: UriOpt = None) -> None:
         from suite.tracking import Tracker
 
         tracker = Tracker(tracking_uri)
-        studies = tracker.studies()
-    if not studies:
-        out.print(f"no studies in {tracker.uri}")
-        return
-    table = Table(title=f"studies in {tracker.uri}")
-    for column in ("study", "cells", "finished", "failed", "running", "other"):
-        table.add_column(column, justify="left" if column == "study" else "right")
-    for experiment_id, name in studies:
-        records = tracker.runs(experiment_id)
-        status = [r.status for r in records]
-        known = ("FINISHED", "FAILED", "RUNNING")
-        table.add_row(
-            name,
-            str(len({r.cell_hash for r in records})),
-            str(status.count("FINISHED")),
-            str(status.count("FAILED")),
-            str(status.count("RUNNING")),
-            str(sum(s not in known for s in status)),
-        )
+        # a local store that is not there has no studies; asking would create it
+        studies = tracker.studies() if tracker.exists() else []
+        if not studies:
+            out.print(f"no studies in {tracker.uri}", soft_wrap=True, highlight=False)
+            return
+        table = Table(title=f"studies in {tracker.uri}")
+        for column in ("study", "cells", "finished", "failed", "running", "other"):
+            table.add_column(column, justify="left" if column == "study" else "right")
+        for experiment_id, name in studies:
+            records = tracker.runs(experiment_id)
+            status = [r.status for r in records]
+            known = ("FINISHED", "FAILED", "RUNNING")
+            table.add_row(
+                name,
+                str(len({r.cell_hash for r in records})),
+                str(status.count("FINISHED")),
+                str(status.count("FAILED")),
+                str(status.count("RUNNING")),
+                str(sum(s not in known for s in status)),
+            )
     out.print(table)
 
 

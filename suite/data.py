@@ -28,7 +28,10 @@ import numpy as np
 
 BUNDLED_FILE = "mnist-train-10k.npz"
 BUNDLED_TRAIN_POOL = 8000  # the bundled file's first 8000 digits train, the last 2000 test
-KERAS_CACHE = Path.home() / ".keras" / "datasets" / "mnist.npz"
+# Keras' own cache; KERAS_HOME moves it, as it does for Keras
+KERAS_CACHE = (
+    Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "datasets" / "mnist.npz"
+)
 MNIST_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
@@ -162,22 +165,60 @@ def load_pool(source: Source) -> Pool:
 
 
 def _read_npz(path: str, keys: tuple[str, ...], what: str) -> dict[str, np.ndarray]:
+    """Read and check an image/label archive: every key there, images (N, 28, 28) matching
+    N integer labels in 0-9, no empty array. Any problem is one `DataError` line."""
     where = f"{what}: {path}" if what else path
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise DataError(f"{where}: not an .npz archive (expected Keras' mnist.npz layout)")
+        with loaded as npz:
             missing = [k for k in keys if k not in npz.files]
             if missing:
                 raise DataError(f"{where}: not in Keras' mnist.npz layout (missing {missing[0]})")
             arrays = {k: npz[k] for k in keys}
     except DataError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, AttributeError, TypeError) as err:
         raise DataError(f"{where}: unreadable ({type(err).__name__}: {err})") from None
-    for prefix in ("x", "y"):
-        for k in keys:
-            if k.startswith(prefix) and arrays[k].ndim != (3 if prefix == "x" else 1):
-                raise DataError(f"{where}: {k} has shape {arrays[k].shape}")
+    for x_key, y_key in zip(keys[0::2], keys[1::2], strict=True):
+        x, y = arrays[x_key], arrays[y_key]
+        if x.ndim != 3 or x.shape[1:] != (28, 28):
+            raise DataError(f"{where}: {x_key} has shape {x.shape}, expected (N, 28, 28)")
+        if y.ndim != 1 or len(y) != len(x):
+            raise DataError(f"{where}: {y_key} has shape {y.shape}, expected ({len(x)},)")
+        if len(x) == 0:
+            raise DataError(f"{where}: {x_key} is empty")
+        if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() > 9:
+            raise DataError(f"{where}: {y_key} must hold integer labels 0-9")
     return arrays
+
+
+def check_sizes(
+    path: str | None, train_size: int | None, val_size: int, test_size: int | None
+) -> Source:
+    """Check that the data `path` resolves to holds the images asked for; return its source.
+
+    Raises:
+        DataError: naming the `data.*` key that asks for more than there is.
+    """
+    source = resolve_source(path)
+    pool = load_pool(source)
+    n_pool, n_test = len(pool.y_train), len(pool.y_test)
+    n_train = n_pool - val_size if train_size is None else train_size
+    if n_train + val_size > n_pool:
+        plus = f" + val_size {val_size}" if val_size else ""
+        raise DataError(
+            f"data.train_size: {n_train}{plus} is more than the {n_pool} training images "
+            f"of {source.label}"
+        )
+    if n_train <= 0:
+        raise DataError(f"data.val_size: {val_size} leaves no training images of {n_pool}")
+    if test_size is not None and test_size > n_test:
+        raise DataError(
+            f"data.test_size: {test_size} is more than the {n_test} test images of {source.label}"
+        )
+    return source
 
 
 def pool_sizes(path: str | None = None) -> tuple[int, int, Source]:
@@ -202,15 +243,10 @@ def make_split(
     asked for, is then held out of that selection, stratified and seeded. `test_size` keeps the
     first N test images (all of them by default).
     """
-    pool = load_pool(resolve_source(path))
+    pool = load_pool(check_sizes(path, train_size, val_size, test_size))
     n_pool = len(pool.y_train)
     n_train = n_pool - val_size if train_size is None else train_size
     n_take = n_train + val_size
-    if n_take > n_pool:
-        raise DataError(
-            f"data.train_size: {n_train} + val_size {val_size} is more than the {n_pool} "
-            f"training images of {pool.source.label}"
-        )
     if subset == "first" or n_take == n_pool:
         idx = np.arange(n_take)
     else:

@@ -121,7 +121,9 @@ def plan(
     """
     experiment_id = tracker.experiment_id(study.name, create=False) if tracker.exists() else None
     records = tracker.runs(experiment_id) if experiment_id else []
-    finished = {(r.cell_hash, r.seed): r for r in records if r.status == "FINISHED"}
+    # by start time, so that of several FINISHED runs of a key (--rerun) the latest is kept
+    ordered = sorted(records, key=lambda r: r.start_time)
+    finished = {(r.cell_hash, r.seed): r for r in ordered if r.status == "FINISHED"}
     keys = study.runs(seeds)
     todo = keys if rerun else [k for k in keys if (k.cell.hash, k.seed) not in finished]
     wanted = {(k.cell.hash, k.seed) for k in todo}
@@ -222,6 +224,10 @@ def _run_one(
     cfg = key.cell.config
     run_id = None
     try:
+        # the run exists before its data is cut, so a data failure is recorded too
+        run_id = tracker.start_run(
+            experiment_id, study.name, key.cell, key.seed, key.cell.data_source or "unknown"
+        )
         split = data.make_split(
             cfg.data.path,
             cfg.data.train_size,
@@ -229,9 +235,6 @@ def _run_one(
             cfg.data.val_size,
             cfg.data.test_size,
             key.seed,
-        )
-        run_id = tracker.start_run(
-            experiment_id, study.name, key.cell, key.seed, split.source.label
         )
         logger = EpochLogger(tracker, run_id)
 

@@ -10,11 +10,12 @@ whose one-line message names the file and the key path.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
+import functools
 import hashlib
 import itertools
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,30 @@ OPTIMIZER_DEFAULTS: dict[str, dict[str, float]] = {
 
 # `--only` accepts a cell hash prefix of at least this many characters.
 MIN_HASH_PREFIX = 4
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML reads YAML 1.1, where `1e-3` is a string; studies are written in YAML 1.2 style,
+    where it is a number (learning rates and weight decays are written this way)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML the way study files are read (YAML 1.2 numbers)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 class SpecError(ValueError):
@@ -194,7 +219,9 @@ class StudyFile(Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
-    variants: dict[str, dict[str, Any] | None] = Field(default_factory=_single_variant)
+    variants: dict[str, dict[str, Any] | None] = Field(
+        default_factory=_single_variant, min_length=1
+    )
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     seeds: list[Annotated[int, Field(ge=0)]] | PositiveInt = Field(default_factory=lambda: [0])
     reference: dict[str, dict[str, Range]] = Field(default_factory=dict)
@@ -208,10 +235,19 @@ class Cell:
     variant: str
     config: RunConfig
     grid_point: dict[str, Any] = field(default_factory=dict)
+    data_source: str = ""  # which data `dataset: mnist` resolved to (see suite.data)
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
-        return self.config.hash
+        """The cell's identity: its resolved configuration and the data it resolved to, so
+        runs on the bundled subset never count as done once full MNIST is found."""
+        if not self.data_source:
+            return self.config.hash
+        canonical = json.dumps(
+            {"config": self.config.model_dump(mode="json"), "data_source": self.data_source},
+            sort_keys=True,
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()[:10]
 
 
 @dataclass(frozen=True)
@@ -289,7 +325,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise SpecError(f"--set {item}: expected KEY=VALUE, e.g. train.epochs=3")
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+            out[key.strip()] = parse_yaml(raw) if raw.strip() else None
         except yaml.YAMLError:
             raise SpecError(f"--set {key}: value {raw!r} is not a YAML scalar") from None
     return out
@@ -313,7 +349,7 @@ def load_study(
     if not path.is_file():
         raise SpecError(f"{path}: no such study file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = parse_yaml(path.read_text())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -357,6 +393,8 @@ def build_study(
             name = variant + _grid_label(point)
             cells.append(Cell(name=name, variant=variant, config=config, grid_point=point))
 
+    sources = {c.name: _data_source(c, where, check_data) for c in cells}
+    cells = [dataclasses.replace(c, data_source=sources[c.name]) for c in cells]
     seen: dict[str, str] = {}
     for cell in cells:
         if cell.hash in seen:
@@ -365,8 +403,6 @@ def build_study(
                 "configuration; remove one"
             )
         seen[cell.hash] = cell.name
-        if check_data:
-            _check_data(cell, where)
 
     names = [c.name for c in cells]
     for cell_name, metrics in top.reference.items():
@@ -391,28 +427,22 @@ def build_study(
     return Study(top.name, top.description, path, tuple(cells), seeds, reference)
 
 
-def _check_data(cell: Cell, where: str) -> None:
+def _data_source(cell: Cell, where: str, check_data: bool) -> str:
+    """The `data_source` label a cell's runs use; with `check_data`, its sizes are checked too.
+
+    Without `check_data` (the report) a source that cannot be resolved here is left unknown.
+    """
     from suite import data
 
     spec = cell.config.data
     try:
-        n_pool, n_test, source = data.pool_sizes(spec.path)
+        if check_data:
+            return data.check_sizes(spec.path, spec.train_size, spec.val_size, spec.test_size).label
+        return data.resolve_source(spec.path).label
     except data.DataError as err:
-        raise SpecError(f"{where}: cell {cell.name}: {err}") from None
-    n_train = spec.train_size if spec.train_size is not None else n_pool - spec.val_size
-    if n_train + spec.val_size > n_pool:
-        raise SpecError(
-            f"{where}: cell {cell.name}: data.train_size: {n_train}"
-            + (f" + val_size {spec.val_size}" if spec.val_size else "")
-            + f" is more than the {n_pool} training images of {source.label}"
-        )
-    if n_train <= 0:
-        raise SpecError(f"{where}: cell {cell.name}: data.val_size: leaves no training images")
-    if spec.test_size is not None and spec.test_size > n_test:
-        raise SpecError(
-            f"{where}: cell {cell.name}: data.test_size: {spec.test_size} is more than the "
-            f"{n_test} test images of {source.label}"
-        )
+        if check_data:
+            raise SpecError(f"{where}: cell {cell.name}: {err}") from None
+        return ""
 
 
 def _grid_label(point: dict[str, Any]) -> str:
@@ -467,8 +497,14 @@ def _validate(model: type[Any], raw: Any, where: str, origin: str | dict[str, st
         if isinstance(origin, str):
             prefix = origin
         else:
+            # the part of the file that set this key, a key below it, or a key above it
             prefix = next(
-                (origin[k] for k in origin if dotted == k or dotted.startswith(k + ".")), "base."
+                (
+                    origin[k]
+                    for k in origin
+                    if dotted == k or dotted.startswith(k + ".") or k.startswith(dotted + ".")
+                ),
+                "base.",
             )
         key = (prefix if not prefix.startswith("--set") else "") + dotted
         message = _explain(first, model, loc)
@@ -481,7 +517,7 @@ def _is_union_tag(part: Any) -> bool:
     return isinstance(part, str) and (
         part in ("str", "int", "float", "bool", "none")
         or part[:1].isupper()
-        or part.startswith(("literal[", "constrained-", "function-"))
+        or part.startswith(("literal[", "constrained-", "function-", "list["))
     )
 
 
@@ -494,6 +530,10 @@ def _explain(error: Any, model: type[Any], loc: list[str]) -> str:
         return f"unknown key{_did_you_mean(loc[-1], options)}" + (
             f" (valid: {', '.join(options)})" if options else ""
         )
+    if loc == ["seeds"]:
+        return f"expected a list of seeds like [0, 1, 2] or a count N >= 1, got {value!r}"
+    if kind == "too_short":
+        return "needs at least one entry"
     msg = str(error["msg"])
     msg = re.sub(r"^(Value error|Assertion failed), ", "", msg)
     if kind in ("float_parsing", "float_type"):
@@ -532,7 +572,3 @@ def _did_you_mean(word: str, options: Any) -> str:
 def describe_init(init: InitSpec) -> str:
     """A short text for tables: `he`, `std=0.01`, `glorot_uniform`."""
     return f"std={init.std:g}" if isinstance(init, StdInit) else str(init)
-
-
-def finite(value: float) -> bool:
-    return not (math.isnan(value) or math.isinf(value))

@@ -50,12 +50,15 @@ def resolve_uri(uri: str | None = None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a local sqlite store (None for any other store)."""
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
 def artifact_root(uri: str) -> str | None:
     """For a local sqlite store, artifacts live in `mlartifacts/` beside the database file."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    db = Path(uri[len("sqlite:///") :])
-    return (db.resolve().parent / "mlartifacts").as_uri()
+    db = sqlite_file(uri)
+    return None if db is None else (db.resolve().parent / "mlartifacts").as_uri()
 
 
 @functools.cache
@@ -85,6 +88,7 @@ class RunRecord:
     seed: int
     status: str
     metrics: dict[str, float]
+    start_time: int  # milliseconds since the epoch
 
 
 class Tracker:
@@ -106,9 +110,8 @@ class Tracker:
 
     def exists(self) -> bool:
         """False for a local sqlite store whose file is not there yet (nothing to read)."""
-        if self.uri.startswith("sqlite:///"):
-            return Path(self.uri[len("sqlite:///") :]).is_file()
-        return True
+        db = sqlite_file(self.uri)
+        return db is None or db.is_file()
 
     # experiments -------------------------------------------------------------------------
 
@@ -164,6 +167,7 @@ class Tracker:
                 seed=int(run.data.tags.get("seed", -1)),
                 status=run.info.status,
                 metrics=dict(run.data.metrics),
+                start_time=int(run.info.start_time or 0),
             )
             for run in self.iter_runs(experiment_id)
         ]
@@ -191,9 +195,14 @@ class Tracker:
         run_id = str(run.info.run_id)
         params = [Param(k, _param_value(v)) for k, v in cell.config.flat().items()]
         params.append(Param("seed", str(seed)))
-        for chunk in _chunks(params, MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(run_id, params=chunk)
-        self.client.log_text(run_id, cell.config.to_yaml(), "config.yaml")
+        try:
+            for chunk in _chunks(params, MAX_PARAMS_PER_BATCH):
+                self.client.log_batch(run_id, params=chunk)
+            self.client.log_text(run_id, cell.config.to_yaml(), "config.yaml")
+        except BaseException as err:
+            # never leave a half-made run RUNNING: it would look like work in progress
+            self.fail(run_id, f"could not start: {type(err).__name__}: {_first_line(err)}")
+            raise
         return run_id
 
     def log_epochs(self, run_id: str, rows: Iterable[tuple[int, dict[str, float]]]) -> None:

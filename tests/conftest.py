@@ -5,12 +5,18 @@ The environment is set at import, before any test module imports TensorFlow or `
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["SUITE_OFFLINE"] = "1"  # never try Keras' download; fall back to the bundled subset
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-# a developer's own MNIST must not change what the offline tests see
+# a developer's own MNIST must not change what the offline tests see: no SUITE_MNIST_PATH, and
+# Keras' cache moved to an empty folder (subprocesses of the tests inherit both)
 os.environ.pop("SUITE_MNIST_PATH", None)
+os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="keras-home-")
+atexit.register(shutil.rmtree, os.environ["KERAS_HOME"], ignore_errors=True)
 
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -88,8 +94,6 @@ def _store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def tracking_uri(tmp_path: Path, _store_template: Path) -> str:
     """A fresh, real sqlite MLflow store in this test's temporary folder."""
-    import shutil
-
     path = tmp_path / "mlflow.db"
     shutil.copyfile(_store_template, path)
     return f"sqlite:///{path}"

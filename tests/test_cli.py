@@ -166,3 +166,14 @@ def test_same_spec_and_seed_give_identical_histories_across_processes(
             for run in (first, second)
         )
         assert len(a) == 3 and a == b, metric
+
+
+def test_list_and_report_on_an_empty_folder_create_nothing(tmp_path: Path) -> None:
+    listed = overfit("list", cwd=tmp_path)
+    assert listed.returncode == 0 and "no studies" in listed.stdout
+    missing = overfit("report", "nowhere.yaml", cwd=tmp_path)
+    assert missing.returncode != 0 and "nowhere.yaml: no such study file" in missing.stderr
+    unknown = overfit("report", "nothing", cwd=tmp_path)
+    assert unknown.returncode != 0 and "no studies in" in unknown.stderr
+    assert "Traceback" not in listed.stderr + missing.stderr + unknown.stderr
+    assert not (tmp_path / "mlflow.db").exists()

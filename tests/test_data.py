@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -257,3 +258,33 @@ def test_npz_with_flat_images_is_rejected(tmp_path: Path) -> None:
     path = _save_npz(tmp_path / "flat.npz", **arrays)
     with pytest.raises(DataError, match=r"x_train has shape \(20, 784\)"):
         load_pool(data.resolve_source(str(path)))
+
+
+def test_files_that_are_not_mnist_archives_are_one_line_errors(tmp_path: Path) -> None:
+    def npz(name: str, **arrays: np.ndarray) -> str:
+        path = tmp_path / name
+        np.savez(path, **arrays)
+        return str(path)
+
+    images, labels = np.zeros((5, 28, 28), np.uint8), np.zeros(5, np.uint8)
+    npy = tmp_path / "plain.npy"
+    np.save(npy, np.zeros(3))
+    cases = {
+        str(npy): "not an .npz archive",
+        npz("empty.npz", x_train=images[:0], y_train=labels[:0], x_test=images, y_test=labels): (
+            "x_train is empty"
+        ),
+        npz("short.npz", x_train=images, y_train=labels[:4], x_test=images, y_test=labels): (
+            "y_train has shape (4,)"
+        ),
+        npz("labels.npz", x_train=images, y_train=labels + 10, x_test=images, y_test=labels): (
+            "integer labels 0-9"
+        ),
+        npz(
+            "shape.npz", x_train=np.zeros((5, 784)), y_train=labels, x_test=images, y_test=labels
+        ): ("expected (N, 28, 28)"),
+    }
+    for path, expected in cases.items():
+        with pytest.raises(DataError, match=re.escape(expected)) as caught:
+            make_split(path, 2, "first", 0, None, 0)
+        assert "\n" not in str(caught.value) and path in str(caught.value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -158,3 +159,30 @@ def test_a_run_left_running_by_a_dead_process_is_closed(
     client = MlflowClient(tracker.uri)
     assert client.get_run(orphan).info.status == "KILLED"
     assert len(finished_keys(tracker, "tiny")) == 4
+
+
+def test_latest_finished_run_counts_and_data_failures_are_recorded(
+    write_study: Callable[[str], Path], tracker: Tracker, tiny_study: str, tmp_path: Path
+) -> None:
+    study = load_study(write_study(tiny_study))
+    run_study(study, tracker, seeds=(0,))
+    rerun = run_study(study, tracker, seeds=(0,), rerun=True)
+    skipped = run_study(study, tracker, seeds=(0,))
+    assert [r.run_id for r in skipped.results] == [r.run_id for r in rerun.results]
+
+    # a data file that vanishes between loading the study and training it
+    data_file = tmp_path / "mnist.npz"
+    images, labels = np.zeros((100, 28, 28), np.uint8), np.arange(100, dtype=np.uint8) % 10
+    np.savez(data_file, x_train=images, y_train=labels, x_test=images, y_test=labels)
+    vanishing = load_study(
+        write_study(tiny_study.replace("name: tiny", "name: vanishing")),
+        {"data.path": str(data_file)},
+    )
+    data_file.unlink()
+    result = run_study(vanishing, tracker, seeds=(0,))
+    assert result.count(FAILED) == 2
+    client = MlflowClient(tracker.uri)
+    for r in result.results:
+        assert r.run_id is not None and "no such file" in (r.reason or "")
+        run = client.get_run(r.run_id)
+        assert run.info.status == "FAILED" and "no such file" in run.data.tags["failure_reason"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -441,3 +442,42 @@ def test_every_study_in_experiments_loads(path: Path) -> None:
     study = load_study(path)
     assert study.cells
     assert path.read_text().startswith("#"), "a study opens with a comment saying what it studies"
+
+
+def test_yaml_1_2_numbers_and_error_keys_of_overrides(write_study: Callable[..., Path]) -> None:
+    study = load_study(
+        write_study(
+            "name: t\nbase: {train: {optimizer: {name: adam, learning_rate: 1e-3}}}\n"
+            "variants: {a: {model: {weight_decay: 5e-4}}}\n"
+        )
+    )
+    assert study.cells[0].config.train.optimizer.learning_rate == 0.001
+    assert study.cells[0].config.model.weight_decay == 0.0005
+    assert parse_overrides(["train.optimizer.learning_rate=1e-2"]) == {
+        "train.optimizer.learning_rate": 0.01
+    }
+    # a key set below the one that fails is blamed on the part of the file that set it
+    path = write_study("name: t\nvariants: {a: {train: {optimizer: {momentum: 0.9}}}}\n")
+    with pytest.raises(SpecError, match=r"variants\.a\.train\.optimizer: momentum"):
+        load_study(path)
+    with pytest.raises(SpecError, match=r"--set train\.optimizer: momentum"):
+        load_study(write_study("name: t\n"), parse_overrides(["train.optimizer.momentum=0.9"]))
+    with pytest.raises(SpecError, match="variants: needs at least one entry"):
+        load_study(write_study("name: t\nvariants: {}\n"))
+
+
+def test_the_data_a_cell_resolves_to_is_part_of_its_identity(
+    write_study: Callable[..., Path], shared_mnist: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same study file, once offline and once with full MNIST found: different cells, so
+    runs on the bundled subset never count as done for full MNIST."""
+    path = write_study("name: t\nbase: {data: {train_size: 10}}\n")
+    offline = load_study(path).cells[0]
+    monkeypatch.setenv("SUITE_MNIST_PATH", str(shared_mnist))
+    full = load_study(path).cells[0]
+
+    assert offline.config == full.config
+    assert offline.data_source == "bundled-subset"
+    assert full.data_source == f"file:{shared_mnist.resolve()}"
+    assert offline.hash != full.hash
+    assert full.hash == load_study(path).cells[0].hash  # stable
