@@ -187,6 +187,8 @@ def run_study(
         record = finished.get((key.cell.hash, key.seed))
         if record is not None and (key.cell.hash, key.seed) not in todo_ids:
             results.append(RunResult(key, SKIPPED, record.run_id, record.metrics))
+    if todo:
+        import suite.train  # noqa: F401  TensorFlow's import takes seconds: before the clock starts
     observer.study_started(study, todo, len(results))
     if not todo:
         return StudyResult(study, results)
