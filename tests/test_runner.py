@@ -186,3 +186,23 @@ def test_latest_finished_run_counts_and_data_failures_are_recorded(
         assert r.run_id is not None and "no such file" in (r.reason or "")
         run = client.get_run(r.run_id)
         assert run.info.status == "FAILED" and "no such file" in run.data.tags["failure_reason"]
+
+
+def test_bulk_histories_equal_run_by_run_reads(
+    write_study: Callable[[str], Path], tracker: Tracker, tiny_study: str
+) -> None:
+    run_study(load_study(write_study(tiny_study)), tracker)
+    experiment_id = tracker.experiment_id("tiny", create=False)
+    assert experiment_id is not None
+    run_ids = [r.run_id for r in tracker.runs(experiment_id)]
+
+    # a large points_per_run makes every request one run: chunking gives the same points
+    for points_per_run in (1000, 30_000):
+        bulk = sorted(tracker.histories(run_ids, EPOCH_METRICS, points_per_run))
+        one_by_one = sorted(
+            (run_id, metric, p.step, p.value)
+            for run_id in run_ids
+            for metric in EPOCH_METRICS
+            for p in tracker.client.get_metric_history(run_id, metric)
+        )
+        assert bulk == one_by_one and len(bulk) == 4 * len(EPOCH_METRICS) * 3

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from suite.metrics import EPOCH_METRICS
 from suite.runner import run_study
 from suite.spec import load_study
 from suite.tracking import Tracker
@@ -83,6 +84,12 @@ def test_ui_serves_the_study_runs(
         url = f"http://127.0.0.1:{port}/get-artifact?path=config.yaml&run_uuid={run_id}"
         with urllib.request.urlopen(url, timeout=10) as response:
             assert b"hidden:" in response.read()
+
+        # the server's bulk history endpoint gives what the database holds
+        run_ids = [run["info"]["run_id"] for run in runs]  # type: ignore[attr-defined]
+        served = Tracker(f"http://127.0.0.1:{port}").histories(run_ids, EPOCH_METRICS)
+        assert sorted(served) == sorted(Tracker(tracking_uri).histories(run_ids, EPOCH_METRICS))
+        assert len(served) == len(run_ids) * len(EPOCH_METRICS) * 2
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)

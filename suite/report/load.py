@@ -78,19 +78,14 @@ def load_runs(study: str, tracker: Tracker) -> StudyRuns:
 def load_histories(tracker: Tracker, runs: pd.DataFrame) -> pd.DataFrame:
     """The per-epoch `CURVE_METRICS` of `runs`, long: one row per (run, metric, epoch).
 
-    One `get_metric_history` request per run and metric: a few dozen for a study, which
-    every store answers quickly. Epochs are MLflow steps, counted from 1.
+    Read in bulk (`Tracker.histories`): a few requests for a whole study, however many runs.
+    Epochs are MLflow steps, counted from 1.
     """
-    rows = []
-    for run in runs.itertuples(index=False):
-        for metric in CURVE_METRICS:
-            for point in tracker.client.get_metric_history(run.run_id, metric):
-                if point.step >= 1:
-                    rows.append(
-                        (run.run_id, run.cell_hash, run.cell, run.seed, point.step, metric)
-                        + (point.value,)
-                    )
-    history = pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
+    points = tracker.histories(list(runs["run_id"]), CURVE_METRICS)
+    values = pd.DataFrame(points, columns=["run_id", "metric", "epoch", "value"])
+    values = values[values["epoch"] >= 1]
+    keys = runs[["run_id", "cell_hash", "cell", "seed"]]
+    history = keys.merge(values, on="run_id")[list(HISTORY_COLUMNS)]
     # a metric re-logged at the same step (a resumed flush) counts once: keep the last value
     history = history.drop_duplicates(["run_id", "metric", "epoch"], keep="last")
     return history.astype({"epoch": int, "value": float}).reset_index(drop=True)
