@@ -23,6 +23,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import report_bench  # noqa: E402
+
 SHARED = ROOT.parent / "shared" / "data" / "mnist.npz"
 
 
@@ -70,6 +74,7 @@ def main() -> None:
         print(f"  {name:<42} {seconds:8.1f} s")
     print(f"  {'speed-up of overfit run over naive fit':<42} {ratio:8.1f} x")
     print(f"  naive: {naive_out.strip()}")
+    report = report_bench.main()
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     record = {
@@ -83,6 +88,7 @@ def main() -> None:
             "naive_fit": naive_seconds,
         },
         "speedup_vs_naive": ratio,
+        "report": report,
     }
     path = out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(record, indent=2))
