@@ -199,14 +199,16 @@ class Tracker:
                 elif self.uri.startswith(("http://", "https://")):
                     points = self._server_bulk(store, chunk, metric)
                 else:
-                    points = []
-                    for run_id in chunk:
-                        points += [
-                            (run_id, metric, p.step, p.value)
-                            for p in self.client.get_metric_history(run_id, metric)
-                        ]
+                    points = self._one_by_one(chunk, metric)
                 out += points
         return out
+
+    def _one_by_one(self, run_ids: list[str], metric: str) -> list[tuple[str, str, int, float]]:
+        return [
+            (run_id, metric, p.step, p.value)
+            for run_id in run_ids
+            for p in self.client.get_metric_history(run_id, metric)
+        ]
 
     def _server_bulk(
         self, store: Any, run_ids: list[str], metric: str
@@ -218,11 +220,7 @@ class Tracker:
         response = http_request(store.get_host_creds(), endpoint, "GET", params=params)
         points = verify_rest_response(response, endpoint).json().get("metrics", [])
         if len(points) >= BULK_POINTS_LIMIT:  # cut at the server's limit: ask run by run
-            return [
-                (run_id, metric, p.step, p.value)
-                for run_id in run_ids
-                for p in self.client.get_metric_history(run_id, metric)
-            ]
+            return self._one_by_one(run_ids, metric)
         return [(p["run_id"], metric, int(p["step"]), float(p["value"])) for p in points]
 
     # runs --------------------------------------------------------------------------------
