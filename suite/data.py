@@ -221,13 +221,6 @@ def check_sizes(
     return source
 
 
-def pool_sizes(path: str | None = None) -> tuple[int, int, Source]:
-    """Training-pool and test-set sizes of the source `path` resolves to, without loading it."""
-    source = resolve_source(path)
-    pool = load_pool(source)
-    return len(pool.y_train), len(pool.y_test), source
-
-
 def make_split(
     path: str | None,
     train_size: int | None,

@@ -181,11 +181,12 @@ def run_study(
     """
     observer = observer or Silent()
     todo, finished, stale = plan(study, tracker, seeds, rerun)
-    results: list[RunResult] = []
+    # what `plan` left out of `todo` is FINISHED in the store already
     todo_ids = {(k.cell.hash, k.seed) for k in todo}
+    results: list[RunResult] = []
     for key in study.runs(seeds):
-        record = finished.get((key.cell.hash, key.seed))
-        if record is not None and (key.cell.hash, key.seed) not in todo_ids:
+        if (key.cell.hash, key.seed) not in todo_ids:
+            record = finished[(key.cell.hash, key.seed)]
             results.append(RunResult(key, SKIPPED, record.run_id, record.metrics))
     if todo:
         import suite.train  # noqa: F401  TensorFlow's import takes seconds: before the clock starts
@@ -240,12 +241,7 @@ def _run_one(
         )
         logger = EpochLogger(tracker, run_id)
 
-        def on_epoch(
-            epoch: int,
-            values: dict[str, float],
-            key: RunKey = key,
-            logger: EpochLogger = logger,
-        ) -> None:
+        def on_epoch(epoch: int, values: dict[str, float]) -> None:
             logger(epoch, values)
             observer.epoch_done(key, epoch, key.cell.config.train.epochs, values)
             stop.check()

@@ -10,7 +10,6 @@ whose one-line message names the file and the key path.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import difflib
 import functools
 import hashlib
@@ -391,10 +390,8 @@ def build_study(
                 origin[key] = "--set "
             config = _validate(RunConfig, merged, where, origin)
             name = variant + _grid_label(point)
-            cells.append(Cell(name=name, variant=variant, config=config, grid_point=point))
-
-    sources = {c.name: _data_source(c, where, check_data) for c in cells}
-    cells = [dataclasses.replace(c, data_source=sources[c.name]) for c in cells]
+            source = _data_source(name, config.data, where, check_data)
+            cells.append(Cell(name, variant, config, point, data_source=source))
     seen: dict[str, str] = {}
     for cell in cells:
         if cell.hash in seen:
@@ -427,21 +424,20 @@ def build_study(
     return Study(top.name, top.description, path, tuple(cells), seeds, reference)
 
 
-def _data_source(cell: Cell, where: str, check_data: bool) -> str:
+def _data_source(name: str, spec: DataSpec, where: str, check_data: bool) -> str:
     """The `data_source` label a cell's runs use; with `check_data`, its sizes are checked too.
 
     Without `check_data` (the report) a source that cannot be resolved here is left unknown.
     """
     from suite import data
 
-    spec = cell.config.data
     try:
         if check_data:
             return data.check_sizes(spec.path, spec.train_size, spec.val_size, spec.test_size).label
         return data.resolve_source(spec.path).label
     except data.DataError as err:
         if check_data:
-            raise SpecError(f"{where}: cell {cell.name}: {err}") from None
+            raise SpecError(f"{where}: cell {name}: {err}") from None
         return ""
 
 

@@ -69,8 +69,13 @@ def test_bundled_pool_is_loaded_once() -> None:
     assert load_pool(BUNDLED) is first
 
 
+def pool_sizes(path: str | None) -> tuple[int, int, Source]:
+    pool = load_pool(data.resolve_source(path))
+    return len(pool.y_train), len(pool.y_test), pool.source
+
+
 def test_pool_sizes_without_a_path() -> None:
-    n_pool, n_test, source = data.pool_sizes(None)
+    n_pool, n_test, source = pool_sizes(None)
     assert (n_pool, n_test) == (8000, 2000)
     assert source.kind == "bundled"
 
@@ -189,7 +194,7 @@ def test_shared_mnist_has_the_official_test_set(shared_mnist: Path) -> None:
     # its training digits are the same first digits the bundled subset has
     bundled = make_split(None, 300, "first", 0, 1, seed=0)
     np.testing.assert_array_equal(split.x_train, bundled.x_train)
-    assert data.pool_sizes(str(shared_mnist))[:2] == (10000, 10000)
+    assert pool_sizes(str(shared_mnist))[:2] == (10000, 10000)
 
 
 def test_environment_variable_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -197,7 +202,7 @@ def test_environment_variable_path(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("SUITE_MNIST_PATH", str(path))
     source = data.resolve_source(None)
     assert source == Source("file", str(path.resolve()))
-    assert data.pool_sizes(None)[:2] == (30, 12)
+    assert pool_sizes(None)[:2] == (30, 12)
     # an explicit data.path still wins over the environment
     other = _save_npz(tmp_path / "other.npz", **_tiny_mnist(40, 5))
     assert data.resolve_source(str(other)).path == str(other.resolve())
