@@ -259,7 +259,7 @@ def run(
 
         tracker = Tracker(tracking_uri)
         if dry_run:
-            todo, finished, _ = plan(spec, tracker, seed_list, rerun)
+            todo = plan(spec, tracker, seed_list, rerun)[0]
             out.print(cells_table(spec))
             n = len(spec.runs(seed_list))
             out.print(
