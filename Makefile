@@ -52,7 +52,7 @@ lint: setup ## ruff (lint + format check) and mypy
 	$(BIN)/ruff format --check suite tests bench
 	$(BIN)/mypy
 
-clean: ## Remove generated reports, bench results, caches and .venv (keeps mlflow.db, mlartifacts/)
+clean: ## Remove generated reports, bench results, test artifacts, caches and .venv (keeps mlflow.db, mlartifacts/)
 	find reports -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results test-artifacts *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

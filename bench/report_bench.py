@@ -44,6 +44,7 @@ def synthetic_store(folder: Path) -> tuple[Tracker, float]:
         i = int(key.cell.variant.split("_")[1])
         train = 1 - 0.9 * np.exp(-epochs / (20 + 5 * i)) + rng.normal(0, 0.005, EPOCHS)
         test = (0.75 - 0.01 * i) * (1 - np.exp(-epochs / 25)) + rng.normal(0, 0.01, EPOCHS)
+        train, test = np.clip(train, 0.05, 0.9999), np.clip(test, 0.05, 0.9999)
         rows = []
         for e in range(EPOCHS):
             values = dict.fromkeys(EPOCH_METRICS, 0.0)

@@ -239,6 +239,7 @@ def _run_one(
             cfg.data.test_size,
             key.seed,
         )
+        tracker.set_tags(run_id, {f"n_{part}": str(n) for part, n in split.sizes.items()})
         logger = EpochLogger(tracker, run_id)
 
         def on_epoch(epoch: int, values: dict[str, float]) -> None:

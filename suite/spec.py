@@ -10,6 +10,7 @@ whose one-line message names the file and the key path.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import functools
 import hashlib
@@ -206,6 +207,21 @@ class RunConfig(Strict):
 
 Range = Annotated[list[float], Field(min_length=2, max_length=2)]
 
+# the per-epoch views a report can draw (`report.metrics`; see suite.report.figures.VIEWS)
+ReportView = Literal["accuracy", "loss", "gap", "weight_norm", "reg_loss"]
+
+
+def _default_views() -> list[ReportView]:
+    return ["accuracy", "loss", "gap", "weight_norm"]
+
+
+class ReportSpec(Strict):
+    """A study's `report:` block: what its report compares and shows."""
+
+    baseline: str | None = None  # the cell (or variant) others are compared with
+    metrics: list[ReportView] = Field(default_factory=_default_views, min_length=1)
+    columns: Annotated[int, Field(ge=1, le=8)] = 4  # facets per row in the per-cell figures
+
 
 def _single_variant() -> dict[str, dict[str, Any] | None]:
     """A study without `variants:` has one cell, its base."""
@@ -224,6 +240,7 @@ class StudyFile(Strict):
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     seeds: list[Annotated[int, Field(ge=0)]] | PositiveInt = Field(default_factory=lambda: [0])
     reference: dict[str, dict[str, Range]] = Field(default_factory=dict)
+    report: ReportSpec = Field(default_factory=ReportSpec)
 
 
 @dataclass(frozen=True)
@@ -267,6 +284,7 @@ class Study:
     cells: tuple[Cell, ...]
     seeds: tuple[int, ...]
     reference: dict[str, dict[str, tuple[float, float]]]
+    report: ReportSpec = field(default_factory=ReportSpec)
 
     def runs(self, seeds: tuple[int, ...] | None = None) -> list[RunKey]:
         """Every (cell, seed), cells in order, seeds inner."""
@@ -284,9 +302,7 @@ class Study:
                 names = [c.name for c in self.cells]
                 raise SpecError(f"--only: no cell {token!r}{_did_you_mean(token, names)}")
             wanted.extend(h for h in hits if h not in wanted)
-        return Study(
-            self.name, self.description, self.path, tuple(wanted), self.seeds, self.reference
-        )
+        return dataclasses.replace(self, cells=tuple(wanted))
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -421,7 +437,12 @@ def build_study(
         cell: {m: (float(r[0]), float(r[1])) for m, r in metrics.items()}
         for cell, metrics in top.reference.items()
     }
-    return Study(top.name, top.description, path, tuple(cells), seeds, reference)
+    baseline = top.report.baseline
+    if baseline is not None and baseline not in names and baseline not in top.variants:
+        raise SpecError(
+            f"{where}: report.baseline: no such cell {baseline!r}{_did_you_mean(baseline, names)}"
+        )
+    return Study(top.name, top.description, path, tuple(cells), seeds, reference, top.report)
 
 
 def _data_source(name: str, spec: DataSpec, where: str, check_data: bool) -> str:

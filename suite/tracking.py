@@ -2,7 +2,8 @@
 
 Layout (design.md): one experiment per study; one flat run per (cell, seed), named
 `<cell>/seed<seed>` and tagged `study`, `cell`, `cell_hash`, `variant`, `seed`, `data_source`,
-`suite_version` and `git_commit`. The UI compares cells by grouping the runs on the `cell` tag
+`suite_version` and `git_commit` (and, once its data is cut, `n_train`, `n_val`, `n_test`).
+The UI compares cells by grouping the runs on the `cell` tag
 (experiment page -> "Group by" -> tag `cell`), which shows every cell's seeds together with
 their mean. Flat runs (rather than a parent run per cell) keep resuming simple: a run is done
 when a FINISHED run with its cell hash and seed exists.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import subprocess
 import time
@@ -33,10 +35,13 @@ from suite.spec import Cell
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 FAILURE_TAG = "failure_reason"
+RUN_KIND_TAG = "run_kind"
+REPORT_ARTIFACT_PATH = "report"
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 MAX_RUNS_PER_BULK = 100  # a tracking server's bulk history endpoint takes at most 100 runs
 BULK_POINTS_LIMIT = 25_000  # ... and answers at most this many points
+DATABASE_RUNS_PER_QUERY = 500  # run ids bound per query: well under sqlite's variable limit
 
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO lines on every start
@@ -179,28 +184,54 @@ class Tracker:
     ) -> list[tuple[str, str, int, float]]:
         """Every logged point of `metrics` in `run_ids`: (run id, metric, step, value).
 
-        Read in bulk, not one request per run and metric: a database store answers one query
-        per metric and 100 runs; a tracking server its bulk endpoint (the one its UI uses),
-        sized so no answer is cut at its 25,000-point limit; any other store, run by run.
-        `points_per_run` (about a run's epochs) sizes the server requests; an answer cut short
-        anyway is read again run by run.
+        Read in bulk, not one request per run and metric: a database store answers a few
+        column queries on its metrics table (no entity objects per point); a tracking server
+        its bulk endpoint (the one its UI uses), sized so no answer is cut at its
+        25,000-point limit; any other store, run by run. `points_per_run` (about a run's
+        epochs) sizes the server requests; an answer cut short anyway is read again run by run.
+        Points of one run and metric come in logging order, so a step logged twice ends with
+        its latest value.
         """
         store = self.client._tracking_client.store  # bulk reads are not on MlflowClient
-        bulk_query = getattr(store, "get_metric_history_bulk", None)
+        if hasattr(store, "ManagedSessionMaker"):
+            return self._database_bulk(store, list(run_ids), metrics)
         per_request = max(1, min(MAX_RUNS_PER_BULK, BULK_POINTS_LIMIT // (points_per_run + 1)))
         out: list[tuple[str, str, int, float]] = []
         for metric in metrics:
             for chunk in _chunks(list(run_ids), per_request):
-                if bulk_query is not None:
-                    points = [
-                        (p.run_id, metric, p.step, p.value)
-                        for p in bulk_query(chunk, metric, max_results=None)
-                    ]
-                elif self.uri.startswith(("http://", "https://")):
-                    points = self._server_bulk(store, chunk, metric)
+                if self.uri.startswith(("http://", "https://")):
+                    out += self._server_bulk(store, chunk, metric)
                 else:
-                    points = self._one_by_one(chunk, metric)
-                out += points
+                    out += self._one_by_one(chunk, metric)
+        return out
+
+    @staticmethod
+    def _database_bulk(
+        store: Any, run_ids: list[str], metrics: Sequence[str]
+    ) -> list[tuple[str, str, int, float]]:
+        """MLflow's own `metrics` table model, queried for columns: ~10x faster than
+        `get_metric_history_bulk`, which builds two objects per point."""
+        from mlflow.store.tracking.dbmodels.models import SqlMetric
+
+        out: list[tuple[str, str, int, float]] = []
+        with store.ManagedSessionMaker() as session:
+            for chunk in _chunks(run_ids, DATABASE_RUNS_PER_QUERY):
+                rows = (
+                    session.query(
+                        SqlMetric.run_uuid,
+                        SqlMetric.key,
+                        SqlMetric.step,
+                        SqlMetric.value,
+                        SqlMetric.is_nan,
+                    )
+                    .filter(SqlMetric.key.in_(list(metrics)), SqlMetric.run_uuid.in_(chunk))
+                    .order_by(SqlMetric.run_uuid, SqlMetric.key, SqlMetric.timestamp)
+                    .all()
+                )
+                out += [
+                    (run, key, int(step), math.nan if is_nan else float(value))
+                    for run, key, step, value, is_nan in rows
+                ]
         return out
 
     def _one_by_one(self, run_ids: list[str], metric: str) -> list[tuple[str, str, int, float]]:
@@ -255,6 +286,46 @@ class Tracker:
             self.fail(run_id, f"could not start: {type(err).__name__}: {_first_line(err)}")
             raise
         return run_id
+
+    def report_run(self, experiment_id: str, study: str) -> str:
+        """The study's report run, made on first use.
+
+        One study-level run per study (tag `run_kind=report`, no `cell_hash`, so it never
+        counts as a (cell, seed) run) holds the latest report under its `report/` artifacts,
+        so the UI offers it beside the runs.
+        """
+        try:
+            found = self.client.search_runs(
+                [experiment_id],
+                filter_string=f"tags.{RUN_KIND_TAG} = 'report'",
+                run_view_type=ViewType.ACTIVE_ONLY,
+                max_results=1,
+            )
+            if found:
+                return str(found[0].info.run_id)
+            tags = {"study": study, RUN_KIND_TAG: "report", "mlflow.runName": "report"}
+            run_id = str(self.client.create_run(experiment_id, tags=tags).info.run_id)
+            # ended at once: a failed upload never leaves a run that looks in progress
+            self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+        except MlflowException as err:
+            raise TrackingError(f"tracking store {self.uri}: {_first_line(err)}") from None
+        return run_id
+
+    def log_report(self, run_id: str, folder: Path, summary: str) -> None:
+        """Replace the report run's `report/` artifacts with `folder`; `summary` becomes the
+        run's description in the UI."""
+        tags = {
+            "report_generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "mlflow.note.content": summary,
+        }
+        try:
+            self.set_tags(run_id, tags)
+            self.client.log_artifacts(run_id, str(folder), REPORT_ARTIFACT_PATH)
+        except MlflowException as err:
+            raise TrackingError(f"tracking store {self.uri}: {_first_line(err)}") from None
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def log_epochs(self, run_id: str, rows: Iterable[tuple[int, dict[str, float]]]) -> None:
         """Send per-epoch metrics (step = epoch, from 1) in as few requests as the API allows."""

@@ -19,9 +19,14 @@ os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="keras-home-")
 atexit.register(shutil.rmtree, os.environ["KERAS_HOME"], ignore_errors=True)
 
 from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 import pytest  # noqa: E402
+
+if TYPE_CHECKING:
+    from suite.spec import Study
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,3 +102,66 @@ def tracking_uri(tmp_path: Path, _store_template: Path) -> str:
     path = tmp_path / "mlflow.db"
     shutil.copyfile(_store_template, path)
     return f"sqlite:///{path}"
+
+
+# weight_decay comes first: study order differs from name order and from the ranking
+REPORT_STUDY = """\
+# A tiny study for the report tests: 2 cells x 2 seeds x 3 epochs, seconds.
+name: tiny-report
+description: Tiny baseline against weight decay, for the report tests.
+base:
+  data: {dataset: mnist, train_size: 60, test_size: 200}
+  model: {hidden: [16, 16]}
+  train: {batch_size: 20, epochs: 3}
+seeds: [0, 1]
+variants:
+  weight_decay: {model: {weight_decay: 0.1}}
+  baseline: {}
+reference:
+  baseline: {final_test_accuracy: [0.74, 0.77]}
+"""
+REPORT_FAILURE = "diverged at epoch 2: train_loss is nan"
+
+
+@dataclass(frozen=True)
+class ReportStore:
+    uri: str
+    study_path: Path
+    study: Study
+
+
+@pytest.fixture(scope="session")
+def report_store(tmp_path_factory: pytest.TempPathFactory, _store_template: Path) -> ReportStore:
+    """`REPORT_STUDY` run through the real runner, plus one FAILED run (baseline, seed 2)."""
+    from suite.runner import run_study
+    from suite.spec import load_study
+    from suite.tracking import Tracker
+
+    root = tmp_path_factory.mktemp("report")
+    path = root / "tiny.yaml"
+    path.write_text(REPORT_STUDY)
+    study = load_study(path)
+    shutil.copyfile(_store_template, root / "mlflow.db")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    tracker = Tracker(uri)
+    assert run_study(study, tracker).ok
+    experiment_id = tracker.experiment_id(study.name, create=False)
+    assert experiment_id is not None
+    baseline = next(c for c in study.cells if c.name == "baseline")
+    run_id = tracker.start_run(experiment_id, study.name, baseline, 2, "test")
+    tracker.fail(run_id, REPORT_FAILURE)
+    return ReportStore(uri, path, study)
+
+
+@pytest.fixture(scope="session")
+def report_dir(report_store: ReportStore, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The report of `report_store`, written once per session."""
+    from suite.report import write_report
+    from suite.tracking import Tracker
+
+    out = tmp_path_factory.mktemp("out") / "tiny"
+    paths = write_report(
+        report_store.study.name, Tracker(report_store.uri), out, report_store.study
+    )
+    assert paths.folder == out
+    return out

@@ -1,160 +1,269 @@
-"""The comparison report, end to end: a tiny study trained into a temporary MLflow store."""
+"""The comparison report, end to end: a tiny study trained into a temporary MLflow store.
+
+The numbers in the report are checked against values read straight from MLflow (the client's
+own per-run reads) and recomputed here with scipy, so a wrong aggregate cannot pass.
+"""
 
 from __future__ import annotations
 
 import base64
+import math
 import re
-import shutil
-import statistics
-from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPORT_FAILURE, ReportStore
+from mlflow.tracking import MlflowClient
+from scipy import stats
 from typer.testing import CliRunner
 
 from suite.report import ReportError, write_report
-from suite.report.aggregate import cell_rows, failed_runs, finished_runs
-from suite.spec import Study, load_study
+from suite.report.aggregate import (
+    Difference,
+    Stat,
+    _sentence,
+    baseline_cell,
+    cell_rows,
+    failed_runs,
+    finished_runs,
+    ranked,
+)
+from suite.spec import SpecError, build_study
 from suite.tracking import Tracker
 
-# weight_decay comes first: study order differs from name order
-TINY_STUDY = """\
-# A tiny study for the report tests: 2 cells x 2 seeds x 3 epochs, seconds.
-name: tiny-report
-description: Tiny baseline against weight decay, for the report tests.
-base:
-  data: {dataset: mnist, train_size: 60, test_size: 200}
-  model: {hidden: [16, 16]}
-  train: {batch_size: 20, epochs: 3}
-seeds: [0, 1]
-variants:
-  weight_decay: {model: {weight_decay: 0.1}}
-  baseline: {}
-reference:
-  baseline: {final_test_accuracy: [0.74, 0.77]}
-"""
-FAILURE = "diverged at epoch 2: train_loss is nan"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+FIGURES = ("accuracy.png", "loss.png", "gap.png", "weight_norm.png", "final_gap.png")
 
 
-@dataclass(frozen=True)
-class Store:
-    uri: str
-    study_path: Path
-    study: Study
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory, _store_template: Path) -> Store:
-    """The tiny study run through the real runner, plus one FAILED run (baseline, seed 2)."""
-    from suite.runner import run_study
-
-    root = tmp_path_factory.mktemp("report")
-    path = root / "tiny.yaml"
-    path.write_text(TINY_STUDY)
-    study = load_study(path)
-    shutil.copyfile(_store_template, root / "mlflow.db")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    tracker = Tracker(uri)
-    assert run_study(study, tracker).ok
-    experiment_id = tracker.experiment_id(study.name, create=False)
-    assert experiment_id is not None
-    baseline = next(c for c in study.cells if c.name == "baseline")
-    run_id = tracker.start_run(experiment_id, study.name, baseline, 2, "test")
-    tracker.fail(run_id, FAILURE)
-    return Store(uri, path, study)
-
-
-@pytest.fixture(scope="module")
-def report(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("out") / "tiny"
-    paths = write_report(store.study.name, Tracker(store.uri), out, store.study)
-    assert paths.folder == out
-    return out
-
-
-def table(markdown: str) -> list[dict[str, str]]:
-    """The cell table of report.md as rows of {column: text}."""
+def md_table(markdown: str, header_start: str) -> list[dict[str, str]]:
+    """The Markdown table whose header line starts with `header_start`, as {column: text}."""
     lines = markdown.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| cell | hash |"))
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
     header = [h.strip() for h in lines[start].strip("|").split("|")]
     rows = []
     for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
-        rows.append(dict(zip(header, (v.strip() for v in line.strip("|").split("|")), strict=True)))
+        cells = [v.strip() for v in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+        rows.append(dict(zip(header, cells, strict=True)))
     return rows
 
 
-def test_report_files_and_self_contained_html(report: Path) -> None:
-    html = (report / "index.html").read_text()
-    markdown = (report / "report.md").read_text()
-    assert (report / "accuracy.png").read_bytes().startswith(PNG_SIGNATURE)
-    assert "](accuracy.png)" in markdown
-    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html)
+def headline(markdown: str) -> list[dict[str, str]]:
+    return md_table(markdown, "| # | cell |")
+
+
+def mean_and_half(text: str) -> tuple[float, float]:
+    value = text.replace("★", "").strip()
+    mean, _, half = value.partition(" ± ")
+    return float(mean), float(half) if half else math.nan
+
+
+def store_values(store: ReportStore) -> dict[str, list[dict[str, float]]]:
+    """Per cell name: each FINISHED run's final metrics and last train/test loss, read with
+    MLflow's own client (one request per run and metric: the slow, obvious way)."""
+    client = MlflowClient(store.uri)
+    experiment = client.get_experiment_by_name(store.study.name)
+    out: dict[str, list[dict[str, float]]] = {}
+    for run in client.search_runs([experiment.experiment_id]):
+        if run.info.status != "FINISHED" or "cell" not in run.data.tags:
+            continue
+        values = dict(run.data.metrics)
+        for metric in ("train_loss", "test_loss"):
+            history = client.get_metric_history(run.info.run_id, metric)
+            values[f"final_{metric}"] = max(history, key=lambda m: m.step).value
+        out.setdefault(run.data.tags["cell"], []).append(values)
+    return out
+
+
+def t_interval(values: list[float]) -> tuple[float, float]:
+    if np.std(values) == 0:
+        return float(values[0]), 0.0
+    low, high = stats.t.interval(
+        0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values)
+    )
+    return float(np.mean(values)), float((high - low) / 2)
+
+
+def test_report_files_and_self_contained_html(report_dir: Path) -> None:
+    html = (report_dir / "index.html").read_text()
+    markdown = (report_dir / "report.md").read_text()
+    for name in FIGURES:
+        assert (report_dir / name).read_bytes().startswith(PNG_SIGNATURE), name
+        assert f"]({name})" in markdown
+    # nothing the page needs comes from elsewhere: every image is inline, no scripts, no links
+    assert not re.search(r"""<(script|link|iframe)\b""", html)
+    assert not re.search(r"""\bsrc\s*=\s*["']?\s*(https?:)?//""", html)
     images = re.findall(r"<img\b[^>]*>", html)
-    assert images
+    assert len(images) == len(FIGURES)
     for tag in images:
         src = re.search(r'src="([^"]+)"', tag)
         assert src and src.group(1).startswith("data:image/png;base64,")
         assert base64.b64decode(src.group(1).split(",", 1)[1]).startswith(PNG_SIGNATURE)
     assert "Tiny baseline against weight decay" in html
-    for word in ("tracking URI", "data source", "generated at"):
+    for section in ("Headline", "Versus baseline", "Learning curves", "Final gap", "Provenance"):
+        assert section in html and f"## {section}" in markdown
+    for word in ("tracking URI", "data source", "images: train / validation / test"):
         assert word in html and word in markdown
+    assert "images: train / validation / test: 60 / 0 / 200" in markdown
 
 
-def test_table_numbers_match_the_store(store: Store, report: Path) -> None:
-    tracker = Tracker(store.uri)
-    experiment_id = tracker.experiment_id(store.study.name, create=False)
-    assert experiment_id is not None
-    records = [r for r in tracker.runs(experiment_id) if r.status == "FINISHED"]
-    rows = table((report / "report.md").read_text())
-    assert [r["cell"] for r in rows] == ["weight_decay", "baseline"]  # study order
+def test_headline_numbers_match_the_store(report_store: ReportStore, report_dir: Path) -> None:
+    values = store_values(report_store)
+    rows = headline((report_dir / "report.md").read_text())
+    assert {r["cell"] for r in rows} == {"weight_decay", "baseline"}
     columns = {
         "train accuracy": "final_train_accuracy",
         "test accuracy": "final_test_accuracy",
-        "gap (train - test)": "final_gap",
+        "gap (train − test)": "final_gap",
         "best test accuracy": "best_test_accuracy",
+        "best epoch": "best_epoch",
+        "train loss": "final_train_loss",
+        "test loss": "final_test_loss",
     }
     for row in rows:
-        mine = [r.metrics for r in records if r.cell == row["cell"]]
-        assert row["seeds done"] == f"{len(mine)} / 2"
+        runs = values[row["cell"]]
+        assert row["seeds done"] == f"{len(runs)} / 2"
         for label, metric in columns.items():
-            values = [m[metric] for m in mine]
-            mean, std = (float(x) for x in row[label].split(" ± "))
-            assert mean == pytest.approx(statistics.fmean(values), abs=5e-4 + 1e-9)
-            assert std == pytest.approx(statistics.stdev(values), abs=5e-4 + 1e-9)
+            mean, half = t_interval([r[metric] for r in runs])
+            shown_mean, shown_half = mean_and_half(row[label])
+            digits = 0 if metric == "best_epoch" else 3
+            tolerance = 0.5 * 10**-digits + 1e-9
+            assert shown_mean == pytest.approx(mean, abs=tolerance), (row["cell"], label)
+            if half == 0:  # all seeds agree: ± 0
+                assert shown_half == 0
+            else:
+                assert shown_half == pytest.approx(half, abs=tolerance), (row["cell"], label)
+    # best first, by mean final test accuracy, and the star on the best
+    means = [mean_and_half(r["test accuracy"])[0] for r in rows]
+    assert means == sorted(means, reverse=True)
+    assert "★" in rows[0]["test accuracy"] and "★" not in rows[1]["test accuracy"]
 
 
-def test_failed_run_is_counted_and_reference_shown(report: Path) -> None:
-    markdown = (report / "report.md").read_text()
-    rows = {r["cell"]: r for r in table(markdown)}
+def test_versus_baseline_matches_welch(report_store: ReportStore, report_dir: Path) -> None:
+    values = store_values(report_store)
+    markdown = (report_dir / "report.md").read_text()
+    (row,) = md_table(markdown, "| cell | seeds | Δ test accuracy")
+    assert row["cell"] == "weight_decay" and row["seeds"] == "2 vs 2"
+    # two columns are named p: read them by position
+    (line,) = [x for x in markdown.splitlines() if x.startswith("| weight_decay | 2 vs 2 |")]
+    cells = [v.strip() for v in line.strip().strip("|").split("|")]
+    for label, p_text, metric in (
+        ("Δ test accuracy (95% interval)", cells[3], "final_test_accuracy"),
+        ("Δ gap (95% interval)", cells[5], "final_gap"),
+    ):
+        a = [r[metric] for r in values["weight_decay"]]
+        b = [r[metric] for r in values["baseline"]]
+        result = stats.ttest_ind(a, b, equal_var=False)
+        interval = result.confidence_interval(0.95)
+        numbers = [float(x) for x in re.findall(r"[-+]?\d+\.\d+", row[label])]
+        assert numbers == pytest.approx(
+            [np.mean(a) - np.mean(b), interval.low, interval.high], abs=5e-4 + 1e-9
+        )
+        assert p_text == ("<0.001" if result.pvalue < 0.001 else f"{result.pvalue:.3f}")
+    # the plain sentence is there, above the table and in the summary at the top
+    assert markdown.count("- weight_decay ") == 2
+
+
+def test_failed_run_is_counted_and_reference_checked(report_dir: Path) -> None:
+    markdown = (report_dir / "report.md").read_text()
+    rows = {r["cell"]: r for r in headline(markdown)}
     assert rows["baseline"]["failed"] == "1"
     assert "partial" in rows["baseline"]["status"]
     assert rows["weight_decay"]["status"] == "complete"
-    assert rows["baseline"]["reference"] == "0.74–0.77"
-    assert rows["weight_decay"]["reference"] == ""
-    assert "## Failed runs" in markdown and FAILURE in markdown
-    html = (report / "index.html").read_text()
-    assert html.count('class="partial"') == 1 and FAILURE in html
+    assert "## Failed runs" in markdown and REPORT_FAILURE in markdown
+    (check,) = md_table(markdown, "| cell | metric | published |")
+    assert check["cell"] == "baseline" and check["published"] == "0.74–0.77"
+    mean = mean_and_half(check["ours"])[0]
+    assert check["verdict"] == ("✓ within" if 0.74 <= mean <= 0.77 else "✗ outside")
+    html = (report_dir / "index.html").read_text()
+    assert html.count('class="partial') == 1 and REPORT_FAILURE in html
 
 
-def test_without_the_study_file_cells_sort_by_name(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_runs_are_linked_to_the_ui_and_the_report_is_an_artifact(
+    report_store: ReportStore, report_dir: Path
+) -> None:
+    client = MlflowClient(report_store.uri)
+    experiment = client.get_experiment_by_name(report_store.study.name)
+    runs = client.search_runs([experiment.experiment_id])
+    (report_run,) = [r for r in runs if r.data.tags.get("run_kind") == "report"]
+    assert report_run.info.status == "FINISHED"
+    stored = {Path(a.path).name for a in client.list_artifacts(report_run.info.run_id, "report")}
+    assert {"index.html", "report.md", *FIGURES} <= stored
+    markdown = (report_dir / "report.md").read_text()
+    for run in runs:
+        if run is not report_run:
+            url = f"/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}"
+            assert f"(http://127.0.0.1:5000{url})" in markdown
+    # the report run is no (cell, seed) run: the study's runs do not count it
+    tracker = Tracker(report_store.uri)
+    assert report_run.info.run_id not in {r.run_id for r in tracker.runs(experiment.experiment_id)}
+
+
+def test_a_second_report_reuses_the_report_run(report_store: ReportStore, tmp_path: Path) -> None:
+    tracker = Tracker(report_store.uri)
+    first = write_report(report_store.study.name, tracker, tmp_path / "a", report_store.study)
+    second = write_report(report_store.study.name, tracker, tmp_path / "b", report_store.study)
+    assert first.run_id is not None and first.run_id == second.run_id
+
+
+def test_report_block_picks_baseline_views_and_layout(
+    report_store: ReportStore, tmp_path: Path
+) -> None:
+    text = report_store.study_path.read_text() + (
+        "report: {baseline: weight_decay, metrics: [accuracy, reg_loss], columns: 1}\n"
+    )
+    path = tmp_path / "with-report.yaml"
+    path.write_text(text)
+    from suite.spec import load_study
+
+    study = load_study(path)
+    paths = write_report(study.name, Tracker(report_store.uri), tmp_path / "out", study, False)
+    assert paths.run_id is None
+    names = sorted(p.name for p in paths.folder.glob("*.png"))
+    assert names == ["accuracy.png", "final_gap.png", "reg_loss.png"]
+    markdown = paths.markdown.read_text()
+    assert "## Versus baseline: `weight_decay`" in markdown
+    (row,) = md_table(markdown, "| cell | seeds | Δ test accuracy")
+    assert row["cell"] == "baseline"
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        ("{baseline: basline}", r"report\.baseline: no such cell 'basline'.*did you mean"),
+        ("{metrics: [acuracy]}", r"report\.metrics\.0: .*accuracy"),
+        ("{columns: 0}", r"report\.columns: "),
+        ("{colums: 2}", r"report\.colums: unknown key.*columns"),
+    ],
+)
+def test_report_block_errors(block: str, message: str) -> None:
+    import yaml
+
+    variants = {"baseline": {}, "b": {"model": {"dropout": 0.1}}}
+    raw = {"name": "s", "variants": variants, "report": yaml.safe_load(block)}
+    with pytest.raises(SpecError, match=message):
+        build_study(raw, Path("s.yaml"), {}, check_data=False)
+
+
+def test_without_the_study_file(
+    report_store: ReportStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    paths = write_report(store.study.name, Tracker(store.uri))
-    assert paths.folder == Path("reports") / store.study.name  # the default, under the cwd
-    assert (tmp_path / "reports" / store.study.name / "index.html").is_file()
-    rows = table(paths.markdown.read_text())
-    assert [r["cell"] for r in rows] == ["baseline", "weight_decay"]
-    assert "reference" not in rows[0]
+    paths = write_report(report_store.study.name, Tracker(report_store.uri))
+    assert paths.folder == Path("reports") / report_store.study.name  # under the cwd
+    assert (tmp_path / "reports" / report_store.study.name / "index.html").is_file()
+    markdown = paths.markdown.read_text()
+    assert {r["cell"] for r in headline(markdown)} == {"baseline", "weight_decay"}
+    assert "## Reference check" not in markdown  # the ranges live in the study file
+    assert "## Versus baseline: `baseline`" in markdown  # found by name
 
 
-def test_user_errors(store: Store, tracking_uri: str, tmp_path: Path) -> None:
+def test_user_errors(report_store: ReportStore, tracking_uri: str, tmp_path: Path) -> None:
     with pytest.raises(ReportError, match=r"no study 'nope' in .*; studies: tiny-report$"):
-        write_report("nope", Tracker(store.uri), tmp_path)
+        write_report("nope", Tracker(report_store.uri), tmp_path)
 
     missing = tmp_path / "missing.db"
     with pytest.raises(ReportError, match="no studies in"):
@@ -167,48 +276,65 @@ def test_user_errors(store: Store, tracking_uri: str, tmp_path: Path) -> None:
         write_report("tiny-report", tracker, tmp_path)
     experiment_id = tracker.experiment_id("broken")
     assert experiment_id is not None
-    run_id = tracker.start_run(experiment_id, "broken", store.study.cells[0], 0, "test")
-    tracker.fail(run_id, FAILURE)
+    run_id = tracker.start_run(experiment_id, "broken", report_store.study.cells[0], 0, "test")
+    tracker.fail(run_id, REPORT_FAILURE)
     with pytest.raises(ReportError, match=r"'broken' has no FINISHED runs .*\(1 failed\)"):
         write_report("broken", tracker, tmp_path)
     assert not list(tmp_path.glob("*.html"))
 
 
-def test_cli_report(store: Store, tmp_path: Path) -> None:
+def test_cli_report(report_store: ReportStore, tmp_path: Path) -> None:
     from suite.cli import app
 
     runner = CliRunner()
     out = tmp_path / "cli"
-    args = ["report", str(store.study_path), "--tracking-uri", store.uri, "--out", str(out)]
-    result = runner.invoke(app, args)
+    args = ["report", str(report_store.study_path), "--tracking-uri", report_store.uri]
+    result = runner.invoke(app, [*args, "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert str(out / "index.html") in "".join(result.stdout.split())  # rich may fold a long path
     assert (out / "report.md").is_file()
 
-    result = runner.invoke(app, ["report", "nope", "--tracking-uri", store.uri])
+    result = runner.invoke(app, ["report", "nope", "--tracking-uri", report_store.uri])
     assert result.exit_code != 0
     assert "no study 'nope'" in result.stderr
     assert "Traceback" not in result.output
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def frame(**columns: list[object]) -> pd.DataFrame:
+    """A runs table as `load.load_runs` makes it, for the aggregate tests."""
+    t = pd.Timestamp("2025-01-01", tz="UTC")
+    n = len(columns["run_id"])
+    out = pd.DataFrame(
+        {
+            "cell": ["x"] * n,
+            "cell_hash": ["h"] * n,
+            "variant": ["x"] * n,
+            "start_time": [t] * n,
+            **columns,
+        }
+    )
+    out["seed"] = pd.array(out["seed"], dtype="Int64")
+    if "hours" in out:
+        out["start_time"] = out["start_time"] + pd.to_timedelta(out.pop("hours"), unit="h")
+    for metric in ("final_train_accuracy", "final_test_accuracy", "final_gap"):
+        if metric not in out:
+            out[metric] = np.nan
+    out["best_test_accuracy"] = out["final_test_accuracy"]
+    for metric in ("best_epoch", "final_train_loss", "final_test_loss"):
+        out[metric] = np.nan
+    return out
+
+
 def test_latest_finished_run_counts_and_rerun_clears_failure() -> None:
     """A seed rerun after a failure is done, not failed; of two FINISHED runs the latest counts."""
-    t = pd.Timestamp("2025-01-01", tz="UTC")
-    runs = pd.DataFrame(
-        {
-            "run_id": ["a", "b", "c", "d", "e"],
-            "cell": ["x"] * 5,
-            "cell_hash": ["h"] * 5,
-            "variant": ["x"] * 5,
-            "seed": pd.array([0, 0, 1, 1, 2], dtype="Int64"),
-            "status": ["FINISHED", "FINISHED", "FAILED", "FINISHED", "KILLED"],
-            "start_time": [t, t + pd.Timedelta(1, "h"), t, t + pd.Timedelta(1, "h"), t],
-            "final_train_accuracy": [0.1, 0.9, None, 0.7, None],
-            "final_test_accuracy": [0.1, 0.5, None, 0.3, None],
-            "final_gap": [0.0, 0.4, None, 0.4, None],
-            "best_test_accuracy": [0.1, 0.5, None, 0.3, None],
-        }
+    runs = frame(
+        run_id=["a", "b", "c", "d", "e"],
+        seed=[0, 0, 1, 1, 2],
+        status=["FINISHED", "FINISHED", "FAILED", "FINISHED", "KILLED"],
+        hours=[0, 1, 0, 1, 0],
+        final_train_accuracy=[0.1, 0.9, None, 0.7, None],
+        final_test_accuracy=[0.1, 0.5, None, 0.3, None],
     )
     assert sorted(finished_runs(runs)["run_id"]) == ["b", "d"]
     assert list(failed_runs(runs)["run_id"]) == ["e"]
@@ -218,29 +344,87 @@ def test_latest_finished_run_counts_and_rerun_clears_failure() -> None:
     assert row.partial and row.status == "partial: 1 failed"
 
 
-def test_study_cells_run_with_overrides_are_shown_under_their_names(store: Store) -> None:
+def test_a_study_still_running_is_flagged() -> None:
+    runs = frame(
+        run_id=["a", "b", "c"],
+        seed=[0, 1, 2],
+        status=["FINISHED", "RUNNING", "RUNNING"],
+        final_test_accuracy=[0.5, None, None],
+    )
+    (row,) = cell_rows(runs)
+    assert (row.done, row.running) == (1, 2)
+    assert row.status == "partial: 2 running"
+
+
+def test_ranking_and_baseline_choice() -> None:
+    runs = frame(
+        run_id=["a", "b", "c", "d"],
+        seed=[0, 1, 0, 0],
+        status=["FINISHED"] * 4,
+        final_test_accuracy=[0.5, 0.7, 0.8, None],
+    )
+    runs["cell"] = ["baseline", "baseline", "dropout", "empty"]
+    runs["cell_hash"] = ["hb", "hb", "hd", "he"]
+    rows = cell_rows(runs)
+    assert [r.name for r in ranked(rows)] == ["dropout", "baseline", "empty"]
+    chosen = baseline_cell(rows, None)
+    assert chosen is not None and chosen.name == "baseline"
+
+
+def test_stat_is_a_student_t_interval() -> None:
+    values = [0.71, 0.74, 0.78, 0.73]
+    stat = Stat.of(values)
+    low, high = stats.t.interval(0.95, 3, loc=np.mean(values), scale=stats.sem(values))
+    assert (stat.mean, stat.low, stat.high) == pytest.approx((np.mean(values), low, high))
+    one = Stat.of([0.5])
+    assert one.mean == 0.5 and math.isnan(one.low) and one.n == 1
+
+
+@pytest.mark.parametrize(
+    ("test", "gap", "sentence"),
+    [
+        (
+            Difference(-0.05, -0.07, -0.03, 0.001),
+            Difference(-0.06, -0.08, -0.04, 0.001),
+            "wd narrows the gap by 0.06 (0.04–0.08) and costs 0.05 test accuracy (0.03–0.07).",
+        ),
+        (
+            Difference(0.02, 0.01, 0.03, 0.01),
+            Difference(0.1, 0.05, 0.15, 0.01),
+            "wd widens the gap by 0.10 (0.05–0.15) and gains 0.02 test accuracy (0.01–0.03).",
+        ),
+        (
+            Difference(0.01, -0.02, 0.04, 0.4),
+            Difference(-0.2, math.nan, math.nan, math.nan),
+            "wd narrows the gap by 0.20 (one seed: no interval) and leaves test accuracy "
+            "unchanged within seed noise (+0.01, interval -0.02 to +0.04).",
+        ),
+    ],
+)
+def test_versus_baseline_sentence(test: Difference, gap: Difference, sentence: str) -> None:
+    assert _sentence("wd", test, gap) == sentence
+
+
+def test_study_cells_run_with_overrides_are_shown_under_their_names(
+    report_store: ReportStore,
+) -> None:
     """`overfit run STUDY --set data.path=...` stores every cell under another hash; the
     report still shows the study's cells, with those runs, and says the settings differ."""
-    study = store.study
+    study = report_store.study
     baseline = next(c for c in study.cells if c.name == "baseline")
     weight_decay = next(c for c in study.cells if c.name == "weight_decay")
-    t = pd.Timestamp("2025-01-01", tz="UTC")
-    runs = pd.DataFrame(
-        {
-            "run_id": ["a", "b", "c", "d"],
-            "cell": ["baseline", "baseline", "weight_decay", "weight_decay"],
-            # baseline: an old and a newer override hash; weight_decay: its own hash plus one
-            "cell_hash": ["old-set", "new-set", weight_decay.hash, "other-set"],
-            "variant": ["baseline", "baseline", "weight_decay", "weight_decay"],
-            "seed": pd.array([0, 0, 0, 0], dtype="Int64"),
-            "status": ["FINISHED"] * 4,
-            "start_time": [t, t + pd.Timedelta(1, "h"), t, t],
-            "final_train_accuracy": [0.1, 0.9, 0.8, 0.7],
-            "final_test_accuracy": [0.1, 0.6, 0.5, 0.4],
-            "final_gap": [0.0, 0.3, 0.3, 0.3],
-            "best_test_accuracy": [0.1, 0.6, 0.5, 0.4],
-        }
+    runs = frame(
+        run_id=["a", "b", "c", "d"],
+        seed=[0, 0, 0, 0],
+        status=["FINISHED"] * 4,
+        hours=[0, 1, 0, 0],
+        final_train_accuracy=[0.1, 0.9, 0.8, 0.7],
+        final_test_accuracy=[0.1, 0.6, 0.5, 0.4],
     )
+    runs["cell"] = ["baseline", "baseline", "weight_decay", "weight_decay"]
+    runs["variant"] = runs["cell"]
+    # baseline: an old and a newer override hash; weight_decay: its own hash plus one
+    runs["cell_hash"] = ["old-set", "new-set", weight_decay.hash, "other-set"]
     rows = {r.cell_hash: r for r in cell_rows(runs, study)}
 
     shown = rows["new-set"]

@@ -1,15 +1,20 @@
-"""The comparison report: MLflow -> pandas -> aggregates -> seaborn figure -> HTML + Markdown.
+"""The comparison report: MLflow -> pandas -> aggregates -> seaborn figures -> HTML + Markdown.
 
 `write_report` reads a study's runs back from the tracking store and writes, into one folder
 (default `reports/<study>/`):
 
-- `index.html`: self-contained (inline CSS, the figure as a data URI), to open or mail as is;
-- `report.md`: the same content for a repository or a pull request, beside
-- `accuracy.png`: train and test accuracy per cell over epochs, mean over seeds.
+- `index.html`: self-contained (inline CSS, figures as data URIs), to open offline or mail;
+- `report.md`: the same content for a repository or a pull request, beside its PNGs
+  (`accuracy.png`, `loss.png`, `gap.png`, `weight_norm.png`, `final_gap.png`);
 
-The stages are separate modules so a later report can add tables and figures without touching
-the others: `load` (MLflow -> DataFrames), `aggregate` (every derived number), `figures`
-(PNG bytes), `render` (jinja2 templates in `templates/`).
+then logs the folder as the `report/` artifacts of the study's report run, so the MLflow UI
+offers it beside the runs.
+
+Sections: the headline table (95% intervals over seeds, best cell first), versus baseline
+(Welch differences and one sentence per cell), learning curves, the final gap chart, the
+reference check, failed runs, every run linked to the UI, provenance. The stages are separate
+modules: `load` (MLflow -> DataFrames), `aggregate` (every derived number), `figures` (PNG
+bytes), `render` (jinja2 templates in `templates/`).
 """
 
 from __future__ import annotations
@@ -23,25 +28,31 @@ import pandas as pd
 
 from suite.report import aggregate, figures, load, render
 from suite.report.load import ReportError
-from suite.spec import Study
+from suite.spec import ReportSpec, Study
 from suite.tracking import Tracker
 
 __all__ = ["ReportError", "ReportPaths", "write_report"]
 
-HTML, MARKDOWN, ACCURACY_PNG = "index.html", "report.md", "accuracy.png"
+HTML, MARKDOWN, FINAL_GAP_PNG = "index.html", "report.md", "final_gap.png"
+UI_DEFAULT = "http://127.0.0.1:5000"  # where `overfit ui` serves a local store
 
 
 @dataclass(frozen=True)
 class ReportPaths:
-    """Where a report was written."""
+    """Where a report was written, and the MLflow run that holds a copy."""
 
     html: Path
     markdown: Path
     folder: Path
+    run_id: str | None = None
 
 
 def write_report(
-    study: str, tracker: Tracker, out: Path | None = None, spec: Study | None = None
+    study: str,
+    tracker: Tracker,
+    out: Path | None = None,
+    spec: Study | None = None,
+    log_to_mlflow: bool = True,
 ) -> ReportPaths:
     """Write a study's comparison report from what the tracking store holds.
 
@@ -50,19 +61,143 @@ def write_report(
         tracker: the store to read.
         out: the output folder; default `reports/<study>/` under the current directory.
         spec: the study file, when at hand: it orders the cells, says how many seeds make a
-            cell complete, and brings the description and `reference:` ranges.
+            cell complete, names the baseline and the views (`report:`), and brings the
+            description and `reference:` ranges.
+        log_to_mlflow: also attach the report to the study's report run in the store.
 
     Returns:
-        The paths of the HTML page, the Markdown document and their folder.
+        The paths of the HTML page, the Markdown document, their folder and the report run.
 
     Raises:
         ReportError: the store is empty, has no such study, or the study has no FINISHED run.
     """
+    settings = spec.report if spec is not None else ReportSpec()
     runs = load.load_runs(study, tracker)
     cells = aggregate.cell_rows(runs.runs, spec)
     used = aggregate.finished_runs(runs.runs)
-    histories = load.load_histories(tracker, used)
-    notes = _metric_notes(used, histories)
+    views = [figures.VIEWS[name] for name in settings.metrics]
+    wanted = [m for view in views for m in view.lines]
+    epochs = int(used["epochs"].max()) if used["epochs"].notna().any() else 1000
+    histories = load.load_histories(tracker, used, wanted, epochs)
+    curves = aggregate.curves(histories)
+    notes = _notes(cells, used, histories, views, spec)
+
+    baseline = aggregate.baseline_cell(cells, spec)
+    table = aggregate.ranked(cells)
+    comparisons = aggregate.versus_baseline(used, table, baseline) if baseline else []
+
+    folder = Path(out) if out is not None else Path("reports") / study
+    folder.mkdir(parents=True, exist_ok=True)
+    colours = figures.palette(cells)
+    shown: list[render.Figure] = []
+    for view in views:
+        png = figures.curves_figure(view, curves, cells, colours, study, settings.columns)
+        if png is not None:
+            shown.append(
+                _figure(folder, f"{view.name}.png", png, view.title, view.caption, "curves")
+            )
+    png = figures.final_gap_figure(used, cells, colours, study)
+    if png is not None:
+        caption = (
+            "Final gap per cell: each point is one seed's last-epoch train − test accuracy; "
+            "the diamond is their mean with its 95% interval."
+        )
+        shown.append(_figure(folder, FINAL_GAP_PNG, png, "final gap per cell", caption, "final"))
+
+    run_id = None
+    ui = runs.uri.rstrip("/") if runs.uri.startswith(("http://", "https://")) else UI_DEFAULT
+    if log_to_mlflow:
+        run_id = tracker.report_run(runs.experiment_id, study)
+    labels = {c.cell_hash: c.label for c in cells}
+    context = render.Context(
+        study=study,
+        description=(spec.description.strip() if spec else ""),
+        cells=table,
+        columns=aggregate.TABLE_COLUMNS,
+        best_test=aggregate.best(cells, "final_test_accuracy"),
+        least_gap=aggregate.best(cells, "final_gap", lowest=True),
+        baseline=baseline,
+        comparisons=comparisons,
+        references=aggregate.reference_checks(table),
+        figures=shown,
+        failed=_run_links(
+            aggregate.failed_runs(runs.runs).sort_values(["cell", "seed"]), labels, ui, runs
+        ),
+        runs=_run_links(runs.runs.sort_values(["cell", "seed", "start_time"]), labels, ui, runs),
+        provenance=_provenance(runs, used, spec),
+        notes=notes,
+        ui=ui,
+        ui_is_local=ui == UI_DEFAULT,
+        experiment_url=f"{ui}/#/experiments/{runs.experiment_id}",
+        report_run_url=(
+            f"{ui}/#/experiments/{runs.experiment_id}/runs/{run_id}" if run_id else None
+        ),
+    )
+    html, markdown = render.render(context)
+    paths = ReportPaths(folder / HTML, folder / MARKDOWN, folder, run_id)
+    paths.html.write_text(html, encoding="utf-8")
+    paths.markdown.write_text(markdown, encoding="utf-8")
+    if run_id is not None:
+        tracker.log_report(run_id, folder, _summary(study, context))
+    return paths
+
+
+def _figure(
+    folder: Path, name: str, png: bytes, alt: str, caption: str, section: str
+) -> render.Figure:
+    (folder / name).write_bytes(png)
+    uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    return render.Figure(name, uri, alt, caption, section)
+
+
+def _run_links(
+    rows: pd.DataFrame, labels: dict[str, str], ui: str, runs: load.StudyRuns
+) -> list[render.RunLink]:
+    return [
+        render.RunLink(
+            cell=labels.get(r["cell_hash"], r["cell"]),
+            seed=None if pd.isna(r["seed"]) else int(r["seed"]),
+            status=r["status"],
+            reason=r[load.FAILURE_TAG] or "",
+            run_id=r["run_id"],
+            url=f"{ui}/#/experiments/{runs.experiment_id}/runs/{r['run_id']}",
+        )
+        for r in rows.to_dict("records")
+    ]
+
+
+def _summary(study: str, context: render.Context) -> str:
+    """The report run's description in the MLflow UI (Markdown)."""
+    lines = [f"Report of study `{study}`: open `report/index.html` in the artifacts."]
+    lines += [f"- {c.sentence}" for c in context.comparisons]
+    return "\n".join(lines)
+
+
+def _notes(
+    cells: list[aggregate.CellRow],
+    used: pd.DataFrame,
+    histories: pd.DataFrame,
+    views: list[figures.View],
+    spec: Study | None,
+) -> list[str]:
+    """What the reader should know about missing values and cells outside the study file."""
+    notes = []
+    for column in aggregate.TABLE_COLUMNS:
+        missing = int(used[column.metric].isna().sum())
+        if missing:
+            notes.append(
+                f"{missing} finished runs have no {column.metric}; their cells show fewer values."
+            )
+    logged = set(histories["metric"].unique())
+    for view in views:
+        if not logged & set(view.lines):
+            notes.append(f"No run has the per-epoch metrics of the {view.name} view; not drawn.")
+            continue
+        main = next(m for m in view.lines if m in logged)
+        have = set(histories.loc[histories["metric"] == main, "run_id"].unique())
+        missing = len(set(used["run_id"]) - have)
+        if missing:
+            notes.append(f"{missing} finished runs have no per-epoch {main}; curves omit them.")
     if spec is not None and any(not c.in_study for c in cells):
         notes.append(
             "Cells marked 'not in the study file' are configurations found in the store that "
@@ -74,65 +209,6 @@ def write_report(
             "under their name, whose configuration is not the file's as written (run with "
             "--set, or the file edited since); the hash column is the runs'."
         )
-
-    folder = Path(out) if out is not None else Path("reports") / study
-    folder.mkdir(parents=True, exist_ok=True)
-    shown: list[render.Figure] = []
-    if not histories.empty:
-        png = figures.accuracy_curves(
-            aggregate.curves(histories),
-            cells,
-            f"{study}: train (solid) and test (dashed) accuracy, mean over seeds",
-        )
-        (folder / ACCURACY_PNG).write_bytes(png)
-        shown.append(
-            render.Figure(
-                ACCURACY_PNG,
-                "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
-                "Train (solid) and test (dashed) accuracy per cell over epochs; "
-                "mean over seeds, band: ± 1 standard deviation.",
-            )
-        )
-
-    labels = {c.cell_hash: c.label for c in cells}
-    failed = [
-        render.FailedRun(
-            labels.get(r.cell_hash, r.cell), int(r.seed), r.status, r.failure_reason or "", r.run_id
-        )
-        for r in aggregate.failed_runs(runs.runs).sort_values(["cell", "seed"]).itertuples()
-    ]
-    context = render.Context(
-        study=study,
-        description=(spec.description.strip() if spec else ""),
-        cells=cells,
-        columns=aggregate.TABLE_COLUMNS,
-        reference_columns=frozenset(m for c in cells for m in c.reference),
-        figures=shown,
-        failed=failed,
-        provenance=_provenance(runs, used, spec),
-        notes=notes,
-    )
-    html, markdown = render.render(context)
-    paths = ReportPaths(folder / HTML, folder / MARKDOWN, folder)
-    paths.html.write_text(html, encoding="utf-8")
-    paths.markdown.write_text(markdown, encoding="utf-8")
-    return paths
-
-
-def _metric_notes(used: pd.DataFrame, histories: pd.DataFrame) -> list[str]:
-    """Say which declared metrics some finished runs lack (older or foreign runs)."""
-    notes = []
-    for metric in (c.metric for c in aggregate.TABLE_COLUMNS):
-        missing = int(used[metric].isna().sum())
-        if missing:
-            notes.append(
-                f"{missing} finished runs have no {metric}; their cells show fewer values."
-            )
-    for metric in load.CURVE_METRICS:
-        have = set(histories.loc[histories["metric"] == metric, "run_id"])
-        missing = len(set(used["run_id"]) - have)
-        if missing:
-            notes.append(f"{missing} finished runs have no per-epoch {metric}; curves omit them.")
     return notes
 
 
@@ -144,8 +220,11 @@ def _provenance(
     items = [("tracking URI", runs.uri), ("MLflow experiment", runs.experiment_id)]
     if spec is not None and spec.path is not None:
         items.append(("study file", str(spec.path)))
+    sizes = used["n_train"].fillna("?") + " / " + used["n_val"].fillna("?")
+    sizes = sizes + " / " + used["n_test"].fillna("?")
     items += [
         ("data source", _values(used["data_source"])),
+        ("images: train / validation / test", _values(sizes.where(used["n_train"].notna()))),
         ("runs", f"{len(runs.runs)} in the store ({counts}); {len(used)} used for the numbers"),
         ("suite version", _values(used["suite_version"])),
         ("git commit", _values(used["git_commit"])),

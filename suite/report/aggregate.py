@@ -1,20 +1,28 @@
-"""Derived numbers, computed once: which runs count, per-cell seed statistics, mean curves.
+"""Derived numbers, computed once: which runs count, per-cell seed statistics with 95%
+intervals, mean curves with bands, differences from the baseline, reference checks.
 
 A cell is identified by its hash (its resolved configuration), as in the store. For each
 (cell, seed) the latest FINISHED run counts (a `--rerun` leaves older ones behind); a seed
 without one is failed (its latest run FAILED or was KILLED), running, or missing.
+
+Intervals are Student-t intervals over seeds (few seeds: a normal interval would be too
+narrow); differences between cells use Welch's t-test, which does not assume equal spread.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
+from scipy import stats as st
 
 from suite.spec import Study
 
 DONE, FAILED, RUNNING = "FINISHED", ("FAILED", "KILLED"), ("RUNNING", "SCHEDULED")
+LEVEL = 0.95  # every interval in the report
 
 
 @dataclass(frozen=True)
@@ -24,23 +32,90 @@ class Column:
     metric: str
     label: str
     aliases: tuple[str, ...] = ()
+    digits: int = 3
 
 
+# final_train_loss / final_test_loss are the runs' last logged train_loss / test_loss
 TABLE_COLUMNS = (
     Column("final_train_accuracy", "train accuracy", ("train_accuracy",)),
     Column("final_test_accuracy", "test accuracy", ("test_accuracy",)),
-    Column("final_gap", "gap (train - test)", ("gap",)),
+    Column("final_gap", "gap (train − test)", ("gap",)),
     Column("best_test_accuracy", "best test accuracy"),
+    Column("best_epoch", "best epoch", digits=0),
+    Column("final_train_loss", "train loss"),
+    Column("final_test_loss", "test loss"),
 )
+RANK_BY = "final_test_accuracy"  # the table lists the best cell first
 
 
 @dataclass(frozen=True)
 class Stat:
-    """Mean and sample standard deviation over a cell's seeds (std is NaN for one seed)."""
+    """Mean over a cell's seeds with its 95% t-interval (NaN bounds for one seed)."""
 
     mean: float
     std: float
     n: int
+    low: float = math.nan
+    high: float = math.nan
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Stat:
+        data = np.asarray(values, dtype=float)
+        n = len(data)
+        mean = float(data.mean()) if n else math.nan
+        if n < 2:
+            return cls(mean, math.nan, n)
+        std = float(data.std(ddof=1))
+        half = float(st.t.ppf(0.5 + LEVEL / 2, n - 1)) * std / math.sqrt(n)
+        return cls(mean, std, n, mean - half, mean + half)
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Cell minus baseline in one final metric: mean, 95% Welch interval, p-value."""
+
+    mean: float
+    low: float
+    high: float
+    p: float
+
+    @property
+    def clear(self) -> bool:
+        """The interval excludes zero: the difference is larger than seed-to-seed noise."""
+        return not math.isnan(self.low) and (self.low > 0 or self.high < 0)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One cell against the baseline."""
+
+    cell: CellRow
+    test: Difference | None  # final test accuracy
+    gap: Difference | None  # final gap
+    sentence: str
+
+
+@dataclass(frozen=True)
+class ReferenceCheck:
+    """One published range beside our mean."""
+
+    cell: str
+    metric: str
+    label: str
+    low: float
+    high: float
+    ours: Stat | None
+
+    @property
+    def verdict(self) -> str:
+        """`within`, `outside` (the mean is out of the range), or `no runs`."""
+        if self.ours is None or math.isnan(self.ours.mean):
+            return "no runs"
+        return "within" if self.low <= round(self.ours.mean, 3) <= self.high else "outside"
 
 
 @dataclass(frozen=True)
@@ -49,6 +124,7 @@ class CellRow:
 
     label: str  # the cell name; with its hash when two configurations share a name
     name: str
+    order: int  # position in the study (then store) order: figures and colours follow it
     cell_hash: str
     in_study: bool  # False: runs of a configuration the given study file no longer has
     adopted: bool  # a study cell shown with runs of its name whose settings differ (--set)
@@ -127,20 +203,19 @@ def cell_rows(runs: pd.DataFrame, study: Study | None = None) -> list[CellRow]:
     name_counts = pd.Series(list(names.values())).value_counts()
     variants = _variants(runs, study)
 
-    rows = []
+    rows: list[CellRow] = []
     for cell_hash, name in names.items():
         mine = done[done["cell_hash"] == cell_hash]
         stats = {}
         for column in TABLE_COLUMNS:
             values = mine[column.metric].dropna()
             if len(values):
-                stats[column.metric] = Stat(
-                    float(values.mean()), float(values.std(ddof=1)), len(values)
-                )
+                stats[column.metric] = Stat.of(values.tolist())
         rows.append(
             CellRow(
                 label=name if name_counts[name] == 1 else f"{name} ({cell_hash[:6]})",
                 name=name,
+                order=len(rows),
                 cell_hash=cell_hash,
                 in_study=cell_hash in in_study,
                 adopted=cell_hash in adopted.values(),
@@ -159,15 +234,127 @@ def cell_rows(runs: pd.DataFrame, study: Study | None = None) -> list[CellRow]:
     return rows
 
 
+def ranked(rows: Sequence[CellRow]) -> list[CellRow]:
+    """Table order: highest mean final test accuracy first; cells without runs last."""
+
+    def key(row: CellRow) -> tuple[bool, float, int]:
+        stat = row.stats.get(RANK_BY)
+        mean = stat.mean if stat is not None else math.nan
+        return (math.isnan(mean), -mean if not math.isnan(mean) else 0.0, row.order)
+
+    return sorted(rows, key=key)
+
+
+def best(rows: Sequence[CellRow], metric: str, lowest: bool = False) -> CellRow | None:
+    """The cell with the best mean `metric`, the first in `rows` on a tie (None: no values)."""
+    have = [r for r in rows if metric in r.stats and not math.isnan(r.stats[metric].mean)]
+    if not have:
+        return None
+    sign = 1.0 if lowest else -1.0
+    return min(have, key=lambda r: sign * r.stats[metric].mean)
+
+
 def curves(histories: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds of each cell's per-epoch metrics.
+    """Mean over seeds of each cell's per-epoch metrics, with a 95% t-interval band.
 
     Returns:
-        One row per (cell hash, metric, epoch): columns `mean`, `std` (NaN for one seed), `n`.
+        One row per (cell hash, metric, epoch): columns `mean`, `std`, `n`, `low`, `high`
+        (`low`/`high` NaN where only one seed has the epoch).
     """
     grouped = histories.groupby(["cell_hash", "metric", "epoch"])["value"]
     out = grouped.agg(mean="mean", std="std", n="count").reset_index()
-    return out.astype({"n": int})
+    out = out.astype({"n": int})
+    t = st.t.ppf(0.5 + LEVEL / 2, np.maximum(out["n"] - 1, 1))
+    half = np.where(out["n"] >= 2, t * out["std"] / np.sqrt(out["n"]), np.nan)
+    out["low"] = out["mean"] - half
+    out["high"] = out["mean"] + half
+    return out
+
+
+def baseline_cell(rows: Sequence[CellRow], study: Study | None) -> CellRow | None:
+    """The cell others are compared with: the study's `report.baseline` (a cell or variant
+    name), else a cell or variant named `baseline`, else the first cell with runs."""
+    wanted = study.report.baseline if study is not None else None
+    variants = {c.hash: c.variant for c in study.cells} if study is not None else {}
+    for name in (wanted, "baseline") if wanted else ("baseline",):
+        for row in rows:
+            if row.in_study and name in (row.name, variants.get(row.cell_hash)) and row.done:
+                return row
+    return next((r for r in sorted(rows, key=lambda r: r.order) if r.done), None)
+
+
+def versus_baseline(
+    done: pd.DataFrame, rows: Sequence[CellRow], baseline: CellRow
+) -> list[Comparison]:
+    """Each cell with finished runs against `baseline`, in `rows` order.
+
+    Differences are cell minus baseline over the seeds each has (the latest FINISHED run
+    per seed); the interval and p-value are Welch's (unequal variances), so they need two
+    seeds on both sides.
+    """
+    base = done[done["cell_hash"] == baseline.cell_hash]
+    out = []
+    for row in rows:
+        if row.cell_hash == baseline.cell_hash or not row.done:
+            continue
+        mine = done[done["cell_hash"] == row.cell_hash]
+        test = _difference(mine["final_test_accuracy"], base["final_test_accuracy"])
+        gap = _difference(mine["final_gap"], base["final_gap"])
+        out.append(Comparison(row, test, gap, _sentence(row.label, test, gap)))
+    return out
+
+
+def reference_checks(rows: Sequence[CellRow]) -> list[ReferenceCheck]:
+    """Every `reference:` range of the study beside our mean for it, in `rows` order."""
+    labels = {c.metric: c.label for c in TABLE_COLUMNS}
+    return [
+        ReferenceCheck(row.label, metric, labels[metric], low, high, row.stats.get(metric))
+        for row in rows
+        for metric, (low, high) in row.reference.items()
+    ]
+
+
+def _difference(cell: pd.Series, base: pd.Series) -> Difference | None:
+    a, b = cell.dropna().to_numpy(float), base.dropna().to_numpy(float)
+    if not len(a) or not len(b):
+        return None
+    mean = float(a.mean() - b.mean())
+    if len(a) < 2 or len(b) < 2:
+        return Difference(mean, math.nan, math.nan, math.nan)
+    if a.std(ddof=1) == 0 and b.std(ddof=1) == 0:
+        # no spread on either side (e.g. both collapsed to one class): the difference is exact
+        return Difference(mean, mean, mean, 0.0 if mean else 1.0)
+    result = st.ttest_ind(a, b, equal_var=False)
+    interval = result.confidence_interval(LEVEL)
+    return Difference(mean, float(interval.low), float(interval.high), float(result.pvalue))
+
+
+def _sentence(label: str, test: Difference | None, gap: Difference | None) -> str:
+    """One plain sentence: what the cell does to the gap and to test accuracy, e.g.
+    `weight_decay narrows the gap by 0.06 (0.04–0.08) and costs 0.05 test accuracy (...)`."""
+    parts = []
+    if gap is not None:
+        parts.append(_phrase(gap, "narrows the gap by", "widens the gap by", "the gap"))
+    if test is not None:
+        parts.append(_phrase(test, "costs", "gains", "test accuracy", " test accuracy"))
+    if not parts:
+        return f"{label}: no finished runs to compare."
+    return f"{label} " + " and ".join(parts) + "."
+
+
+def _phrase(d: Difference, down: str, up: str, what: str, suffix: str = "") -> str:
+    """`narrows the gap by 0.06 (0.04–0.08)`; `leaves the gap unchanged within seed noise
+    (+0.01, -0.02 to +0.04)` when the 95% interval holds zero."""
+    verb = down if d.mean < 0 else up
+    if math.isnan(d.low):
+        return f"{verb} {abs(d.mean):.2f}{suffix} (one seed: no interval)"
+    if not d.clear:
+        return (
+            f"leaves {what} unchanged within seed noise "
+            f"({d.mean:+.2f}, interval {d.low:+.2f} to {d.high:+.2f})"
+        )
+    low, high = sorted((abs(d.low), abs(d.high)))
+    return f"{verb} {abs(d.mean):.2f}{suffix} ({low:.2f}–{high:.2f})"
 
 
 def _adopted(stored: pd.DataFrame, study: Study | None) -> dict[str, str]:

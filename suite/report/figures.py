@@ -2,85 +2,302 @@
 
 Figures are built on `matplotlib.figure.Figure` rather than through pyplot, so writing a report
 never changes the caller's backend or global figure state (a notebook keeps working).
+
+Every figure gives a cell the same colour (`palette`, in study order), titles its axes with
+units, and draws the 95% intervals `aggregate` computed: nothing is re-derived here.
 """
 
 from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.artist import Artist
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator
-from matplotlib.typing import LineStyleType
+from matplotlib.ticker import MaxNLocator, NullFormatter
+from matplotlib.typing import ColorType, LineStyleType
 
 from suite.report.aggregate import CellRow
 
-MAX_COLUMNS = 4
 DPI = 150
-LINES: dict[str, tuple[LineStyleType, str]] = {
-    "train_accuracy": ("-", "train"),
-    "test_accuracy": ("--", "test"),
+BAND_ALPHA = 0.18
+BAND_LABEL = "95% interval over seeds"
+
+
+@dataclass(frozen=True)
+class View:
+    """A per-epoch view of the report (`report.metrics` names them).
+
+    `lines` maps the metrics drawn to their line style and legend label. A view with several
+    lines is drawn as one facet per cell; a view with one line puts all cells on one axis.
+    """
+
+    name: str
+    title: str
+    ylabel: str
+    lines: dict[str, tuple[LineStyleType, str]]
+    caption: str
+    limits: tuple[float, float] | None = None
+    log: bool = False
+    zero_line: bool = False
+
+    @property
+    def faceted(self) -> bool:
+        return len(self.lines) > 1
+
+
+VIEWS = {
+    v.name: v
+    for v in (
+        View(
+            "accuracy",
+            "train (solid) and test (dashed) accuracy",
+            "accuracy (fraction correct)",
+            {
+                "train_accuracy": ("-", "train"),
+                "test_accuracy": ("--", "test"),
+                "val_accuracy": (":", "validation"),
+            },
+            "Accuracy per cell over epochs: train solid, test dashed (validation dotted when "
+            "the study has a validation split); line: mean over seeds, band: 95% interval.",
+            limits=(0.0, 1.02),
+        ),
+        View(
+            "loss",
+            "train (solid) and test (dashed) loss",
+            "data loss (log scale)",
+            {
+                "train_loss": ("-", "train"),
+                "test_loss": ("--", "test"),
+                "val_loss": (":", "validation"),
+            },
+            "Data loss (without the regularisation penalty) per cell over epochs, log scale: "
+            "train solid, test dashed; a test loss rising while the train loss falls is "
+            "overfitting. Line: mean over seeds, band: 95% interval.",
+            log=True,
+        ),
+        View(
+            "gap",
+            "generalisation gap (train − test accuracy)",
+            "gap (accuracy points, fraction)",
+            {"gap": ("-", "gap")},
+            "Train minus test accuracy over epochs, all cells on one axis; line: mean over "
+            "seeds, band: 95% interval. Lower is less overfitting.",
+            zero_line=True,
+        ),
+        View(
+            "weight_norm",
+            "weight norm (L2 of all kernels)",
+            "‖W‖₂ over all kernels",
+            {"weight_norm": ("-", "weight norm")},
+            "L2 norm of all kernel weights over epochs: weight decay's mechanism is to keep "
+            "it small. Line: mean over seeds, band: 95% interval.",
+        ),
+        View(
+            "reg_loss",
+            "regularisation penalty",
+            "penalty added to the loss",
+            {"reg_loss": ("-", "penalty")},
+            "The regularisation term (weight decay, L1) added to the training loss over "
+            "epochs; line: mean over seeds, band: 95% interval.",
+        ),
+    )
 }
 
 
-def accuracy_curves(curves: pd.DataFrame, cells: Sequence[CellRow], title: str) -> bytes:
-    """Train (solid) and test (dashed) accuracy over epochs, one facet per cell.
+def palette(cells: Sequence[CellRow]) -> dict[str, ColorType]:
+    """One colour per cell, by study order, the same in every figure of a report."""
+    ordered = sorted(cells, key=lambda c: c.order)
+    colours = sns.color_palette("colorblind" if len(ordered) <= 10 else "husl", len(ordered))
+    return {c.cell_hash: colours[i] for i, c in enumerate(ordered)}
+
+
+def curves_figure(
+    view: View,
+    curves: pd.DataFrame,
+    cells: Sequence[CellRow],
+    colours: dict[str, ColorType],
+    study: str,
+    columns: int = 4,
+) -> bytes | None:
+    """One per-epoch view as PNG bytes; None when no cell has any of its metrics.
 
     Args:
-        curves: `aggregate.curves` output (mean and std over seeds per cell, metric, epoch).
-        cells: the cells in table order; those without curves are left out.
-        title: the figure's title.
-
-    Returns:
-        The figure as PNG bytes.
+        view: what to draw (`VIEWS`).
+        curves: `aggregate.curves` output: mean and interval per cell, metric and epoch.
+        cells: the cells in figure order; those without the view's metrics are left out.
+        colours: `palette` output.
+        study: the study's name, for the title.
+        columns: facets per row, for a faceted view.
     """
-    shown = [c for c in cells if c.cell_hash in set(curves["cell_hash"])]
+    mine = curves[curves["metric"].isin(list(view.lines))]
+    present = set(mine["cell_hash"])
+    shown = [c for c in cells if c.cell_hash in present]
     if not shown:
-        raise ValueError("no curves to draw")
-    nrows = math.ceil(len(shown) / MAX_COLUMNS)
-    ncols = math.ceil(len(shown) / nrows)  # 5 cells: 3 + 2 facets, not 4 + 1
-    palette = sns.color_palette("colorblind" if len(shown) <= 10 else "husl", len(shown))
-
-    with sns.axes_style("whitegrid"), sns.plotting_context("notebook"):
-        figure = Figure(figsize=(3.6 * ncols + 2.2, 2.8 * nrows + 1.0), layout="constrained")
+        return None
+    lines = {m: s for m, s in view.lines.items() if m in set(mine["metric"])}
+    if view.faceted:
+        nrows = math.ceil(len(shown) / columns)
+        ncols = math.ceil(len(shown) / nrows)  # 5 cells in rows of 4: 3 + 2 facets, not 4 + 1
+        size = (3.6 * ncols + 2.2, 2.8 * nrows + 1.0)
+    else:
+        nrows = ncols = 1
+        size = (9.5, 4.8)
+    with _style():
+        figure = Figure(figsize=size, layout="constrained")
         FigureCanvasAgg(figure)
         axes = figure.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
-        for ax, cell, colour in zip(axes.flat, shown, palette, strict=False):
-            mine = curves[curves["cell_hash"] == cell.cell_hash]
-            for metric, (style, _) in LINES.items():
-                line = mine[mine["metric"] == metric].sort_values("epoch")
-                ax.plot(line["epoch"], line["mean"], linestyle=style, color=colour, lw=1.8)
-                # one standard deviation over seeds; nothing is drawn for a single seed
-                low = (line["mean"] - line["std"]).clip(lower=0.0)
-                high = (line["mean"] + line["std"]).clip(upper=1.0)
-                ax.fill_between(line["epoch"], low, high, color=colour, alpha=0.15, lw=0)
-            seeds = f"{cell.done} seed" + ("s" if cell.done != 1 else "")
-            ax.set_title(f"{cell.label}  ({seeds})", fontsize="medium")
-        axes.flat[0].set_ylim(0.0, 1.02)  # shared: the whole accuracy range, comparable at sight
-        axes.flat[0].xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
-        for index, ax in enumerate(axes.flat):
-            if index >= len(shown):
-                ax.set_visible(False)
-                # the facet above an empty slot is the bottom of its column: label its x axis
-                axes.flat[index - ncols].tick_params(labelbottom=True)
+        for index, cell in enumerate(shown):
+            ax = axes.flat[index] if view.faceted else axes.flat[0]
+            cell_curves = mine[mine["cell_hash"] == cell.cell_hash]
+            for metric, (style, _) in lines.items():
+                line = cell_curves[cell_curves["metric"] == metric].sort_values("epoch")
+                label = cell.label if not view.faceted else None
+                alpha = BAND_ALPHA if view.faceted else BAND_ALPHA * min(1.0, 4 / len(shown))
+                _line_with_band(ax, line, colours[cell.cell_hash], style, label, view, alpha)
+            if view.faceted:
+                seeds = f"{cell.done} seed" + ("s" if cell.done != 1 else "")
+                ax.set_title(f"{cell.label}  ({seeds})", fontsize="medium")
+        first = axes.flat[0]
+        first.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
+        if view.limits is not None:
+            first.set_ylim(*view.limits)  # shared: the whole range, comparable at sight
+        if view.log and (mine["mean"] > 0).all():
+            first.set_yscale("log")
+            # unlabelled minor ticks: labels on every minor tick of every facet crowd the axis
+            # and cost seconds of layout
+            first.yaxis.set_minor_formatter(NullFormatter())
+        if view.zero_line:
+            for ax in axes.flat:
+                ax.axhline(0.0, color="0.4", lw=0.8, zorder=0)
+        if view.faceted:
+            for index, ax in enumerate(axes.flat):
+                if index >= len(shown):
+                    ax.set_visible(False)
+                    # the facet above an empty slot is the bottom of its column: label its x axis
+                    axes.flat[index - ncols].tick_params(labelbottom=True)
+            figure.supxlabel("epoch")
+            figure.supylabel(view.ylabel)
+            handles: list[Artist] = [
+                Line2D([], [], color="0.25", linestyle=style, lw=1.8, label=label)
+                for style, label in lines.values()
+            ]
+        else:
+            first.set_xlabel("epoch")
+            first.set_ylabel(view.ylabel)
+            handles = list(first.get_legend_handles_labels()[0])
+        handles.append(Patch(color="0.25", alpha=BAND_ALPHA, label=BAND_LABEL))
+        figure.suptitle(f"{study}: {view.title}, mean over seeds", fontsize="large")
+        _legend(figure, handles)
+        return _png(figure)
 
-        figure.supxlabel("epoch")
-        figure.supylabel("accuracy")
-        figure.suptitle(title, fontsize="large")
+
+def final_gap_figure(
+    done: pd.DataFrame,
+    cells: Sequence[CellRow],
+    colours: dict[str, ColorType],
+    study: str,
+) -> bytes | None:
+    """Final gap per cell: every seed's value as a point, the mean with its 95% interval.
+
+    Args:
+        done: the runs the numbers use (`aggregate.finished_runs`).
+        cells: the cells, top to bottom; their `final_gap` stats give mean and interval.
+    """
+    shown = [c for c in cells if "final_gap" in c.stats]
+    if not shown:
+        return None
+    points = done[done["cell_hash"].isin([c.cell_hash for c in shown])].dropna(subset=["final_gap"])
+    order = [c.cell_hash for c in shown]
+    labels = [c.label for c in shown]
+    with _style():
+        figure = Figure(figsize=(8.5, 1.0 + 0.55 * len(shown)), layout="constrained")
+        FigureCanvasAgg(figure)
+        ax = figure.subplots()
+        sns.stripplot(
+            data=points,
+            x="final_gap",
+            y="cell_hash",
+            hue="cell_hash",
+            order=order,
+            hue_order=order,
+            palette={h: colours[h] for h in order},
+            jitter=0.12,
+            size=6,
+            alpha=0.75,
+            legend=False,
+            ax=ax,
+        )
+        for y, cell in enumerate(shown):
+            stat = cell.stats["final_gap"]
+            if not math.isnan(stat.low):
+                ax.errorbar(
+                    stat.mean,
+                    y,
+                    xerr=[[stat.mean - stat.low], [stat.high - stat.mean]],
+                    fmt="none",
+                    ecolor="0.15",
+                    elinewidth=1.6,
+                    capsize=5,
+                    zorder=3,
+                )
+            ax.plot(stat.mean, y, marker="D", color="0.15", ms=7, zorder=4, ls="none")
+        ax.axvline(0.0, color="0.4", lw=0.8, zorder=0)
+        ax.set_yticks(range(len(shown)), labels)
+        ax.set_ylabel("")
+        ax.set_xlabel("final gap: train − test accuracy (fraction)")
         handles: list[Artist] = [
-            Line2D([], [], color="0.25", linestyle=style, lw=1.8, label=label)
-            for style, label in LINES.values()
+            Line2D([], [], color="0.5", marker="o", ls="none", label="one seed"),
+            Line2D([], [], color="0.15", marker="D", ls="-", label="mean, 95% interval"),
         ]
-        handles.append(Patch(color="0.25", alpha=0.15, label="± 1 std over seeds"))
-        figure.legend(handles=handles, loc="outside right upper", frameon=False)
+        figure.suptitle(f"{study}: final gap per cell", fontsize="large")
+        _legend(figure, handles)
+        return _png(figure)
 
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=DPI)
+
+def _line_with_band(
+    ax: Axes,
+    line: pd.DataFrame,
+    colour: ColorType,
+    style: LineStyleType,
+    label: str | None,
+    view: View,
+    alpha: float,
+) -> None:
+    ax.plot(line["epoch"], line["mean"], linestyle=style, color=colour, lw=1.8, label=label)
+    low, high = line["low"].to_numpy(float), line["high"].to_numpy(float)
+    if view.limits is not None:
+        low, high = np.clip(low, *view.limits), np.clip(high, *view.limits)
+    if view.log and (line["mean"] > 0).all():
+        # a band reaching zero or below cannot be drawn on a log axis: floor it at the mean's scale
+        low = np.where(low > 0, low, line["mean"].to_numpy(float) / 10)
+    # where a single seed has the epoch the bounds are NaN and nothing is drawn
+    ax.fill_between(line["epoch"], low, high, color=colour, alpha=alpha, lw=0)
+
+
+def _legend(figure: Figure, handles: list[Artist]) -> None:
+    """One legend for the whole figure, in rows under the title, never over the data."""
+    columns = min(len(handles), 6)
+    figure.legend(handles=handles, loc="outside upper center", ncols=columns, frameon=False)
+
+
+@contextmanager
+def _style() -> Iterator[None]:
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook"):
+        yield
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)
     return buffer.getvalue()

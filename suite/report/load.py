@@ -6,7 +6,7 @@ This module and `suite.tracking` are the only places that talk to MLflow.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -15,8 +15,20 @@ import pandas as pd
 from suite.metrics import FINAL_METRICS
 from suite.tracking import FAILURE_TAG, Tracker
 
-CURVE_METRICS = ("train_accuracy", "test_accuracy")
-TAGS = ("cell", "cell_hash", "variant", "seed", "data_source", "suite_version", "git_commit")
+TAGS = (
+    "cell",
+    "cell_hash",
+    "variant",
+    "seed",
+    "data_source",
+    "suite_version",
+    "git_commit",
+    "n_train",
+    "n_val",
+    "n_test",
+)
+# a run's last logged per-epoch value, under the name the report gives it
+LAST_VALUES = {"train_loss": "final_train_loss", "test_loss": "final_test_loss"}
 
 RUN_COLUMNS = (
     "run_id",
@@ -26,7 +38,9 @@ RUN_COLUMNS = (
     "end_time",
     *TAGS,
     FAILURE_TAG,
+    "epochs",
     *FINAL_METRICS,
+    *LAST_VALUES.values(),
 )
 HISTORY_COLUMNS = ("run_id", "cell_hash", "cell", "seed", "epoch", "metric", "value")
 
@@ -61,10 +75,11 @@ def load_runs(study: str, tracker: Tracker) -> StudyRuns:
         raise ReportError(f"no study {study!r} in {uri}; studies: {', '.join(sorted(studies))}")
 
     runs = pd.DataFrame(list(_run_rows(tracker, experiment_id)), columns=list(RUN_COLUMNS))
-    runs["seed"] = pd.to_numeric(runs["seed"], errors="coerce").astype("Int64")
+    for column in ("seed", "epochs"):
+        runs[column] = pd.to_numeric(runs[column], errors="coerce").astype("Int64")
     for column in ("start_time", "end_time"):
         runs[column] = pd.to_datetime(runs[column], unit="ms", utc=True)
-    for metric in FINAL_METRICS:
+    for metric in (*FINAL_METRICS, *LAST_VALUES.values()):
         runs[metric] = runs[metric].astype(float)
     if not (runs["status"] == "FINISHED").any():
         counts = runs["status"].str.lower().value_counts()
@@ -75,13 +90,15 @@ def load_runs(study: str, tracker: Tracker) -> StudyRuns:
     return StudyRuns(study, uri, experiment_id, runs)
 
 
-def load_histories(tracker: Tracker, runs: pd.DataFrame) -> pd.DataFrame:
-    """The per-epoch `CURVE_METRICS` of `runs`, long: one row per (run, metric, epoch).
+def load_histories(
+    tracker: Tracker, runs: pd.DataFrame, metrics: Sequence[str], epochs: int = 1000
+) -> pd.DataFrame:
+    """The per-epoch `metrics` of `runs`, long: one row per (run, metric, epoch).
 
     Read in bulk (`Tracker.histories`): a few requests for a whole study, however many runs.
-    Epochs are MLflow steps, counted from 1.
+    Epochs are MLflow steps, counted from 1; `epochs` (the longest run's) sizes the requests.
     """
-    points = tracker.histories(list(runs["run_id"]), CURVE_METRICS)
+    points = tracker.histories(list(runs["run_id"]), metrics, epochs)
     values = pd.DataFrame(points, columns=["run_id", "metric", "epoch", "value"])
     values = values[values["epoch"] >= 1]
     keys = runs[["run_id", "cell_hash", "cell", "seed"]]
@@ -111,7 +128,10 @@ def _run_rows(tracker: Tracker, experiment_id: str) -> Iterable[dict[str, object
             "start_time": run.info.start_time,
             "end_time": run.info.end_time,
             FAILURE_TAG: tags.get(FAILURE_TAG),
+            "epochs": run.data.params.get("train.epochs"),
         }
         row.update({tag: tags.get(tag) for tag in TAGS})
         row.update({m: run.data.metrics.get(m) for m in FINAL_METRICS})
+        # MLflow keeps each metric's value at its highest step: the last epoch's
+        row.update({name: run.data.metrics.get(m) for m, name in LAST_VALUES.items()})
         yield row

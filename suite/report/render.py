@@ -12,26 +12,38 @@ from typing import Any
 
 import jinja2
 
-from suite.report.aggregate import CellRow, Column, Stat
+from suite.report.aggregate import (
+    CellRow,
+    Column,
+    Comparison,
+    Difference,
+    ReferenceCheck,
+    Stat,
+)
 
 TEMPLATES = Path(__file__).parent / "templates"
 DIGITS = 3  # accuracies to 0.1 %: finer than seed-to-seed spread on a few hundred images
 
 
 @dataclass(frozen=True)
-class FailedRun:
+class RunLink:
+    """A run as the report lists it, linked to the MLflow UI."""
+
     cell: str
-    seed: int
+    seed: int | None
     status: str
     reason: str
     run_id: str
+    url: str
 
 
 @dataclass(frozen=True)
 class Figure:
     file: str  # the PNG's name beside report.md
     data_uri: str  # the same PNG for the self-contained HTML
-    alt: str
+    alt: str  # a short title
+    caption: str
+    section: str  # "curves" or "final"
 
 
 @dataclass(frozen=True)
@@ -40,13 +52,22 @@ class Context:
 
     study: str
     description: str
-    cells: list[CellRow]
+    cells: list[CellRow]  # table order: best first
     columns: tuple[Column, ...]
-    reference_columns: frozenset[str]  # metrics with a reference range for some cell
+    best_test: CellRow | None  # the highest mean final test accuracy
+    least_gap: CellRow | None  # the smallest mean final gap
+    baseline: CellRow | None
+    comparisons: list[Comparison]
+    references: list[ReferenceCheck]
     figures: list[Figure]
-    failed: list[FailedRun]
+    failed: list[RunLink]
+    runs: list[RunLink]
     provenance: list[tuple[str, str]]
     notes: list[str] = field(default_factory=list)
+    ui: str = ""
+    ui_is_local: bool = True  # links need `overfit ui` running
+    experiment_url: str = ""
+    report_run_url: str | None = None
 
 
 def environment() -> jinja2.Environment:
@@ -59,6 +80,8 @@ def environment() -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters["stat"] = format_stat
+    env.filters["diff"] = format_difference
+    env.filters["p"] = format_p
     env.filters["range"] = format_range
     env.filters["md"] = escape_markdown
     return env
@@ -72,13 +95,30 @@ def render(context: Context) -> tuple[str, str]:
     return html.rstrip() + "\n", markdown.rstrip() + "\n"
 
 
-def format_stat(stat: Stat | None) -> str:
-    """`0.912 ± 0.013`; the mean alone for one seed; `–` without a value."""
+def format_stat(stat: Stat | None, digits: int = DIGITS) -> str:
+    """`0.912 ± 0.013` (mean ± half-width of its 95% interval); the mean alone for one seed;
+    `–` without a value."""
     if stat is None or math.isnan(stat.mean):
         return "–"
-    if stat.n < 2 or math.isnan(stat.std):
-        return f"{stat.mean:.{DIGITS}f}"
-    return f"{stat.mean:.{DIGITS}f} ± {stat.std:.{DIGITS}f}"
+    if math.isnan(stat.low):
+        return f"{stat.mean:.{digits}f}"
+    return f"{stat.mean:.{digits}f} ± {stat.half_width:.{digits}f}"
+
+
+def format_difference(d: Difference | None) -> str:
+    """`-0.055 (-0.081 to -0.029)`: mean difference and its 95% interval."""
+    if d is None:
+        return "–"
+    if math.isnan(d.low):
+        return f"{d.mean:+.{DIGITS}f}"
+    return f"{d.mean:+.{DIGITS}f} ({d.low:+.{DIGITS}f} to {d.high:+.{DIGITS}f})"
+
+
+def format_p(d: Difference | None) -> str:
+    """Welch's p-value, `<0.001` below that; `–` without two seeds on both sides."""
+    if d is None or math.isnan(d.p):
+        return "–"
+    return "<0.001" if d.p < 0.001 else f"{d.p:.3f}"
 
 
 def format_range(bounds: tuple[float, float] | None) -> str:
