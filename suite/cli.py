@@ -326,9 +326,16 @@ def report(
         if path.is_file():
             spec = load_study(path, check_data=False)
             name = spec.name
-        paths = write_report(name, Tracker(tracking_uri), out_dir, spec)
+        with err.status(f"writing the report of {name}: reading MLflow, drawing figures"):
+            paths = write_report(name, Tracker(tracking_uri), out_dir, spec)
     out.print(f"report: {paths.html}", soft_wrap=True, highlight=False)
     out.print(f"        {paths.markdown}", soft_wrap=True, highlight=False)
+    if paths.run_id:
+        out.print(
+            f"        stored in MLflow: run {paths.run_id} (artifacts under report/)",
+            soft_wrap=True,
+            highlight=False,
+        )
 
 
 @app.command()

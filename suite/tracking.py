@@ -225,7 +225,9 @@ class Tracker:
                         SqlMetric.is_nan,
                     )
                     .filter(SqlMetric.key.in_(list(metrics)), SqlMetric.run_uuid.in_(chunk))
-                    .order_by(SqlMetric.run_uuid, SqlMetric.key, SqlMetric.timestamp)
+                    .order_by(
+                        SqlMetric.run_uuid, SqlMetric.key, SqlMetric.timestamp, SqlMetric.step
+                    )
                     .all()
                 )
                 out += [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from suite import tracking
 from suite.metrics import EPOCH_METRICS, FINAL_METRICS
 from suite.runner import FAILED, FINISHED, SKIPPED, Silent, run_study
 from suite.spec import RunKey, load_study
@@ -189,16 +191,20 @@ def test_latest_finished_run_counts_and_data_failures_are_recorded(
 
 
 def test_bulk_histories_equal_run_by_run_reads(
-    write_study: Callable[[str], Path], tracker: Tracker, tiny_study: str
+    write_study: Callable[[str], Path],
+    tracker: Tracker,
+    tiny_study: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     run_study(load_study(write_study(tiny_study)), tracker)
     experiment_id = tracker.experiment_id("tiny", create=False)
     assert experiment_id is not None
     run_ids = [r.run_id for r in tracker.runs(experiment_id)]
 
-    # a large points_per_run makes every request one run: chunking gives the same points
-    for points_per_run in (1000, 30_000):
-        bulk = sorted(tracker.histories(run_ids, EPOCH_METRICS, points_per_run))
+    # one run per query: chunking gives the same points
+    for per_query in (500, 1):
+        monkeypatch.setattr(tracking, "DATABASE_RUNS_PER_QUERY", per_query)
+        bulk = sorted(tracker.histories(run_ids, EPOCH_METRICS))
         one_by_one = sorted(
             (run_id, metric, p.step, p.value)
             for run_id in run_ids
@@ -206,3 +212,23 @@ def test_bulk_histories_equal_run_by_run_reads(
             for p in tracker.client.get_metric_history(run_id, metric)
         )
         assert bulk == one_by_one and len(bulk) == 4 * len(EPOCH_METRICS) * 3
+
+
+def test_bulk_histories_keep_nan_and_repeated_steps(
+    write_study: Callable[[str], Path], tracker: Tracker, tiny_study: str
+) -> None:
+    """A NaN is stored as a flag beside 0.0: it reads back as NaN, not 0; a step logged twice
+    (a resumed flush) comes back in logging order, so the last value is the latest."""
+    study = load_study(write_study(tiny_study))
+    experiment_id = tracker.experiment_id(study.name)
+    assert experiment_id is not None
+    run_id = tracker.start_run(experiment_id, study.name, study.cells[0], 0, "test")
+    tracker.log_epochs(run_id, [(1, {"train_loss": 2.0}), (2, {"train_loss": float("nan")})])
+    time.sleep(0.01)  # a later millisecond: logging order is timestamp order
+    tracker.log_epochs(run_id, [(1, {"train_loss": 1.5})])
+    points = tracker.histories([run_id], ["train_loss", "test_loss"])
+    assert [p[:3] for p in points][:1] == [(run_id, "train_loss", 1)]
+    by_step: dict[int, list[float]] = {}
+    for _, _, step, value in points:
+        by_step.setdefault(step, []).append(value)
+    assert by_step[1] == [2.0, 1.5] and np.isnan(by_step[2]).all()

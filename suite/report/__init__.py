@@ -83,6 +83,13 @@ def write_report(
     notes = _notes(cells, used, histories, views, spec)
 
     baseline = aggregate.baseline_cell(cells, spec)
+    variants = {c.hash: c.variant for c in spec.cells} if spec is not None else {}
+    named = (baseline.name, variants.get(baseline.cell_hash)) if baseline else ()
+    if settings.baseline and baseline is not None and settings.baseline not in named:
+        notes.append(
+            f"The study's baseline {settings.baseline!r} has no finished runs: cells are "
+            f"compared with {baseline.label} instead."
+        )
     table = aggregate.ranked(cells)
     comparisons = aggregate.versus_baseline(used, table, baseline) if baseline else []
 

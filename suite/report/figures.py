@@ -286,9 +286,9 @@ def _line_with_band(
 
 
 def _legend(figure: Figure, handles: list[Artist]) -> None:
-    """One legend for the whole figure, in rows under the title, never over the data."""
-    columns = min(len(handles), 6)
-    figure.legend(handles=handles, loc="outside upper center", ncols=columns, frameon=False)
+    """One legend for the whole figure, in a column right of the axes, vertically centred:
+    clear of the title above and the axis label below, never over the data."""
+    figure.legend(handles=handles, loc="outside right center", frameon=False)
 
 
 @contextmanager
