@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from suite.report import ReportError, write_report
 from suite.report.aggregate import (
     Difference,
+    ReferenceCheck,
     Stat,
     _sentence,
     baseline_cell,
@@ -176,8 +177,13 @@ def test_failed_run_is_counted_and_reference_checked(report_dir: Path) -> None:
     assert "## Failed runs" in markdown and REPORT_FAILURE in markdown
     (check,) = md_table(markdown, "| cell | metric | published |")
     assert check["cell"] == "baseline" and check["published"] == "0.74–0.77"
-    mean = mean_and_half(check["ours"])[0]
-    assert check["verdict"] == ("✓ within" if 0.74 <= mean <= 0.77 else "✗ outside")
+    mean, half = mean_and_half(check["ours"])
+    if 0.74 <= mean <= 0.77:
+        assert check["verdict"] == "✓ within"
+    elif mean - half <= 0.77 and mean + half >= 0.74:
+        assert check["verdict"] == "✗ outside; our 95% interval overlaps"
+    else:
+        assert check["verdict"] == "✗ outside"
     html = (report_dir / "index.html").read_text()
     assert html.count('class="partial') == 1 and REPORT_FAILURE in html
 
@@ -228,6 +234,25 @@ def test_report_block_picks_baseline_views_and_layout(
     assert "## Versus baseline: `weight_decay`" in markdown
     (row,) = md_table(markdown, "| cell | seeds | Δ test accuracy")
     assert row["cell"] == "baseline"
+
+
+def test_a_baseline_without_runs_falls_back_with_a_note(
+    report_store: ReportStore, tmp_path: Path
+) -> None:
+    from suite.spec import load_study
+
+    text = report_store.study_path.read_text().replace(
+        "  baseline: {}\n", "  baseline: {}\n  fresh: {model: {hidden: [4]}}\n"
+    )
+    path = tmp_path / "fresh.yaml"
+    path.write_text(text + "report: {baseline: fresh}\n")
+    study = load_study(path)
+    paths = write_report(study.name, Tracker(report_store.uri), tmp_path / "out", study, False)
+    markdown = paths.markdown.read_text()
+    assert "The study's baseline 'fresh' has no finished runs" in markdown
+    assert "## Versus baseline: `baseline`" in markdown
+    rows = {r["cell"]: r for r in headline(markdown)}
+    assert rows["fresh"]["status"] == "**not run**" and rows["fresh"]["#"] == "3"  # last
 
 
 @pytest.mark.parametrize(
@@ -369,6 +394,21 @@ def test_ranking_and_baseline_choice() -> None:
     assert [r.name for r in ranked(rows)] == ["dropout", "baseline", "empty"]
     chosen = baseline_cell(rows, None)
     assert chosen is not None and chosen.name == "baseline"
+
+
+@pytest.mark.parametrize(
+    ("values", "verdict"),
+    [
+        ([0.75, 0.76], "within"),
+        ([0.78, 0.79], "outside"),
+        ([0.70, 0.80], "overlaps"),
+        ([], "no runs"),
+    ],
+)
+def test_reference_verdicts(values: list[float], verdict: str) -> None:
+    ours = Stat.of(values) if values else None
+    check = ReferenceCheck("c", "final_test_accuracy", "test accuracy", 0.74, 0.77, ours)
+    assert check.verdict == verdict
 
 
 def test_stat_is_a_student_t_interval() -> None:

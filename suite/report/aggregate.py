@@ -113,10 +113,19 @@ class ReferenceCheck:
 
     @property
     def verdict(self) -> str:
-        """`within`, `outside` (the mean is out of the range), or `no runs`."""
+        """`within` (the mean, to 3 decimals, is in the range), `outside`, `overlaps` (outside,
+        but our 95% interval reaches the range: seed noise could explain it), or `no runs`."""
         if self.ours is None or math.isnan(self.ours.mean):
             return "no runs"
-        return "within" if self.low <= round(self.ours.mean, 3) <= self.high else "outside"
+        if self.low <= round(self.ours.mean, 3) <= self.high:
+            return "within"
+        if (
+            not math.isnan(self.ours.low)
+            and self.ours.low <= self.high
+            and self.ours.high >= self.low
+        ):
+            return "overlaps"
+        return "outside"
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,12 @@ from suite.report.aggregate import (
 )
 
 TEMPLATES = Path(__file__).parent / "templates"
+VERDICTS = {
+    "within": "✓ within",
+    "outside": "✗ outside",
+    "overlaps": "✗ outside; our 95% interval overlaps",
+    "no runs": "no runs",
+}
 DIGITS = 3  # accuracies to 0.1 %: finer than seed-to-seed spread on a few hundred images
 
 
@@ -83,6 +89,7 @@ def environment() -> jinja2.Environment:
     env.filters["diff"] = format_difference
     env.filters["p"] = format_p
     env.filters["range"] = format_range
+    env.filters["verdict"] = VERDICTS.get
     env.filters["md"] = escape_markdown
     return env
 
