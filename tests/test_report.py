@@ -400,8 +400,8 @@ def test_ranking_and_baseline_choice() -> None:
     ("values", "verdict"),
     [
         ([0.75, 0.76], "within"),
-        ([0.78, 0.79], "outside"),
-        ([0.70, 0.80], "overlaps"),
+        ([0.800, 0.801, 0.802], "outside"),
+        ([0.76, 0.78, 0.80], "overlaps"),
         ([], "no runs"),
     ],
 )
