@@ -20,6 +20,11 @@ FINAL_METRICS = (
     "best_test_accuracy",
     "best_epoch",
     "train_seconds",
+    # on the test set at the end, macro-averaged over the 10 digits (the confusion matrix
+    # itself is the run's `confusion_matrix.json` artifact)
+    "test_precision_macro",
+    "test_recall_macro",
+    "test_f1_macro",
 )
 
 # what a study's `reference:` may name: a final metric, or a per-epoch name meaning its final value

@@ -252,6 +252,8 @@ def _run_one(
         finally:
             logger.flush()
         final = history.final()
+        if history.confusion is not None:
+            tracker.log_confusion(run_id, history.confusion)
         tracker.finish(run_id, final)
         result = RunResult(key, FINISHED, run_id, final)
     except KeyboardInterrupt:

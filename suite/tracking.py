@@ -37,6 +37,7 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 FAILURE_TAG = "failure_reason"
 RUN_KIND_TAG = "run_kind"
 REPORT_ARTIFACT_PATH = "report"
+CONFUSION_ARTIFACT = "confusion_matrix"
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 MAX_RUNS_PER_BULK = 100  # a tracking server's bulk history endpoint takes at most 100 runs
@@ -339,6 +340,12 @@ class Tracker:
         ]
         for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=chunk)
+
+    def log_confusion(self, run_id: str, matrix: Any) -> None:
+        """The run's test-set confusion matrix as the artifact `confusion_matrix.json`."""
+        rows = [[int(v) for v in row] for row in matrix]
+        document = {"rows": "true digit", "columns": "predicted digit", "matrix": rows}
+        self.client.log_dict(run_id, document, CONFUSION_ARTIFACT + ".json")
 
     def finish(self, run_id: str, final: dict[str, float]) -> None:
         self.log_epochs(run_id, [(0, final)])

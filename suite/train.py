@@ -53,6 +53,8 @@ class History:
 
     metrics: dict[str, list[float]] = field(default_factory=dict)
     train_seconds: float = 0.0
+    # test-set confusion matrix at the end: rows are true digits, columns predicted ones
+    confusion: np.ndarray | None = None
 
     @property
     def epochs(self) -> int:
@@ -73,7 +75,29 @@ class History:
             "best_test_accuracy": test[best],
             "best_epoch": float(best + 1),
             "train_seconds": self.train_seconds,
+            **(per_class(self.confusion) if self.confusion is not None else {}),
         }
+
+
+def per_class(confusion: np.ndarray) -> dict[str, float]:
+    """Macro-averaged precision, recall and F1 from a confusion matrix (rows: true class).
+
+    Every class of the matrix counts equally; a class never predicted (or absent from the
+    labels) scores 0 for the undefined ratio, as scikit-learn's `zero_division=0`.
+    """
+    matrix = confusion.astype(float)
+    hits = np.diag(matrix)
+    predicted, actual = matrix.sum(axis=0), matrix.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, hits / predicted, 0.0)
+        recall = np.where(actual > 0, hits / actual, 0.0)
+        both = precision + recall
+        f1 = np.where(both > 0, 2 * precision * recall / both, 0.0)
+    return {
+        "test_precision_macro": float(precision.mean()),
+        "test_recall_macro": float(recall.mean()),
+        "test_f1_macro": float(f1.mean()),
+    }
 
 
 def make_optimizer(spec: OptimizerSpec) -> keras.optimizers.Optimizer:
@@ -194,4 +218,12 @@ def train(
         if on_epoch is not None:
             on_epoch(epoch, values)
     history.train_seconds = time.perf_counter() - start
+    predicted = np.argmax(model(x_test, training=False).numpy(), axis=1)
+    history.confusion = confusion_matrix(split.y_test, predicted)
     return history
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: int = 10) -> np.ndarray:
+    """Counts of (true class, predicted class) pairs: a `classes` x `classes` int matrix."""
+    flat = np.asarray(labels, dtype=np.int64) * classes + np.asarray(predicted, dtype=np.int64)
+    return np.bincount(flat, minlength=classes * classes).reshape(classes, classes)

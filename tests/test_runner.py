@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -69,6 +70,13 @@ def test_every_run_logged_with_its_config_and_history(
         )
         config_file = client.download_artifacts(run.info.run_id, "config.yaml")
         assert yaml.safe_load(Path(config_file).read_text()) == cell.config.model_dump(mode="json")
+        # the test-set confusion matrix: its diagonal share is the final test accuracy
+        confusion = client.download_artifacts(run.info.run_id, "confusion_matrix.json")
+        matrix = np.array(json.loads(Path(confusion).read_text())["matrix"])
+        assert matrix.shape == (10, 10)
+        assert np.trace(matrix) / matrix.sum() == pytest.approx(
+            run.data.metrics["final_test_accuracy"], abs=1e-6
+        )
     # artifacts of the default-style sqlite store live beside the database
     assert (Path(tracker.uri[len("sqlite:///") :]).parent / "mlartifacts").is_dir()
 

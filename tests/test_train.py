@@ -116,6 +116,40 @@ def test_final_summary(tiny_run) -> None:
     assert final["train_seconds"] == history.train_seconds
 
 
+def test_confusion_matrix_and_macro_scores(tiny_run) -> None:
+    history, _ = tiny_run
+    matrix = history.confusion
+    assert matrix is not None and matrix.shape == (10, 10)
+    # every test image counted once; the diagonal is the final test accuracy
+    assert matrix.sum() == TEST_SIZE
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(
+        history.metrics["test_accuracy"][-1], abs=1e-6
+    )
+    final = history.final()
+    precision, recall, f1 = [], [], []
+    for c in range(10):
+        tp, predicted, actual = matrix[c, c], matrix[:, c].sum(), matrix[c, :].sum()
+        p = tp / predicted if predicted else 0.0
+        r = tp / actual if actual else 0.0
+        precision.append(p)
+        recall.append(r)
+        f1.append(2 * p * r / (p + r) if p + r else 0.0)
+    assert final["test_precision_macro"] == pytest.approx(np.mean(precision))
+    assert final["test_recall_macro"] == pytest.approx(np.mean(recall))
+    assert final["test_f1_macro"] == pytest.approx(np.mean(f1))
+
+
+def test_per_class_scores_of_a_perfect_and_a_constant_classifier() -> None:
+    labels = np.array([0, 1, 2, 2])
+    perfect = train.per_class(train.confusion_matrix(labels, labels, classes=3))
+    assert perfect == {"test_precision_macro": 1.0, "test_recall_macro": 1.0, "test_f1_macro": 1.0}
+    constant = train.per_class(train.confusion_matrix(labels, np.full(4, 2), classes=3))
+    # class 2: precision 2/4, recall 1; classes 0 and 1 never predicted: 0
+    assert constant["test_precision_macro"] == pytest.approx(0.5 / 3)
+    assert constant["test_recall_macro"] == pytest.approx(1 / 3)
+    assert constant["test_f1_macro"] == pytest.approx((2 * 0.5 / 1.5) / 3)
+
+
 def test_first_epoch_starts_from_the_built_model(tiny_run) -> None:
     """The run's weights are `build_model(spec, seed)`'s: one epoch of SGD moves the loss a bit."""
     history, _ = tiny_run
