@@ -436,8 +436,8 @@ def test_stat_is_a_student_t_interval() -> None:
         (
             Difference(0.01, -0.02, 0.04, 0.4),
             Difference(-0.2, math.nan, math.nan, math.nan),
-            "wd narrows the gap by 0.20 (one seed: no interval) and leaves test accuracy "
-            "unchanged within seed noise (+0.01, interval -0.02 to +0.04).",
+            "wd narrows the gap by 0.20 (one seed: no interval) and changes test accuracy "
+            "by +0.01, within seed noise (interval -0.02 to +0.04).",
         ),
     ],
 )

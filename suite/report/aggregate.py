@@ -357,15 +357,15 @@ def _sentence(label: str, test: Difference | None, gap: Difference | None) -> st
 
 
 def _phrase(d: Difference, down: str, up: str, what: str, suffix: str = "") -> str:
-    """`narrows the gap by 0.06 (0.04–0.08)`; `leaves the gap unchanged within seed noise
-    (+0.01, -0.02 to +0.04)` when the 95% interval holds zero."""
+    """`narrows the gap by 0.06 (0.04–0.08)`; `changes the gap by +0.01, within seed noise
+    (interval -0.02 to +0.04)` when the 95% interval holds zero: no claim either way."""
     verb = down if d.mean < 0 else up
     if math.isnan(d.low):
         return f"{verb} {abs(d.mean):.2f}{suffix} (one seed: no interval)"
     if not d.clear:
         return (
-            f"leaves {what} unchanged within seed noise "
-            f"({d.mean:+.2f}, interval {d.low:+.2f} to {d.high:+.2f})"
+            f"changes {what} by {d.mean:+.2f}, within seed noise "
+            f"(interval {d.low:+.2f} to {d.high:+.2f})"
         )
     low, high = sorted((abs(d.low), abs(d.high)))
     return f"{verb} {abs(d.mean):.2f}{suffix} ({low:.2f}–{high:.2f})"
