@@ -121,8 +121,9 @@ def load(study: str, sets: list[str] | None) -> Study:
 
 def cells_table(study: Study) -> Table:
     table = Table(title=f"{study.name}: {len(study.cells)} cells x {len(study.seeds)} seeds")
-    table.add_column("cell", no_wrap=True)
-    table.add_column("hash", no_wrap=True)
+    widest = max((len(c.name) for c in study.cells), default=4)
+    table.add_column("cell", no_wrap=True, min_width=min(widest, 48))
+    table.add_column("hash", no_wrap=True, min_width=10)
     for column in ("hidden", "init", "wd", "dropout", "bn", "optimizer", "epochs"):
         table.add_column(column)
     for cell in study.cells:
@@ -252,7 +253,7 @@ def run(
     with user_errors():
         spec = load(study, set_)
         if only:
-            spec = spec.select([t.strip() for t in only.split(",") if t.strip()])
+            spec = spec.select(spec.split_names(only))
         seed_list = parse_seeds(seeds) if seeds else None
         from suite.runner import plan, run_study
         from suite.tracking import Tracker

@@ -11,6 +11,8 @@ EPOCH_METRICS = (
     "weight_norm",  # L2 norm of all kernels
 )
 VAL_METRICS = ("val_loss", "val_accuracy")  # when the run has a validation split
+# per update, MLflow step = update counted from 1, with `train.log_batch_loss`
+STEP_METRICS = ("batch_loss",)  # the minibatch's data loss before that update
 
 # per run, at the end
 FINAL_METRICS = (
@@ -26,6 +28,14 @@ FINAL_METRICS = (
     "test_recall_macro",
     "test_f1_macro",
 )
+
+# per run, at the end, when the run has a validation split
+FINAL_VAL_METRICS = ("final_val_accuracy", "best_val_accuracy")
+# a run's last train_loss / test_loss, as the report names them
+LAST_LOSSES = ("final_train_loss", "final_test_loss")
+# what a report figure may draw: curves of the first, per-run values of the second
+CURVE_METRICS = (*EPOCH_METRICS, *VAL_METRICS, *STEP_METRICS)
+RUN_METRICS = (*FINAL_METRICS, *FINAL_VAL_METRICS, *LAST_LOSSES)
 
 # what a study's `reference:` may name: a final metric, or a per-epoch name meaning its final value
 REFERENCE_METRICS = (

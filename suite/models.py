@@ -155,3 +155,49 @@ def expected_std(init: str | StdInit, fan_in: int) -> float | None:
     if isinstance(init, StdInit):
         return init.std
     return {"he": math.sqrt(2 / fan_in), "xavier": math.sqrt(1 / fan_in)}.get(init)
+
+
+# activation histograms (the textbook's figure 6-10 ff.): 30 bins over the activation's range
+HISTOGRAM_BINS = 30
+HISTOGRAM_RANGE = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0)}  # others: (0, 1), as the book
+
+
+def histogram(values: Any, activation: str) -> dict[str, Any]:
+    """Fractions of `values` in `HISTOGRAM_BINS` bins over the activation's range; values
+    beyond it count in the end bins (`beyond` says what fraction that was)."""
+    import numpy as np
+
+    lo, hi = HISTOGRAM_RANGE.get(activation, (0.0, 1.0))
+    flat = np.asarray(values, dtype=np.float64).ravel()
+    counts, _ = np.histogram(np.clip(flat, lo, hi), bins=HISTOGRAM_BINS, range=(lo, hi))
+    return {
+        "fractions": [round(float(c), 6) for c in counts / max(len(flat), 1)],
+        "mean": float(flat.mean()),
+        "std": float(flat.std()),
+        "beyond": float(np.mean((flat < lo) | (flat > hi))),
+    }
+
+
+def activation_probe(
+    init: str | StdInit,
+    activation: str,
+    seed: int = 0,
+    layers: int = 5,
+    width: int = 100,
+    samples: int = 1000,
+) -> list[dict[str, Any]]:
+    """The textbook's activation-distribution experiment: `samples` standard-normal inputs of
+    `width` through `layers` bias-free layers of `width` units with this init and activation;
+    one histogram per layer (see `histogram`)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((samples, width)).astype(np.float32)
+    out = []
+    for i in range(layers):
+        kernel = kernel_initializer(init, seed * 1000 + 900 + i)((width, width))
+        x = keras.ops.convert_to_numpy(
+            ACTIVATIONS[activation](x @ keras.ops.convert_to_numpy(kernel))
+        )
+        out.append(histogram(x, activation))
+    return out

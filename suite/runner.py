@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from suite.spec import RunKey, Study
-from suite.tracking import EpochLogger, RunRecord, Tracker
+from suite.tracking import ACTIVATIONS_ARTIFACT, EpochLogger, RunRecord, Tracker
 
 FINISHED, SKIPPED, FAILED = "finished", "skipped", "failed"
 
@@ -254,6 +254,12 @@ def _run_one(
         final = history.final()
         if history.confusion is not None:
             tracker.log_confusion(run_id, history.confusion)
+        if history.batch_loss:
+            tracker.log_epochs(
+                run_id, ((i, {"batch_loss": v}) for i, v in enumerate(history.batch_loss, 1))
+            )
+        if history.activations is not None:
+            tracker.log_dict(run_id, history.activations, ACTIVATIONS_ARTIFACT)
         tracker.finish(run_id, final)
         result = RunResult(key, FINISHED, run_id, final)
     except KeyboardInterrupt:

@@ -16,6 +16,7 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from suite.metrics import REFERENCE_METRICS
+from suite.metrics import CURVE_METRICS, REFERENCE_METRICS, RUN_METRICS
 
 KERAS_INITIALIZERS = (
     "glorot_normal",
@@ -182,6 +183,17 @@ class TrainSpec(Strict):
     epochs: PositiveInt = 200
     # with_replacement: the textbook's np.random.choice draws; shuffle: Keras-style epoch passes
     sampling: Literal["with_replacement", "shuffle"] = "with_replacement"
+    # updates between two evaluations; None: the textbook's epoch, ceil(train_size / batch_size).
+    # Iteration-based studies (2000 updates on the whole pool) evaluate every N updates instead.
+    steps_per_epoch: PositiveInt | None = None
+    # cross_entropy: softmax cross-entropy; mse: 0.5 * sum((softmax - one_hot)^2), batch mean
+    loss: Literal["cross_entropy", "mse"] = "cross_entropy"
+    # also log every update's minibatch loss (`batch_loss`, step = update from 1)
+    log_batch_loss: bool = False
+    # also log per-layer activation histograms (`activations.json`): the textbook's probe
+    # (1000 standard-normal inputs through 5 layers of 100) and the MNIST network's hidden
+    # layers on 1000 test images, at initialisation and after training
+    log_activations: bool = False
 
 
 class RunConfig(Strict):
@@ -198,29 +210,184 @@ class RunConfig(Strict):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
+    def identity(self) -> dict[str, Any]:
+        """What the hash covers: every setting, except settings added since the first release
+        while they keep their default, so adding a setting never re-keys the runs a store
+        already holds."""
+        dumped = self.model_dump(mode="json")
+        for dotted, default in LATE_SETTINGS.items():
+            section, key = dotted.split(".")
+            if dumped[section].get(key, default) == default:
+                dumped[section].pop(key, None)
+        return dumped
+
     @property
     def hash(self) -> str:
         """A stable short hash of the resolved configuration: the cell's identity."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        canonical = json.dumps(self.identity(), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+
+# settings added after runs were first stored, with their defaults (see RunConfig.identity)
+LATE_SETTINGS: dict[str, Any] = {
+    "train.steps_per_epoch": None,
+    "train.loss": "cross_entropy",
+    "train.log_batch_loss": False,
+    "train.log_activations": False,
+}
 
 
 Range = Annotated[list[float], Field(min_length=2, max_length=2)]
 
 # the per-epoch views a report can draw (`report.metrics`; see suite.report.figures.VIEWS)
-ReportView = Literal["accuracy", "loss", "gap", "weight_norm", "reg_loss"]
+ReportView = Literal["accuracy", "loss", "gap", "weight_norm", "reg_loss", "validation"]
+# what a report may rank cells by (`report.sort`); final_gap ranks the smallest first
+SortMetric = Literal[
+    "final_test_accuracy",
+    "final_train_accuracy",
+    "final_val_accuracy",
+    "best_test_accuracy",
+    "best_val_accuracy",
+    "final_gap",
+    "test_f1_macro",
+]
+# a figure's grouping keys: `cell`, `variant`, or a dotted setting such as `model.init`
+# (`n_train` is the images a run trained on, `grid` the cell's own grid value)
+GroupKey = Annotated[str, Field(pattern=r"^(cell|variant|grid|n_train|[a-z_0-9]+(\.[a-z_0-9]+)+)$")]
+GROUP_NAMES = ("cell", "variant", "grid", "n_train")
 
 
 def _default_views() -> list[ReportView]:
     return ["accuracy", "loss", "gap", "weight_norm"]
 
 
+class CurvesFigure(Strict):
+    """Mean curves of one per-epoch metric (or `batch_loss`, per update) for every cell, one
+    line per cell: colour by `hue`, line style by `style`, one facet per value of `facet`."""
+
+    kind: Literal["curves"]
+    metric: str
+    hue: GroupKey = "cell"
+    style: GroupKey | None = None
+    facet: GroupKey | None = None
+    smooth: PositiveInt = 1  # centred moving average over this many points
+    log_y: bool = False
+    columns: Annotated[int, Field(ge=1, le=8)] = 4
+    title: str | None = None
+
+
+class VersusFigure(Strict):
+    """Final metrics (one facet each) against a setting: mean and 95% interval per cell,
+    cells of one `hue` joined by a line. `x: grid` is the cell's own grid value; cells
+    without one (a shared reference) are drawn as a horizontal line."""
+
+    kind: Literal["versus"]
+    x: GroupKey
+    y: list[str] = Field(min_length=1)
+    hue: GroupKey = "variant"
+    log_x: bool = False
+    title: str | None = None
+
+
+class ScatterFigure(Strict):
+    """One point per run at two settings, coloured by a final metric (a search's map)."""
+
+    kind: Literal["scatter"]
+    x: GroupKey
+    y: GroupKey
+    color: str
+    log_x: bool = False
+    log_y: bool = False
+    title: str | None = None
+
+
+class ActivationsFigure(Strict):
+    """Per-layer activation histograms (runs with `train.log_activations`): the textbook's
+    probe, and the MNIST network at initialisation and after training."""
+
+    kind: Literal["activations"]
+
+
+class ConfusionFigure(Strict):
+    """Test-set confusion matrices per cell, summed over seeds, rows normalised."""
+
+    kind: Literal["confusion"]
+    top: PositiveInt | None = None  # the best N cells by `report.sort`; None: every cell
+
+
+FigureSpec = Annotated[
+    CurvesFigure | VersusFigure | ScatterFigure | ActivationsFigure | ConfusionFigure,
+    Field(discriminator="kind"),
+]
+
+
 class ReportSpec(Strict):
     """A study's `report:` block: what its report compares and shows."""
 
     baseline: str | None = None  # the cell (or variant) others are compared with
-    metrics: list[ReportView] = Field(default_factory=_default_views, min_length=1)
+    versus_baseline: bool = True  # the versus-baseline section (off for a search)
+    metrics: list[ReportView] = Field(default_factory=_default_views)
     columns: Annotated[int, Field(ge=1, le=8)] = 4  # facets per row in the per-cell figures
+    sort: SortMetric = "final_test_accuracy"  # the table's order, best first
+    top: PositiveInt | None = None  # per-cell figures show the best N cells only
+    figures: list[FigureSpec] = Field(default_factory=list)
+
+
+class Distribution(Strict):
+    """One search dimension: exactly one of `log_uniform: [lo, hi]` (10^U(log lo, log hi)),
+    `uniform: [lo, hi]`, or `choice: [a, b, ...]`."""
+
+    log_uniform: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
+    uniform: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
+    choice: Annotated[list[Any], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Distribution:
+        given = [k for k in ("log_uniform", "uniform", "choice") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of log_uniform: [lo, hi], uniform: [lo, hi], choice: [...]"
+            )
+        bounds = self.log_uniform or self.uniform
+        if bounds is not None:
+            lo, hi = bounds
+            if not lo < hi:
+                raise ValueError(f"expected [low, high] with low < high, got {bounds}")
+            if self.log_uniform is not None and lo <= 0:
+                raise ValueError(f"log_uniform needs positive bounds, got {bounds}")
+        return self
+
+    def sample(self, rng: Any) -> Any:
+        if self.choice is not None:
+            return copy.deepcopy(self.choice[int(rng.integers(len(self.choice)))])
+        if self.log_uniform is not None:
+            lo, hi = (math.log10(b) for b in self.log_uniform)
+            return _round(10 ** rng.uniform(lo, hi))
+        assert self.uniform is not None
+        return _round(rng.uniform(*self.uniform))
+
+
+def _round(value: float) -> float:
+    """Four significant digits: readable params and names, and far finer than a search needs."""
+    return float(f"{value:.4g}")
+
+
+class SearchSpec(Strict):
+    """A study's `search:` block: `trials` random configurations drawn from `space` with
+    `seed`; each trial is a cell (crossed with the variants and the grid)."""
+
+    trials: PositiveInt
+    seed: Annotated[int, Field(ge=0)] = 0
+    space: dict[str, Distribution] = Field(min_length=1)
+
+    def points(self) -> list[dict[str, Any]]:
+        """The trials' settings, the same for the same block on every machine."""
+        import numpy as np
+
+        rng = np.random.default_rng(self.seed)
+        return [
+            {key: dist.sample(rng) for key, dist in self.space.items()} for _ in range(self.trials)
+        ]
 
 
 def _single_variant() -> dict[str, dict[str, Any] | None]:
@@ -241,6 +408,7 @@ class StudyFile(Strict):
     seeds: list[Annotated[int, Field(ge=0)]] | PositiveInt = Field(default_factory=lambda: [0])
     reference: dict[str, dict[str, Range]] = Field(default_factory=dict)
     report: ReportSpec = Field(default_factory=ReportSpec)
+    search: SearchSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -260,7 +428,7 @@ class Cell:
         if not self.data_source:
             return self.config.hash
         canonical = json.dumps(
-            {"config": self.config.model_dump(mode="json"), "data_source": self.data_source},
+            {"config": self.config.identity(), "data_source": self.data_source},
             sort_keys=True,
         )
         return hashlib.sha256(canonical.encode()).hexdigest()[:10]
@@ -289,6 +457,19 @@ class Study:
     def runs(self, seeds: tuple[int, ...] | None = None) -> list[RunKey]:
         """Every (cell, seed), cells in order, seeds inner."""
         return [RunKey(c, s) for c in self.cells for s in (seeds or self.seeds)]
+
+    def split_names(self, text: str) -> list[str]:
+        """`--only a,b`: comma-separated cells, where a cell name may itself hold commas
+        (`dropped[init=he,learning_rate=0.1]`): the longest run of parts that names a cell
+        or variant is one token."""
+        known = {c.name for c in self.cells} | {c.variant for c in self.cells}
+        parts = [p.strip() for p in text.split(",")]
+        tokens, i = [], 0
+        while i < len(parts):
+            j = next((j for j in range(len(parts), i, -1) if ",".join(parts[i:j]) in known), i + 1)
+            tokens.append(",".join(parts[i:j]))
+            i = j
+        return [t for t in tokens if t]
 
     def select(self, only: list[str]) -> Study:
         """Keep the cells named (by name, variant, or a hash prefix of 4+ characters)."""
@@ -391,23 +572,42 @@ def build_study(
     _validate(RunConfig, top.base, where, "base.")
 
     cells: list[Cell] = []
-    grid_points = [
-        dict(zip(top.grid, combo, strict=True)) for combo in itertools.product(*top.grid.values())
-    ] or [{}]
+    grid_points = _product(top.grid)
+    trials: list[dict[str, Any] | None] = list(top.search.points()) if top.search else [None]
+    implicit = "variants" not in raw  # a search without variants names its cells trial_NNN
     for variant, patch in top.variants.items():
-        for point in grid_points:
-            merged = _merge(top.base, patch or {})
-            origin = {k: f"variants.{variant}." for k in flatten(patch or {})}
+        patch = dict(patch or {})
+        own_grid = patch.pop("grid", None)
+        own_points = _variant_grid(own_grid, where, variant)
+        for point, own, (number, trial) in itertools.product(
+            grid_points, own_points, enumerate(trials)
+        ):
+            merged = _merge(top.base, patch)
+            origin = {k: f"variants.{variant}." for k in flatten(patch)}
+            settings = {**point, **own}
             for key, value in point.items():
                 _set_dotted(merged, key, value, where, f"grid.{key}")
                 origin[key] = "grid."
+            for key, value in own.items():
+                _set_dotted(merged, key, value, where, f"variants.{variant}.grid.{key}")
+                origin[key] = f"variants.{variant}.grid."
+            for key, value in (trial or {}).items():
+                _set_dotted(merged, key, value, where, f"search.space.{key}")
+                origin[key] = "search.space."
             for key, value in overrides.items():
                 _set_dotted(merged, key, value, where, f"--set {key}")
                 origin[key] = "--set "
             config = _validate(RunConfig, merged, where, origin)
-            name = variant + _grid_label(point)
+            name = variant + _grid_label(settings)
+            if trial is not None:
+                name = f"trial_{number:03d}" if implicit else f"{variant}_trial_{number:03d}"
+                name += _grid_label(settings)
+            elif implicit and settings:
+                name = _grid_label(settings)[1:-1]  # a plain grid: `activation=relu,init=he`
             source = _data_source(name, config.data, where, check_data)
-            cells.append(Cell(name, variant, config, point, data_source=source))
+            cells.append(
+                Cell(name, variant, config, {**settings, **(trial or {})}, data_source=source)
+            )
     seen: dict[str, str] = {}
     for cell in cells:
         if cell.hash in seen:
@@ -442,7 +642,55 @@ def build_study(
         raise SpecError(
             f"{where}: report.baseline: no such cell {baseline!r}{_did_you_mean(baseline, names)}"
         )
+    _check_figures(top.report, cells, where)
     return Study(top.name, top.description, path, tuple(cells), seeds, reference, top.report)
+
+
+def _check_figures(report: ReportSpec, cells: list[Cell], where: str) -> None:
+    """Every figure names metrics that exist and settings the cells have."""
+    settings = {key for cell in cells for key in cell.config.flat()}
+    # a section key groups by what is below it: `model.init` covers `model.init.std`
+    settings |= {key.rsplit(".", n)[0] for key in settings for n in range(1, key.count("."))}
+    for index, figure in enumerate(report.figures):
+        label = f"{where}: report.figures[{index}]"
+        metrics: list[tuple[str, str, tuple[str, ...]]] = []
+        if isinstance(figure, CurvesFigure):
+            metrics.append(("metric", figure.metric, CURVE_METRICS))
+        if isinstance(figure, VersusFigure):
+            metrics += [("y", m, RUN_METRICS) for m in figure.y]
+        if isinstance(figure, ScatterFigure):
+            metrics.append(("color", figure.color, RUN_METRICS))
+        for key, metric, known in metrics:
+            if metric not in known:
+                raise SpecError(
+                    f"{label}.{key}: unknown metric {metric!r}{_did_you_mean(metric, known)}"
+                )
+        for key in ("hue", "style", "facet", "x", "y"):
+            value = getattr(figure, key, None)
+            if not isinstance(value, str) or value in GROUP_NAMES:
+                continue
+            if value not in settings:
+                raise SpecError(
+                    f"{label}.{key}: no setting {value!r}{_did_you_mean(value, settings)}"
+                )
+
+
+def _product(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of a grid's values, as dotted-key settings ([{}] for no grid)."""
+    return [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
+
+
+def _variant_grid(grid: Any, where: str, variant: str) -> list[dict[str, Any]]:
+    """A variant's own `grid:` (crossed with the study's), checked like the study's."""
+    if grid is None:
+        return [{}]
+    label = f"variants.{variant}.grid"
+    if not isinstance(grid, dict) or not grid:
+        raise SpecError(f"{where}: {label}: expected a mapping of dotted keys to value lists")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise SpecError(f"{where}: {label}.{key}: expected a non-empty list of values")
+    return _product(grid)
 
 
 def _data_source(name: str, spec: DataSpec, where: str, check_data: bool) -> str:
@@ -470,6 +718,8 @@ def _grid_label(point: dict[str, Any]) -> str:
 
 
 def _short(value: Any) -> str:
+    if value is None:
+        return "all"  # a grid value of null: the setting's default, e.g. the whole pool
     if isinstance(value, dict):
         return ",".join(f"{k}:{_short(v)}" for k, v in value.items())
     if isinstance(value, float):

@@ -15,10 +15,12 @@ Per-epoch metrics are buffered and sent with `log_batch` (up to 1000 values a re
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import os
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ FAILURE_TAG = "failure_reason"
 RUN_KIND_TAG = "run_kind"
 REPORT_ARTIFACT_PATH = "report"
 CONFUSION_ARTIFACT = "confusion_matrix"
+ACTIVATIONS_ARTIFACT = "activations.json"  # with train.log_activations
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 MAX_RUNS_PER_BULK = 100  # a tracking server's bulk history endpoint takes at most 100 runs
@@ -346,6 +349,20 @@ class Tracker:
         rows = [[int(v) for v in row] for row in matrix]
         document = {"rows": "true digit", "columns": "predicted digit", "matrix": rows}
         self.client.log_dict(run_id, document, CONFUSION_ARTIFACT + ".json")
+
+    def log_dict(self, run_id: str, document: dict[str, Any], name: str) -> None:
+        """A JSON artifact at the run's top level."""
+        self.client.log_dict(run_id, document, name)
+
+    def load_dict(self, run_id: str, name: str) -> dict[str, Any] | None:
+        """A run's JSON artifact, or None when the run has none of that name."""
+        with tempfile.TemporaryDirectory() as folder:
+            try:
+                local = self.client.download_artifacts(run_id, name, folder)
+                document = json.loads(Path(local).read_text())
+            except (MlflowException, OSError, ValueError):
+                return None
+        return document if isinstance(document, dict) else None
 
     def finish(self, run_id: str, final: dict[str, float]) -> None:
         self.log_epochs(run_id, [(0, final)])

@@ -23,6 +23,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import keras
 import numpy as np
@@ -30,12 +31,19 @@ import tensorflow as tf
 
 from suite.data import Split
 from suite.metrics import EPOCH_METRICS, FINAL_METRICS, VAL_METRICS
-from suite.models import build_model
-from suite.spec import OptimizerSpec, RunConfig
+from suite.models import (
+    HISTOGRAM_BINS,
+    HISTOGRAM_RANGE,
+    activation_probe,
+    build_model,
+    histogram,
+)
+from suite.spec import OptimizerSpec, RunConfig, describe_init
 
 __all__ = ["EPOCH_METRICS", "FINAL_METRICS", "VAL_METRICS", "Diverged", "History", "train"]
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+PROBE_IMAGES = 1000  # test images the activation histograms of the MNIST network use
 
 
 class Diverged(RuntimeError):
@@ -55,6 +63,10 @@ class History:
     train_seconds: float = 0.0
     # test-set confusion matrix at the end: rows are true digits, columns predicted ones
     confusion: np.ndarray | None = None
+    # every update's minibatch data loss, in order (`train.log_batch_loss`)
+    batch_loss: list[float] = field(default_factory=list)
+    # per-layer activation histograms (`train.log_activations`; see `activation_report`)
+    activations: dict[str, Any] | None = None
 
     @property
     def epochs(self) -> int:
@@ -65,9 +77,11 @@ class History:
             self.metrics.setdefault(name, []).append(value)
 
     def final(self) -> dict[str, float]:
-        """The end-of-run summary metrics (design.md): final values, best test epoch, time."""
+        """The end-of-run summary metrics (design.md): final values, best test epoch, time;
+        the final and best validation accuracy when the run has a validation split."""
         test = self.metrics["test_accuracy"]
         best = int(np.argmax(test))
+        val = self.metrics.get("val_accuracy")
         return {
             "final_train_accuracy": self.metrics["train_accuracy"][-1],
             "final_test_accuracy": test[-1],
@@ -75,6 +89,7 @@ class History:
             "best_test_accuracy": test[best],
             "best_epoch": float(best + 1),
             "train_seconds": self.train_seconds,
+            **({"final_val_accuracy": val[-1], "best_val_accuracy": max(val)} if val else {}),
             **(per_class(self.confusion) if self.confusion is not None else {}),
         }
 
@@ -124,13 +139,23 @@ def make_optimizer(spec: OptimizerSpec) -> keras.optimizers.Optimizer:
     raise ValueError(f"unknown optimizer {spec.name}")
 
 
-def batch_order(n: int, batch_size: int, epochs: int, sampling: str, seed: int) -> np.ndarray:
-    """Training indices for every epoch: shape (epochs, steps * batch_size) or (epochs, n)."""
+def batch_order(
+    n: int, batch_size: int, epochs: int, sampling: str, seed: int, steps: int | None = None
+) -> np.ndarray:
+    """Training indices for every epoch: shape (epochs, steps * batch_size) or (epochs, n).
+
+    With `steps` (updates between evaluations, `train.steps_per_epoch`) and `shuffle`, the
+    epochs cut one continuous stream of passes, each a fresh permutation of the data.
+    """
     rng = np.random.default_rng(seed)
-    steps = steps_per_epoch(n, batch_size)
+    per_epoch = (steps or steps_per_epoch(n, batch_size)) * batch_size
     if sampling == "with_replacement":
-        return rng.integers(0, n, size=(epochs, steps * batch_size), dtype=np.int32)
-    return np.stack([rng.permutation(n).astype(np.int32) for _ in range(epochs)])
+        return rng.integers(0, n, size=(epochs, per_epoch), dtype=np.int32)
+    if steps is None:
+        return np.stack([rng.permutation(n).astype(np.int32) for _ in range(epochs)])
+    passes = math.ceil(epochs * per_epoch / n)
+    stream = np.concatenate([rng.permutation(n).astype(np.int32) for _ in range(passes)])
+    return stream[: epochs * per_epoch].reshape(epochs, per_epoch)
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -158,7 +183,7 @@ def train(
     model = build_model(config.model, seed=seed, input_dim=split.x_train.shape[1])
     optimizer = make_optimizer(spec.optimizer)
     optimizer.build(model.trainable_variables)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    loss_fn = make_loss(spec.loss)
 
     x_train, y_train = tf.constant(split.x_train), tf.constant(split.y_train)
     x_test, y_test = tf.constant(split.x_test), tf.constant(split.y_test)
@@ -167,7 +192,12 @@ def train(
     y_val = tf.constant(split.y_val) if has_val else None
     n = len(split.y_train)
     batch = spec.batch_size
-    steps = steps_per_epoch(n, batch)
+    steps = spec.steps_per_epoch or steps_per_epoch(n, batch)
+    log_batch = spec.log_batch_loss
+    probe_x = split.x_test[:PROBE_IMAGES]
+    at_init = (
+        layer_histograms(model, probe_x, config.model.activation) if spec.log_activations else None
+    )
     kernels = [layer.kernel for layer in model.layers if isinstance(layer, keras.layers.Dense)]
 
     def evaluate(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -182,14 +212,18 @@ def train(
 
     @tf.function(reduce_retracing=True)
     def run_epoch(order: tf.Tensor) -> dict[str, tf.Tensor]:
+        losses = tf.TensorArray(tf.float32, size=steps if log_batch else 0)
         for step in tf.range(steps):
             idx = order[step * batch : (step + 1) * batch]
             xb, yb = tf.gather(x_train, idx), tf.gather(y_train, idx)
             with tf.GradientTape() as tape:
                 logits = model(xb, training=True)
-                loss = loss_fn(yb, logits) + penalty()
+                data_loss = loss_fn(yb, logits)
+                loss = data_loss + penalty()
             grads = tape.gradient(loss, model.trainable_variables)
             optimizer.apply(grads, model.trainable_variables)
+            if log_batch:
+                losses = losses.write(step, data_loss)
         train_loss, train_acc = evaluate(x_train, y_train)
         test_loss, test_acc = evaluate(x_test, y_test)
         out = {
@@ -202,13 +236,18 @@ def train(
         }
         if has_val:
             out["val_loss"], out["val_accuracy"] = evaluate(x_val, y_val)
+        if log_batch:
+            out["batch_loss"] = losses.stack()
         return out
 
-    orders = batch_order(n, batch, spec.epochs, spec.sampling, seed)
+    orders = batch_order(n, batch, spec.epochs, spec.sampling, seed, spec.steps_per_epoch)
     history = History()
     start = time.perf_counter()
     for epoch in range(1, spec.epochs + 1):
-        values = {k: float(v) for k, v in run_epoch(tf.constant(orders[epoch - 1])).items()}
+        result = run_epoch(tf.constant(orders[epoch - 1]))
+        if log_batch:
+            history.batch_loss.extend(result.pop("batch_loss").numpy().tolist())
+        values = {k: float(v) for k, v in result.items()}
         values["gap"] = values["train_accuracy"] - values["test_accuracy"]
         bad = [k for k, v in values.items() if not math.isfinite(v)]
         if bad:
@@ -220,7 +259,42 @@ def train(
     history.train_seconds = time.perf_counter() - start
     predicted = np.argmax(model(x_test, training=False).numpy(), axis=1)
     history.confusion = confusion_matrix(split.y_test, predicted)
+    if at_init is not None:
+        activation = config.model.activation
+        history.activations = {
+            "activation": activation,
+            "init": describe_init(config.model.init),
+            "range": list(HISTOGRAM_RANGE.get(activation, (0.0, 1.0))),
+            "bins": HISTOGRAM_BINS,
+            "probe": activation_probe(config.model.init, activation, seed),
+            "network_init": at_init,
+            "network_trained": layer_histograms(model, probe_x, activation),
+            "probe_images": len(probe_x),
+        }
     return history
+
+
+def make_loss(name: str) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    """The data loss on logits: softmax cross-entropy, or the textbook's mean squared error
+    on the softmax outputs, 0.5 * sum over classes of (p - one_hot)^2, averaged over the batch."""
+    if name == "cross_entropy":
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def mse(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+        target = tf.one_hot(labels, tf.shape(logits)[1], dtype=logits.dtype)
+        return tf.reduce_mean(0.5 * tf.reduce_sum(tf.square(tf.nn.softmax(logits) - target), 1))
+
+    return mse
+
+
+def layer_histograms(model: keras.Model, x: np.ndarray, activation: str) -> list[dict[str, Any]]:
+    """Each hidden layer's activations on `x` (inference mode) as a histogram (see `histogram`)."""
+    out, current = [], tf.constant(x)
+    for layer in model.layers:
+        current = layer(current, training=False)
+        if isinstance(layer, keras.layers.Activation):
+            out.append(histogram(current.numpy(), activation))
+    return out
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: int = 10) -> np.ndarray:
