@@ -21,6 +21,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -129,7 +130,7 @@ def cells_table(study: Study) -> Table:
     for cell in study.cells:
         m, t = cell.config.model, cell.config.train
         table.add_row(
-            cell.name,
+            escape(cell.name),
             cell.hash,
             "x".join(str(h) for h in m.hidden),
             describe_init(m.init),
@@ -179,7 +180,7 @@ class RichObserver:
                 self.study_task, description=f"[bold]{self.name}[/] run {index + 1}/{total}"
             )
         self.run_task = self.progress.add_task(
-            f"{key.cell.name} seed {key.seed}", total=key.cell.config.train.epochs
+            f"{escape(key.cell.name)} seed {key.seed}", total=key.cell.config.train.epochs
         )
 
     def epoch_done(self, key: RunKey, epoch: int, epochs: int, values: dict[str, float]) -> None:
@@ -192,7 +193,7 @@ class RichObserver:
         self.progress.update(
             self.run_task,
             completed=epoch,
-            description=f"{key.cell.name} seed {key.seed}  train {values['train_accuracy']:.3f}"
+            description=f"{escape(key.cell.name)} seed {key.seed}  train {values['train_accuracy']:.3f}"
             f"  test {values['test_accuracy']:.3f}",
         )
 
@@ -201,7 +202,8 @@ class RichObserver:
         self.epochs_before += result.key.cell.config.train.epochs
         if self.study_task is not None:
             self.progress.update(self.study_task, completed=self.epochs_before)
-        name = f"{result.key.cell.name} seed {result.key.seed}"
+        # cell names hold brackets (`plain[init=std:0.01]`), which rich would read as markup
+        name = f"{escape(result.key.cell.name)} seed {result.key.seed}"
         if result.status == "failed":
             self.progress.console.print(f"[red]failed[/]   {name}: {result.reason}")
             return
@@ -225,7 +227,7 @@ def summary_table(result: Any) -> Table:
 
     for cell in result.cells():
         table.add_row(
-            cell.cell,
+            escape(cell.cell),
             str(cell.done),
             f"[red]{cell.failed}[/]" if cell.failed else "0",
             fmt(cell.train_accuracy),
@@ -313,8 +315,12 @@ def report(
         Path | None, typer.Option("--out", help="Output folder [default: reports/<study>].")
     ] = None,
     tracking_uri: UriOpt = None,
+    set_: SetOpt = None,
 ) -> None:
-    """Write the study's comparison report (HTML + Markdown) from what MLflow holds."""
+    """Write the study's comparison report (HTML + Markdown) from what MLflow holds.
+
+    Give the same --set overrides the study ran with, so its cells match the stored runs.
+    """
     with user_errors():
         from suite.report import write_report
         from suite.tracking import Tracker
@@ -325,7 +331,7 @@ def report(
         if Path(study).suffix in (".yaml", ".yml") and not path.is_file():
             raise SpecError(f"{study}: no such study file")
         if path.is_file():
-            spec = load_study(path, check_data=False)
+            spec = load_study(path, parse_overrides(set_ or []), check_data=False)
             name = spec.name
         with err.status(f"writing the report of {name}: reading MLflow, drawing figures"):
             paths = write_report(name, Tracker(tracking_uri), out_dir, spec)

@@ -304,3 +304,95 @@ def test_weight_decay_reg_loss_is_half_lambda_sum_of_squares() -> None:
         assert reg > 0
         # weight_norm is the L2 norm of every kernel, so 0.5 * lambda * norm^2 is the penalty
         assert reg == pytest.approx(0.5 * lam * norm**2, rel=1e-4)
+
+
+# --- iteration-based runs, loss choice, batch losses, activation histograms -------------------
+
+
+def test_steps_per_epoch_sets_updates_between_evaluations() -> None:
+    config = _config(train={"epochs": 2, "steps_per_epoch": 7, "log_batch_loss": True})
+    history = _run(config)
+    assert history.epochs == 2
+    assert len(history.batch_loss) == 14  # one minibatch loss per update
+    assert all(math.isfinite(v) and v > 0 for v in history.batch_loss)
+
+
+def test_shuffle_with_steps_cuts_one_stream_of_passes() -> None:
+    order = train.batch_order(10, 4, epochs=3, sampling="shuffle", seed=0, steps=5)
+    assert order.shape == (3, 20)
+    stream = order.ravel()
+    # each block of 10 draws is one pass: every index exactly once
+    for start in range(0, 60, 10):
+        assert sorted(stream[start : start + 10]) == list(range(10))
+
+
+def test_batch_loss_falls_while_training() -> None:
+    config = _config(
+        data={"train_size": 200},
+        train={"epochs": 4, "steps_per_epoch": 25, "log_batch_loss": True, "batch_size": 32},
+        model={"hidden": [32]},
+    )
+    config = config.model_copy(
+        update={"train": config.train.model_copy(update={"optimizer": _optimizer("adam")})}
+    )
+    losses = _run(config).batch_loss
+    assert np.mean(losses[:10]) > 1.5 * np.mean(losses[-10:])
+
+
+def _optimizer(name: str) -> Any:
+    from suite.spec import OptimizerSpec
+
+    return OptimizerSpec(name=name)
+
+
+def test_mse_loss_is_half_squared_error_on_softmax() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 10)).astype(np.float32)
+    labels = np.array([0, 3, 9, 1, 1, 5], dtype=np.int32)
+    got = float(train.make_loss("mse")(labels, logits))
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    want = np.mean(0.5 * ((p - np.eye(10)[labels]) ** 2).sum(axis=1))
+    assert got == pytest.approx(want, rel=1e-5)
+    ce = float(train.make_loss("cross_entropy")(labels, logits))
+    assert ce == pytest.approx(np.mean(-np.log(p[np.arange(6), labels])), rel=1e-5)
+
+
+def test_mse_run_logs_losses_in_its_own_scale() -> None:
+    history = _run(_config(train={"loss": "mse"}))
+    # 0.5 * sum of squared softmax errors is at most 1 per image
+    assert all(0 <= v <= 1 for v in history.metrics["train_loss"] + history.metrics["test_loss"])
+
+
+def test_activation_histograms_at_init_and_after_training() -> None:
+    config = _config(model={"hidden": [16, 16, 16]}, train={"log_activations": True})
+    found = _run(config).activations
+    assert found is not None
+    assert (found["activation"], found["init"], found["bins"]) == ("relu", "he", 30)
+    assert len(found["probe"]) == 5  # the textbook's 5 layers of 100
+    assert len(found["network_init"]) == len(found["network_trained"]) == 3  # hidden layers
+    for layer in found["probe"] + found["network_init"] + found["network_trained"]:
+        assert len(layer["fractions"]) == 30
+        assert sum(layer["fractions"]) == pytest.approx(1.0, abs=1e-4)
+    assert found["network_init"] != found["network_trained"]  # training moved the weights
+
+
+def test_activation_probe_shows_the_textbook_collapse_and_spread() -> None:
+    from suite.spec import StdInit
+
+    small = models.activation_probe(StdInit(std=0.01), "sigmoid")
+    xavier = models.activation_probe("xavier", "sigmoid")
+    # std 0.01: the sigmoid outputs bunch at 0.5 by the last layer; xavier keeps a spread
+    assert small[-1]["std"] < 0.03
+    assert xavier[-1]["std"] > 3 * small[-1]["std"]
+    assert abs(small[-1]["mean"] - 0.5) < 0.02
+    # std 1 saturates sigmoid at 0 and 1: the two end bins hold most activations
+    wide = models.activation_probe(StdInit(std=1.0), "sigmoid")[-1]["fractions"]
+    assert wide[0] + wide[-1] > 0.5
+
+
+def test_validation_runs_report_final_and_best_val_accuracy() -> None:
+    history = _run(_config(data={"val_size": 20}))
+    final = history.final()
+    assert final["final_val_accuracy"] == history.metrics["val_accuracy"][-1]
+    assert final["best_val_accuracy"] == max(history.metrics["val_accuracy"])
+    assert "final_val_accuracy" not in _run(_config()).final()

@@ -21,15 +21,19 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from suite.report import aggregate, figures, load, render
+from suite.metrics import STEP_METRICS
+from suite.report import aggregate, extra, figures, groups, load, render
 from suite.report.load import ReportError
-from suite.spec import ReportSpec, Study
-from suite.tracking import Tracker
+from suite.spec import ConfusionFigure, CurvesFigure, ReportSpec, ScatterFigure, Study, VersusFigure
+from suite.tracking import ACTIVATIONS_ARTIFACT, CONFUSION_ARTIFACT, Tracker
 
 __all__ = ["ReportError", "ReportPaths", "write_report"]
 
@@ -75,14 +79,15 @@ def write_report(
     runs = load.load_runs(study, tracker)
     cells = aggregate.cell_rows(runs.runs, spec)
     used = aggregate.finished_runs(runs.runs)
+    table = aggregate.ranked(cells, settings.sort)
     views = [figures.VIEWS[name] for name in settings.metrics]
-    wanted = [m for view in views for m in view.lines]
-    epochs = int(used["epochs"].max()) if used["epochs"].notna().any() else 1000
-    histories = load.load_histories(tracker, used, wanted, epochs)
+    custom = [f for f in settings.figures if isinstance(f, CurvesFigure)]
+    wanted = [m for view in views for m in view.lines] + [f.metric for f in custom]
+    histories = _histories(tracker, used, wanted)
     curves = aggregate.curves(histories)
     notes = _notes(cells, used, histories, views, spec)
 
-    baseline = aggregate.baseline_cell(cells, spec)
+    baseline = aggregate.baseline_cell(cells, spec) if settings.versus_baseline else None
     variants = {c.hash: c.variant for c in spec.cells} if spec is not None else {}
     named = (baseline.name, variants.get(baseline.cell_hash)) if baseline else ()
     if settings.baseline and baseline is not None and settings.baseline not in named:
@@ -90,20 +95,31 @@ def write_report(
             f"The study's baseline {settings.baseline!r} has no finished runs: cells are "
             f"compared with {baseline.label} instead."
         )
-    table = aggregate.ranked(cells)
     comparisons = aggregate.versus_baseline(used, table, baseline) if baseline else []
 
     folder = Path(out) if out is not None else Path("reports") / study
     folder.mkdir(parents=True, exist_ok=True)
     colours = figures.palette(cells)
-    shown: list[render.Figure] = []
+    failures = _failure_notes(runs.runs, cells)
+    # settings of every cell with runs, a finished run's first (a failed run may lack n_train)
+    known = pd.concat([used, runs.runs], ignore_index=True)
+    shown = _study_figures(
+        folder, settings, tracker, used, known, table, curves, spec, study, failures
+    )
+    # per-cell views: every cell, or the best `report.top` of the table
+    view_cells = table[: settings.top] if settings.top else cells
+    if settings.top and len(cells) > settings.top:
+        notes.append(
+            f"Per-cell curves show the best {settings.top} of {len(cells)} cells by "
+            f"{_metric_text(settings.sort)}."
+        )
     for view in views:
-        png = figures.curves_figure(view, curves, cells, colours, study, settings.columns)
+        png = figures.curves_figure(view, curves, view_cells, colours, study, settings.columns)
         if png is not None:
             shown.append(
                 _figure(folder, f"{view.name}.png", png, view.title, view.caption, "curves")
             )
-    png = figures.final_gap_figure(used, cells, colours, study)
+    png = figures.final_gap_figure(used, view_cells, colours, study)
     if png is not None:
         caption = (
             "Final gap per cell: each point is one seed's last-epoch train − test accuracy; "
@@ -120,7 +136,9 @@ def write_report(
         study=study,
         description=(spec.description.strip() if spec else ""),
         cells=table,
-        columns=aggregate.TABLE_COLUMNS,
+        columns=aggregate.table_columns(
+            cells, any(isinstance(f, ConfusionFigure) for f in settings.figures)
+        ),
         best_test=aggregate.best(cells, "final_test_accuracy"),
         least_gap=aggregate.best(cells, "final_gap", lowest=True),
         baseline=baseline,
@@ -139,6 +157,15 @@ def write_report(
         report_run_url=(
             f"{ui}/#/experiments/{runs.experiment_id}/runs/{run_id}" if run_id else None
         ),
+        sort=settings.sort,
+        sort_label=_metric_text(settings.sort),
+        best_sorted=(
+            aggregate.best(cells, settings.sort, lowest=settings.sort in aggregate.LOWER_IS_BETTER)
+            if settings.sort not in ("final_test_accuracy", "final_gap")
+            else None
+        ),
+        setting_columns=_setting_keys(spec),
+        settings=_settings(spec, cells),
     )
     html, markdown = render.render(context)
     paths = ReportPaths(folder / HTML, folder / MARKDOWN, folder, run_id)
@@ -147,6 +174,175 @@ def write_report(
     if run_id is not None:
         tracker.log_report(run_id, folder, _summary(study, context))
     return paths
+
+
+def _histories(tracker: Tracker, used: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Per-epoch metrics, and per-update ones (`batch_loss`), of the runs the numbers use."""
+    epochs = int(used["epochs"].max()) if used["epochs"].notna().any() else 1000
+    per_epoch = [m for m in dict.fromkeys(metrics) if m not in STEP_METRICS]
+    per_step = [m for m in dict.fromkeys(metrics) if m in STEP_METRICS]
+    parts = [load.load_histories(tracker, used, per_epoch, epochs)]
+    if per_step:
+        parts.append(load.load_histories(tracker, used, per_step, _updates(used)))
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+
+def _updates(used: pd.DataFrame) -> int:
+    """The most updates any run made (to size per-update history requests)."""
+    most = 1
+    for params, n_train in zip(used["params"], used["n_train"], strict=True):
+        params = params or {}
+        epochs = int(params.get("train.epochs", 1))
+        steps = params.get("train.steps_per_epoch", "null")
+        if steps in ("null", "None", None):
+            batch = int(params.get("train.batch_size", 100))
+            steps = math.ceil(int(n_train or batch) / batch)
+        most = max(most, epochs * int(steps))
+    return most
+
+
+def _study_figures(
+    folder: Path,
+    settings: ReportSpec,
+    tracker: Tracker,
+    used: pd.DataFrame,
+    known: pd.DataFrame,
+    table: list[aggregate.CellRow],
+    curves: pd.DataFrame,
+    spec: Study | None,
+    study: str,
+    failures: dict[str, str],
+) -> list[render.Figure]:
+    """The figures the study's `report.figures` asks for, in its order."""
+    out: list[render.Figure] = []
+    for index, fig in enumerate(settings.figures, 1):
+        keys = [
+            k for k in ("hue", "style", "facet", "x", "y") if isinstance(getattr(fig, k, None), str)
+        ]
+        values = {
+            getattr(fig, k): groups.cell_values(known, table, getattr(fig, k), spec) for k in keys
+        }
+        name = f"figure{index}-{fig.kind}"
+        if isinstance(fig, CurvesFigure):
+            png = extra.curves_by(fig, curves, values, table, study, failures)
+            caption = (
+                f"{extra.metric_label(fig.metric).capitalize()} per cell: colour by {fig.hue}"
+                + (f", line style by {fig.style}" if fig.style else "")
+                + (f", one panel per {fig.facet}" if fig.facet else "")
+                + "; line: mean over seeds"
+                + (
+                    f", smoothed by a centred moving average of {fig.smooth} points"
+                    if fig.smooth > 1
+                    else ""
+                )
+                + "; band: 95% interval over seeds."
+            )
+            title = fig.title or extra.metric_label(fig.metric)
+            pngs = [(name, png, title, caption)]
+        elif isinstance(fig, VersusFigure):
+            png = extra.versus(fig, table, values, study)
+            caption = (
+                f"Mean over seeds against {fig.x} with 95% intervals, one line per {fig.hue}; "
+                "dashed horizontal lines are cells without a value of it (references)."
+            )
+            pngs = [(name, png, fig.title or f"final metrics against {fig.x}", caption)]
+        elif isinstance(fig, ScatterFigure):
+            png = extra.scatter(fig, used, values, study)
+            caption = (
+                f"Every run at its {fig.x} and {fig.y}, coloured by "
+                f"{extra.metric_label(fig.color)}; the star marks the best run."
+            )
+            pngs = [(name, png, fig.title or f"{fig.color} map", caption)]
+        elif isinstance(fig, ConfusionFigure):
+            matrices = _confusions(tracker, used)
+            png = extra.confusion(matrices, table, fig, study)
+            caption = (
+                "Test-set confusion matrix per cell, counts summed over seeds and each row "
+                "divided by its total (the diagonal is each digit's recall), best cell first."
+            )
+            pngs = [(name, png, "confusion matrices", caption)]
+        else:
+            documents = _activations(tracker, used)
+            pngs = [
+                (
+                    f"{name}-{stage}",
+                    extra.activations(documents, table, stage, study),
+                    f"activation histograms: {stage.replace('_', ' ')}",
+                    f"Share of activations per bin ({extra.STAGES[stage]}), one row per cell, "
+                    "one column per layer, averaged over seeds; values beyond the range count in "
+                    "the end bins.",
+                )
+                for stage in extra.STAGES
+            ]
+        for file, png, alt, caption in pngs:
+            if png is not None:
+                out.append(_figure(folder, f"{file}.png", png, alt, caption, "study"))
+    return out
+
+
+def _failure_notes(runs: pd.DataFrame, cells: list[aggregate.CellRow]) -> dict[str, str]:
+    """Cells with failed seeds -> the first failure's reason, shortened."""
+    failed = aggregate.failed_runs(runs)
+    out = {}
+    for row in cells:
+        reasons = failed.loc[failed["cell_hash"] == row.cell_hash, load.FAILURE_TAG].dropna()
+        if row.failed and len(reasons):
+            out[row.cell_hash] = str(reasons.iloc[0]).split(":")[0][:40]
+    return out
+
+
+def _confusions(tracker: Tracker, used: pd.DataFrame) -> dict[str, np.ndarray]:
+    documents = load.load_documents(tracker, used, CONFUSION_ARTIFACT + ".json")
+    out: dict[str, np.ndarray] = {}
+    for run_id, cell_hash in zip(used["run_id"], used["cell_hash"], strict=True):
+        if run_id in documents:
+            matrix = np.asarray(documents[run_id]["matrix"], dtype=float)
+            out[cell_hash] = out.get(cell_hash, 0) + matrix
+    return out
+
+
+def _activations(tracker: Tracker, used: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
+    documents = load.load_documents(tracker, used, ACTIVATIONS_ARTIFACT)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for run_id, cell_hash in zip(used["run_id"], used["cell_hash"], strict=True):
+        if run_id in documents:
+            out.setdefault(cell_hash, []).append(documents[run_id])
+    return out
+
+
+def _setting_keys(spec: Study | None) -> list[str]:
+    """The grid and search keys, as table columns (none for a study of plain variants)."""
+    if spec is None:
+        return []
+    keys: list[str] = []
+    for cell in spec.cells:
+        keys += [k for k in cell.grid_point if k not in keys]
+    return keys
+
+
+def _settings(spec: Study | None, cells: list[aggregate.CellRow]) -> dict[str, dict[str, str]]:
+    """Each table row's grid and search values, by cell hash (found by the cell's name, so a
+    cell shown with runs of other settings keeps them)."""
+    if spec is None:
+        return {}
+    points = {c.name: c.grid_point for c in spec.cells}
+    return {
+        row.cell_hash: {k: _short(v) for k, v in points[row.name].items()}
+        for row in cells
+        if row.name in points
+    }
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"{k}={_short(v)}" for k, v in value.items())
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "all" if value is None else str(value)
+
+
+def _metric_text(metric: str) -> str:
+    return extra.metric_label(metric)
 
 
 def _figure(

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
+from suite.metrics import RUN_METRICS
 from suite.spec import Study
 
 DONE, FAILED, RUNNING = "FINISHED", ("FAILED", "KILLED"), ("RUNNING", "SCHEDULED")
@@ -46,7 +47,19 @@ TABLE_COLUMNS = (
     Column("final_train_loss", "train loss"),
     Column("final_test_loss", "test loss"),
 )
+# shown when the runs have them: validation (a study with `val_size`), and the per-class
+# scores when a study asks for per-class views (`report.figures: [{kind: confusion}]`)
+VAL_COLUMNS = (
+    Column("final_val_accuracy", "validation accuracy"),
+    Column("best_val_accuracy", "best validation accuracy"),
+)
+PER_CLASS_COLUMNS = (
+    Column("test_precision_macro", "test macro precision"),
+    Column("test_recall_macro", "test macro recall"),
+    Column("test_f1_macro", "test macro F1"),
+)
 RANK_BY = "final_test_accuracy"  # the table lists the best cell first
+LOWER_IS_BETTER = ("final_gap",)  # ranked smallest first
 
 
 @dataclass(frozen=True)
@@ -217,10 +230,10 @@ def cell_rows(runs: pd.DataFrame, study: Study | None = None) -> list[CellRow]:
     for cell_hash, name in names.items():
         mine = done[done["cell_hash"] == cell_hash]
         stats = {}
-        for column in TABLE_COLUMNS:
-            values = mine[column.metric].dropna()
+        for metric in RUN_METRICS:
+            values = mine[metric].dropna() if metric in mine else ()
             if len(values):
-                stats[column.metric] = Stat.of(values.tolist())
+                stats[metric] = Stat.of(list(values))
         rows.append(
             CellRow(
                 label=name if name_counts[name] == 1 else f"{name} ({cell_hash[:6]})",
@@ -244,15 +257,25 @@ def cell_rows(runs: pd.DataFrame, study: Study | None = None) -> list[CellRow]:
     return rows
 
 
-def ranked(rows: Sequence[CellRow]) -> list[CellRow]:
-    """Table order: highest mean final test accuracy first; cells without runs last."""
+def ranked(rows: Sequence[CellRow], by: str = RANK_BY) -> list[CellRow]:
+    """Table order: best mean `by` first (highest; smallest for a gap); cells without it last."""
+    sign = 1.0 if by in LOWER_IS_BETTER else -1.0
 
     def key(row: CellRow) -> tuple[bool, float, int]:
-        stat = row.stats.get(RANK_BY)
+        stat = row.stats.get(by)
         mean = stat.mean if stat is not None else math.nan
-        return (math.isnan(mean), -mean if not math.isnan(mean) else 0.0, row.order)
+        return (math.isnan(mean), sign * mean if not math.isnan(mean) else 0.0, row.order)
 
     return sorted(rows, key=key)
+
+
+def table_columns(rows: Sequence[CellRow], per_class: bool = False) -> list[Column]:
+    """The table's metric columns: the standard ones, validation when any cell has it, and
+    the per-class scores when asked for."""
+    extra = [c for c in VAL_COLUMNS if any(c.metric in r.stats for r in rows)]
+    if per_class:
+        extra += [c for c in PER_CLASS_COLUMNS if any(c.metric in r.stats for r in rows)]
+    return [*TABLE_COLUMNS[:3], *extra, *TABLE_COLUMNS[3:]]
 
 
 def best(rows: Sequence[CellRow], metric: str, lowest: bool = False) -> CellRow | None:

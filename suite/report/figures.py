@@ -104,6 +104,15 @@ VIEWS = {
             "it small. Line: mean over seeds, band: 95% interval.",
         ),
         View(
+            "validation",
+            "validation (solid) and train (dashed) accuracy",
+            "accuracy (fraction correct)",
+            {"val_accuracy": ("-", "validation"), "train_accuracy": ("--", "train")},
+            "Accuracy per cell over epochs: validation solid, train dashed (the textbook's "
+            "search figure); line: mean over seeds, band: 95% interval.",
+            limits=(0.0, 1.02),
+        ),
+        View(
             "reg_loss",
             "regularisation penalty",
             "penalty added to the loss",

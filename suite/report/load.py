@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
-from suite.metrics import FINAL_METRICS
+from suite.metrics import FINAL_METRICS, FINAL_VAL_METRICS
 from suite.tracking import FAILURE_TAG, Tracker
 
 TAGS = (
@@ -40,7 +41,9 @@ RUN_COLUMNS = (
     FAILURE_TAG,
     "epochs",
     *FINAL_METRICS,
+    *FINAL_VAL_METRICS,
     *LAST_VALUES.values(),
+    "params",  # the run's params: {dotted setting: value as logged}
 )
 HISTORY_COLUMNS = ("run_id", "cell_hash", "cell", "seed", "epoch", "metric", "value")
 
@@ -79,7 +82,7 @@ def load_runs(study: str, tracker: Tracker) -> StudyRuns:
         runs[column] = pd.to_numeric(runs[column], errors="coerce").astype("Int64")
     for column in ("start_time", "end_time"):
         runs[column] = pd.to_datetime(runs[column], unit="ms", utc=True)
-    for metric in (*FINAL_METRICS, *LAST_VALUES.values()):
+    for metric in (*FINAL_METRICS, *FINAL_VAL_METRICS, *LAST_VALUES.values()):
         runs[metric] = runs[metric].astype(float)
     if not (runs["status"] == "FINISHED").any():
         counts = runs["status"].str.lower().value_counts()
@@ -108,6 +111,16 @@ def load_histories(
     return history.astype({"epoch": int, "value": float}).reset_index(drop=True)
 
 
+def load_documents(tracker: Tracker, runs: pd.DataFrame, name: str) -> dict[str, dict[str, Any]]:
+    """A JSON artifact (`name`) of each run that has it, by run id."""
+    out = {}
+    for run_id in runs["run_id"]:
+        document = tracker.load_dict(run_id, name)
+        if document is not None:
+            out[run_id] = document
+    return out
+
+
 def display_uri(uri: str) -> str:
     """The tracking URI without a user name or password, for printing."""
     parts = urlsplit(uri)
@@ -129,9 +142,10 @@ def _run_rows(tracker: Tracker, experiment_id: str) -> Iterable[dict[str, object
             "end_time": run.info.end_time,
             FAILURE_TAG: tags.get(FAILURE_TAG),
             "epochs": run.data.params.get("train.epochs"),
+            "params": dict(run.data.params),
         }
         row.update({tag: tags.get(tag) for tag in TAGS})
-        row.update({m: run.data.metrics.get(m) for m in FINAL_METRICS})
+        row.update({m: run.data.metrics.get(m) for m in (*FINAL_METRICS, *FINAL_VAL_METRICS)})
         # MLflow keeps each metric's value at its highest step: the last epoch's
         row.update({name: run.data.metrics.get(m) for m, name in LAST_VALUES.items()})
         yield row

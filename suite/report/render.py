@@ -6,6 +6,7 @@ Both templates get the same `Context`; numbers are formatted here, once, so the 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,7 @@ class Context:
     study: str
     description: str
     cells: list[CellRow]  # table order: best first
-    columns: tuple[Column, ...]
+    columns: Sequence[Column]
     best_test: CellRow | None  # the highest mean final test accuracy
     least_gap: CellRow | None  # the smallest mean final gap
     baseline: CellRow | None
@@ -74,6 +75,11 @@ class Context:
     ui_is_local: bool = True  # links need `overfit ui` running
     experiment_url: str = ""
     report_run_url: str | None = None
+    sort: str = "final_test_accuracy"  # what the table is ranked by
+    sort_label: str = "final test accuracy"
+    best_sorted: CellRow | None = None  # the best cell by `sort`, when that is not test accuracy
+    setting_columns: list[str] = field(default_factory=list)  # grid / search keys shown
+    settings: dict[str, dict[str, str]] = field(default_factory=dict)  # cell hash -> key -> value
 
 
 def environment() -> jinja2.Environment:

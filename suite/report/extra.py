@@ -1,0 +1,422 @@
+"""The figures a study asks for in `report.figures`: curves grouped by settings, final metrics
+against a setting, a search's scatter, activation histograms and confusion matrices.
+
+Each function returns PNG bytes (None when there is nothing to draw) and draws only numbers
+`aggregate` computed or the runs logged; grouping values come from `groups`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.artist import Artist
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import NullFormatter
+
+from suite.metrics import STEP_METRICS
+from suite.report import groups
+from suite.report.aggregate import CellRow
+from suite.report.figures import BAND_ALPHA, BAND_LABEL, _legend, _png, _style
+from suite.spec import ConfusionFigure, CurvesFigure, ScatterFigure, VersusFigure
+
+STYLES = ("-", "--", ":", "-.")
+METRIC_LABELS = {
+    "batch_loss": "minibatch loss",
+    "train_loss": "train loss",
+    "test_loss": "test loss",
+    "val_loss": "validation loss",
+    "train_accuracy": "train accuracy",
+    "test_accuracy": "test accuracy",
+    "val_accuracy": "validation accuracy",
+    "gap": "gap (train − test accuracy)",
+    "weight_norm": "weight norm",
+    "reg_loss": "regularisation penalty",
+    "final_train_accuracy": "final train accuracy",
+    "final_test_accuracy": "final test accuracy",
+    "final_val_accuracy": "final validation accuracy",
+    "best_val_accuracy": "best validation accuracy",
+    "best_test_accuracy": "best test accuracy",
+    "final_gap": "final gap (train − test)",
+    "test_f1_macro": "test macro F1",
+    "test_precision_macro": "test macro precision",
+    "test_recall_macro": "test macro recall",
+    "final_train_loss": "final train loss",
+    "final_test_loss": "final test loss",
+    "train_seconds": "training time (s)",
+    "best_epoch": "best epoch",
+}
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
+def curves_by(
+    spec: CurvesFigure,
+    curves: pd.DataFrame,
+    values: dict[str, dict[str, Any]],
+    cells: Sequence[CellRow],
+    study: str,
+    failures: dict[str, str] | None = None,
+) -> bytes | None:
+    """Mean curves of `spec.metric`, one line per cell: colour by `hue`, line style by `style`,
+    a facet per `facet` value; smoothed by a centred moving average of `spec.smooth` points.
+
+    Args:
+        values: `groups.cell_values` for each key the figure uses, by key.
+        failures: cell hash -> why its runs failed (`diverged at epoch 1`), written into the
+            cell's facet, so a cell without a curve is not mistaken for a missing one.
+    """
+    failures = failures or {}
+    mine = curves[curves["metric"] == spec.metric]
+    present = set(mine["cell_hash"])
+    shown = [
+        c
+        for c in sorted(cells, key=lambda c: c.order)
+        if c.cell_hash in present or (c.cell_hash in failures and c.cell_hash in values[spec.hue])
+    ]
+    if not shown or mine.empty:
+        return None
+    hues = groups.ordered(values[spec.hue], shown)
+    colours = dict(zip(hues, _colours(len(hues)), strict=True))
+    styles = groups.ordered(values[spec.style], shown) if spec.style else [None]
+    dashes = {v: STYLES[i % len(STYLES)] for i, v in enumerate(styles)}
+    facets = groups.ordered(values[spec.facet], shown) if spec.facet else [None]
+    ncols = min(spec.columns, len(facets))
+    nrows = math.ceil(len(facets) / ncols)
+    size = (3.4 * ncols + 2.6, 2.6 * nrows + 1.0) if spec.facet else (9.5, 5.0)
+    log = spec.log_y and bool((mine["mean"] > 0).all())
+    with _style():
+        figure = Figure(figsize=size, layout="constrained")
+        FigureCanvasAgg(figure)
+        axes = figure.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
+        notes: dict[int, list[str]] = {}
+        for cell in shown:
+            facet = values[spec.facet].get(cell.cell_hash) if spec.facet else None
+            ax = axes.flat[facets.index(facet)]
+            if cell.cell_hash in failures:
+                who = groups.text(values[spec.hue].get(cell.cell_hash))
+                notes.setdefault(facets.index(facet), []).append(
+                    f"{who}: {cell.failed} failed ({failures[cell.cell_hash]})"
+                )
+            line = mine[mine["cell_hash"] == cell.cell_hash].sort_values("epoch")
+            if line.empty:
+                continue
+            smooth = (
+                line[["mean", "low", "high"]]
+                .rolling(spec.smooth, center=True, min_periods=1)
+                .mean()
+            )
+            colour = colours[values[spec.hue].get(cell.cell_hash)]
+            style = dashes[values[spec.style].get(cell.cell_hash)] if spec.style else "-"
+            ax.plot(line["epoch"], smooth["mean"], color=colour, linestyle=style, lw=1.6)
+            low, high = smooth["low"].to_numpy(float), smooth["high"].to_numpy(float)
+            if log:
+                low = np.where(low > 0, low, smooth["mean"].to_numpy(float) / 10)
+            ax.fill_between(line["epoch"], low, high, color=colour, alpha=BAND_ALPHA, lw=0)
+        for index, ax in enumerate(axes.flat):
+            if index >= len(facets):
+                ax.set_visible(False)
+                axes.flat[index - ncols].tick_params(labelbottom=True)
+            elif spec.facet:
+                ax.set_title(groups.label(spec.facet, facets[index]), fontsize="medium")
+            for line_no, note in enumerate(notes.get(index, [])):
+                ax.text(
+                    0.03,
+                    0.5 - 0.1 * line_no,
+                    note,
+                    transform=ax.transAxes,
+                    fontsize="x-small",
+                    color="crimson",
+                )
+        if log:
+            axes.flat[0].set_yscale("log")
+            axes.flat[0].yaxis.set_minor_formatter(NullFormatter())
+        step = spec.metric in STEP_METRICS
+        xlabel = "update" if step else "epoch"
+        ylabel = metric_label(spec.metric) + (" (log scale)" if log else "")
+        if spec.facet:
+            figure.supxlabel(xlabel)
+            figure.supylabel(ylabel)
+        else:
+            axes.flat[0].set_xlabel(xlabel)
+            axes.flat[0].set_ylabel(ylabel)
+        handles: list[Artist] = [
+            Line2D([], [], color=colours[h], lw=2.2, label=groups.label(spec.hue, h)) for h in hues
+        ]
+        if spec.style and spec.style != spec.hue:
+            handles += [
+                Line2D([], [], color="0.3", ls=dashes[v], lw=1.6, label=groups.label(spec.style, v))
+                for v in styles
+            ]
+        elif spec.style:
+            handles = [
+                Line2D(
+                    [], [], color=colours[h], ls=dashes[h], lw=2.0, label=groups.label(spec.hue, h)
+                )
+                for h in hues
+            ]
+        handles.append(Patch(color="0.25", alpha=BAND_ALPHA, label=BAND_LABEL))
+        title = spec.title or f"{metric_label(spec.metric)} by {spec.hue}"
+        smoothing = f", smoothed over {spec.smooth} points" if spec.smooth > 1 else ""
+        figure.suptitle(f"{study}: {title} (mean over seeds{smoothing})", fontsize="large")
+        _legend(figure, handles)
+        return _png(figure)
+
+
+def versus(
+    spec: VersusFigure,
+    cells: Sequence[CellRow],
+    values: dict[str, dict[str, Any]],
+    study: str,
+) -> bytes | None:
+    """Each `spec.y` metric (a facet each) against `spec.x`: per cell the mean over seeds
+    with its 95% interval, cells of one hue joined in x order. A cell without an x value
+    (a shared reference such as an unregularised cell) is a dashed horizontal line."""
+    xs, hue = values[spec.x], values[spec.hue]
+    shown = [c for c in cells if c.done and c.cell_hash in xs]
+    if not shown or not any(m in c.stats for c in shown for m in spec.y):
+        return None
+    placed = [c for c in shown if xs[c.cell_hash] is not None]
+    numeric = bool(placed) and all(isinstance(xs[c.cell_hash], float) for c in placed)
+    categories = groups.ordered({c.cell_hash: xs[c.cell_hash] for c in placed}, placed)
+    hues = groups.ordered({c.cell_hash: hue.get(c.cell_hash) for c in placed}, placed)
+    colours = dict(zip(hues, _colours(len(hues)), strict=True))
+    references = [c for c in shown if xs[c.cell_hash] is None]
+    log = spec.log_x and numeric and all(xs[c.cell_hash] > 0 for c in placed)
+    with _style():
+        figure = Figure(figsize=(4.4 * len(spec.y) + 2.4, 4.4), layout="constrained")
+        FigureCanvasAgg(figure)
+        axes = figure.subplots(1, len(spec.y), squeeze=False).flat
+        for ax, metric in zip(axes, spec.y, strict=True):
+            for offset, h in enumerate(hues):
+                mine = [c for c in placed if hue.get(c.cell_hash) == h and metric in c.stats]
+                if numeric:
+                    mine.sort(key=lambda c: xs[c.cell_hash])
+                    x = np.array([xs[c.cell_hash] for c in mine], dtype=float)
+                else:
+                    dodge = (offset - (len(hues) - 1) / 2) * 0.12
+                    x = np.array([categories.index(xs[c.cell_hash]) + dodge for c in mine])
+                stats = [c.stats[metric] for c in mine]
+                mean = np.array([s.mean for s in stats])
+                low = np.array([s.mean - s.low if not math.isnan(s.low) else 0 for s in stats])
+                high = np.array([s.high - s.mean if not math.isnan(s.high) else 0 for s in stats])
+                ax.errorbar(
+                    x,
+                    mean,
+                    yerr=[low, high],
+                    color=colours[h],
+                    marker="o",
+                    ms=5,
+                    lw=1.6,
+                    capsize=3,
+                    ls="-" if numeric else "none",
+                )
+            for index, cell in enumerate(references):
+                if metric in cell.stats:
+                    ax.axhline(
+                        cell.stats[metric].mean, color="0.35", ls=STYLES[1 + index % 3], lw=1.2
+                    )
+            if log:
+                ax.set_xscale("log")
+            if not numeric:
+                ax.set_xticks(range(len(categories)), [groups.text(v) for v in categories])
+                ax.tick_params(axis="x", labelrotation=30)
+            ax.set_title(metric_label(metric), fontsize="medium")
+            ax.set_xlabel(_axis_label(spec.x))
+        handles: list[Artist] = [
+            Line2D([], [], color=colours[h], marker="o", lw=1.6, label=groups.label(spec.hue, h))
+            for h in hues
+        ]
+        handles += [
+            Line2D(
+                [], [], color="0.35", ls=STYLES[1 + i % 3], lw=1.2, label=f"{c.label} (reference)"
+            )
+            for i, c in enumerate(references)
+        ]
+        handles.append(
+            Line2D(
+                [], [], color="0.3", marker="|", ls="none", ms=10, label="95% interval over seeds"
+            )
+        )
+        title = spec.title or f"final metrics against {spec.x}"
+        figure.suptitle(f"{study}: {title}", fontsize="large")
+        _legend(figure, handles)
+        return _png(figure)
+
+
+def scatter(
+    spec: ScatterFigure, used: pd.DataFrame, values: dict[str, dict[str, Any]], study: str
+) -> bytes | None:
+    """One point per run at (`x`, `y`) coloured by its `color` metric; the best run starred."""
+    points = used.assign(
+        x=used["cell_hash"].map(values[spec.x]), y=used["cell_hash"].map(values[spec.y])
+    ).dropna(subset=["x", "y", spec.color])
+    points = points[points["x"].map(_is_number) & points["y"].map(_is_number)]
+    if points.empty:
+        return None
+    with _style():
+        figure = Figure(figsize=(8.0, 6.0), layout="constrained")
+        FigureCanvasAgg(figure)
+        ax = figure.subplots()
+        colour = points[spec.color].astype(float)
+        norm = Normalize(float(colour.min()), float(colour.max()))
+        drawn = ax.scatter(
+            points["x"].astype(float),
+            points["y"].astype(float),
+            c=colour,
+            cmap="viridis",
+            norm=norm,
+            s=46,
+            edgecolors="0.2",
+            linewidths=0.4,
+        )
+        best = points.loc[colour.idxmax()]
+        ax.scatter(
+            [best["x"]],
+            [best["y"]],
+            marker="*",
+            s=320,
+            facecolors="none",
+            edgecolors="crimson",
+            linewidths=1.6,
+            zorder=5,
+        )
+        ax.annotate(
+            f"best: {best['cell']} ({metric_label(spec.color)} {best[spec.color]:.3f})",
+            (best["x"], best["y"]),
+            xytext=(8, 8),
+            textcoords="offset points",
+            fontsize="small",
+        )
+        if spec.log_x:
+            ax.set_xscale("log")
+        if spec.log_y:
+            ax.set_yscale("log")
+        ax.set_xlabel(_axis_label(spec.x) + (" (log scale)" if spec.log_x else ""))
+        ax.set_ylabel(_axis_label(spec.y) + (" (log scale)" if spec.log_y else ""))
+        figure.colorbar(drawn, ax=ax, label=metric_label(spec.color))
+        title = spec.title or f"{metric_label(spec.color)} by {spec.x} and {spec.y}"
+        figure.suptitle(f"{study}: {title} ({len(points)} runs)", fontsize="large")
+        return _png(figure)
+
+
+STAGES = {
+    "probe": "the textbook's probe at initialisation: 1000 standard-normal inputs, 5 layers of 100",
+    "network_init": "the MNIST network at initialisation: hidden layers on 1000 test images",
+    "network_trained": "the MNIST network after training: hidden layers on 1000 test images",
+}
+
+
+def activations(
+    documents: dict[str, list[dict[str, Any]]], cells: Sequence[CellRow], stage: str, study: str
+) -> bytes | None:
+    """One row per cell, one column per layer: the share of activations per bin, averaged
+    over the cell's seeds (`documents`: cell hash -> the runs' `activations.json`)."""
+    shown = [c for c in sorted(cells, key=lambda c: c.order) if documents.get(c.cell_hash)]
+    if not shown:
+        return None
+    layers = max(len(d[stage]) for c in shown for d in documents[c.cell_hash])
+    with _style():
+        figure = Figure(figsize=(2.1 * layers + 2.2, 1.35 * len(shown) + 1.2), layout="constrained")
+        FigureCanvasAgg(figure)
+        axes = figure.subplots(len(shown), layers, squeeze=False, sharex="row")
+        for row, cell in enumerate(shown):
+            runs = documents[cell.cell_hash]
+            lo, hi = runs[0]["range"]
+            edges = np.linspace(lo, hi, int(runs[0]["bins"]) + 1)
+            for layer in range(layers):
+                ax = axes[row, layer]
+                hists = [d[stage][layer] for d in runs if layer < len(d[stage])]
+                if not hists:
+                    ax.set_visible(False)
+                    continue
+                fractions = np.mean([h["fractions"] for h in hists], axis=0)
+                ax.stairs(fractions, edges, fill=True, color="#4c72b0", alpha=0.85)
+                ax.set_yticks([])
+                ax.tick_params(axis="x", labelsize="x-small")
+                beyond = float(np.mean([h["beyond"] for h in hists]))
+                if beyond >= 0.005:
+                    ax.text(
+                        0.98,
+                        0.92,
+                        f"{beyond:.0%} beyond",
+                        transform=ax.transAxes,
+                        ha="right",
+                        va="top",
+                        fontsize="x-small",
+                        color="0.3",
+                    )
+                if row == 0:
+                    ax.set_title(f"layer {layer + 1}", fontsize="small")
+            axes[row, 0].set_ylabel(
+                cell.label.replace(",", "\n"),
+                fontsize="x-small",
+                rotation=0,
+                ha="right",
+                va="center",
+            )
+        figure.suptitle(f"{study}: activation histograms, {STAGES[stage]}", fontsize="medium")
+        return _png(figure)
+
+
+def confusion(
+    matrices: dict[str, np.ndarray], cells: Sequence[CellRow], spec: ConfusionFigure, study: str
+) -> bytes | None:
+    """Test-set confusion matrix per cell (rows normalised to recall, summed over seeds), in
+    table order, with each cell's most frequent confusion in its title."""
+    shown = [c for c in cells if c.cell_hash in matrices][: spec.top]
+    if not shown:
+        return None
+    ncols = min(5, len(shown))
+    nrows = math.ceil(len(shown) / ncols)
+    with _style():
+        figure = Figure(figsize=(2.9 * ncols + 1.4, 3.0 * nrows + 0.9), layout="constrained")
+        FigureCanvasAgg(figure)
+        axes = figure.subplots(nrows, ncols, squeeze=False)
+        drawn = None
+        for ax, cell in zip(axes.flat, shown, strict=False):
+            counts = matrices[cell.cell_hash].astype(float)
+            rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+            drawn = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+            off = rates - np.diag(np.diag(rates))
+            true, wrong = np.unravel_index(int(np.argmax(off)), off.shape)
+            ax.set_title(
+                f"{cell.label}\nmost confused: {true}→{wrong} ({off[true, wrong]:.0%})",
+                fontsize="x-small",
+            )
+            ax.set_xticks(range(10))
+            ax.set_yticks(range(10))
+            ax.tick_params(labelsize="xx-small")
+            ax.grid(False)
+        for ax in list(axes.flat)[len(shown) :]:
+            ax.set_visible(False)
+        figure.supxlabel("predicted digit")
+        figure.supylabel("true digit")
+        if drawn is not None:
+            figure.colorbar(drawn, ax=axes, shrink=0.6, label="share of the true digit's images")
+        figure.suptitle(
+            f"{study}: test-set confusion matrices, summed over seeds", fontsize="large"
+        )
+        return _png(figure)
+
+
+def _colours(n: int) -> list[Any]:
+    return list(sns.color_palette("colorblind" if n <= 10 else "husl", n))
+
+
+def _axis_label(key: str) -> str:
+    return {"n_train": "training images", "grid": "strength (the cell's grid value)"}.get(key, key)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, float) and math.isfinite(value)

@@ -1,0 +1,96 @@
+"""What a cell is, in the terms a study's figures group by: a setting, its variant, its size.
+
+A figure names a grouping key (`report.figures`): `cell`, `variant`, `n_train` (the images the
+runs trained on), `grid` (the cell's own grid value) or a dotted setting such as `model.init`.
+Settings are read from the runs' MLflow params, so a report without its study file still
+groups correctly; a section key joins the settings below it (`model.init` of an
+`{std: 0.01}` init is `std=0.01`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from suite.report.aggregate import CellRow
+from suite.spec import Study
+
+
+def cell_values(
+    runs: pd.DataFrame, cells: Sequence[CellRow], key: str, spec: Study | None
+) -> dict[str, Any]:
+    """Each cell's value of `key`, by cell hash: a number where the value is one, else text;
+    None where the cell has no such value (a cell outside a grid, for `grid`)."""
+    # by name: a cell shown with runs of other settings (`--set`) keeps its grid point
+    grid = {c.name: c.grid_point for c in spec.cells} if spec is not None else {}
+    first = runs.drop_duplicates("cell_hash").set_index("cell_hash")
+    out: dict[str, Any] = {}
+    for cell in cells:
+        if cell.cell_hash not in first.index:
+            continue
+        run = first.loc[cell.cell_hash]
+        if key == "cell":
+            value: Any = cell.label
+        elif key == "variant":
+            value = run["variant"] or cell.name
+        elif key == "n_train":
+            value = run["n_train"]
+        elif key == "grid":
+            point = grid.get(cell.name, {})
+            value = next(iter(point.values())) if len(point) == 1 else None
+        else:
+            value = _setting(run["params"] or {}, key)
+        out[cell.cell_hash] = _number(value)
+    return out
+
+
+def ordered(values: dict[str, Any], cells: Sequence[CellRow]) -> list[Any]:
+    """The distinct values, numbers ascending, text in the cells' study order."""
+    seen: list[Any] = []
+    for cell in sorted(cells, key=lambda c: c.order):
+        value = values.get(cell.cell_hash)
+        if cell.cell_hash in values and value not in seen:
+            seen.append(value)
+    if seen and all(isinstance(v, float) for v in seen):
+        return sorted(seen)
+    return seen
+
+
+def label(key: str, value: Any) -> str:
+    """`init.std = 0.01`: the setting's last two parts and its value, for titles and legends."""
+    name = ".".join(key.split(".")[-2:]) if "." in key else key
+    if key in ("cell", "variant", "grid"):
+        return text(value)
+    return f"{name} = {text(value)}"
+
+
+def text(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _setting(params: dict[str, str], key: str) -> Any:
+    if key in params:
+        return None if params[key] == "null" else params[key]
+    below = {k[len(key) + 1 :]: v for k, v in params.items() if k.startswith(key + ".")}
+    if not below:
+        return None
+    return ",".join(f"{k}={v}" for k, v in sorted(below.items()))
+
+
+def _number(value: Any) -> Any:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        number = float(str(value))
+    except ValueError:
+        return str(value)
+    return number if math.isfinite(number) else str(value)
