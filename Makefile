@@ -27,7 +27,8 @@ $(STAMP): pyproject.toml
 
 run: setup ## Run a study (default: the headline overfitting study), then write its report
 	@status=0; $(OVERFIT) run experiments/$(STUDY).yaml $(ARGS) || status=$$?; \
-	if [ $$status -le 1 ]; then $(OVERFIT) report $(STUDY) || status=$$?; else exit $$status; fi; \
+	sets=$$(echo '$(ARGS)' | grep -oE -- '--set[ =][^ ]+' | tr '\n' ' '); \
+	if [ $$status -le 1 ]; then $(OVERFIT) report $(STUDY) $$sets || status=$$?; else exit $$status; fi; \
 	echo; echo "report:  reports/$(STUDY)/index.html  (open it in a browser)"; \
 	echo "runs:    make ui  -> http://127.0.0.1:5000  (Group by -> tag 'cell' compares cells)"; \
 	exit $$status

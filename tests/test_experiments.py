@@ -81,7 +81,7 @@ def test_study_runs_and_its_report_renders(path: Path, tmp_path: Path) -> None:
         expected = 3 if isinstance(figure, ActivationsFigure) else 1
         assert len(drawn) == expected, f"{study.name}: {stem} not drawn ({sorted(pngs)})"
         for name in drawn:
-            assert f'alt="' in html and name in paths.markdown.read_text()
+            assert 'alt="' in html and name in paths.markdown.read_text()
     for view in study.report.metrics:
         assert f"{view}.png" in pngs
     # a grid or search study lists its settings beside each cell

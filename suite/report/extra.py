@@ -120,6 +120,8 @@ def curves_by(
             style = dashes[values[spec.style].get(cell.cell_hash)] if spec.style else "-"
             ax.plot(line["epoch"], smooth["mean"], color=colour, linestyle=style, lw=1.6)
             low, high = smooth["low"].to_numpy(float), smooth["high"].to_numpy(float)
+            if "accuracy" in spec.metric:  # a band past 0 or 1 is an artefact of few seeds
+                low, high = np.clip(low, 0, 1), np.clip(high, 0, 1)
             if log:
                 low = np.where(low > 0, low, smooth["mean"].to_numpy(float) / 10)
             ax.fill_between(line["epoch"], low, high, color=colour, alpha=BAND_ALPHA, lw=0)
@@ -138,6 +140,8 @@ def curves_by(
                     fontsize="x-small",
                     color="crimson",
                 )
+        if "accuracy" in spec.metric:
+            axes.flat[0].set_ylim(0.0, 1.02)
         if log:
             axes.flat[0].set_yscale("log")
             axes.flat[0].yaxis.set_minor_formatter(NullFormatter())
