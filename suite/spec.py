@@ -713,15 +713,16 @@ def _data_source(name: str, spec: DataSpec, where: str, check_data: bool) -> str
 def _grid_label(point: dict[str, Any]) -> str:
     if not point:
         return ""
-    parts = [f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in point.items()]
+    parts = [f"{k.rsplit('.', 1)[-1]}={short_value(v)}" for k, v in point.items()]
     return "[" + ",".join(parts) + "]"
 
 
-def _short(value: Any) -> str:
+def short_value(value: Any) -> str:
+    """A setting's value in a cell name or table: `0.01`, `std:0.01`, `all` for null."""
     if value is None:
         return "all"  # a grid value of null: the setting's default, e.g. the whole pool
     if isinstance(value, dict):
-        return ",".join(f"{k}:{_short(v)}" for k, v in value.items())
+        return ",".join(f"{k}:{short_value(v)}" for k, v in value.items())
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)

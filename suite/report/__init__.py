@@ -32,7 +32,15 @@ import pandas as pd
 from suite.metrics import STEP_METRICS
 from suite.report import aggregate, extra, figures, groups, load, render
 from suite.report.load import ReportError
-from suite.spec import ConfusionFigure, CurvesFigure, ReportSpec, ScatterFigure, Study, VersusFigure
+from suite.spec import (
+    ConfusionFigure,
+    CurvesFigure,
+    ReportSpec,
+    ScatterFigure,
+    Study,
+    VersusFigure,
+    short_value,
+)
 from suite.tracking import ACTIVATIONS_ARTIFACT, CONFUSION_ARTIFACT, Tracker
 
 __all__ = ["ReportError", "ReportPaths", "write_report"]
@@ -327,18 +335,10 @@ def _settings(spec: Study | None, cells: list[aggregate.CellRow]) -> dict[str, d
         return {}
     points = {c.name: c.grid_point for c in spec.cells}
     return {
-        row.cell_hash: {k: _short(v) for k, v in points[row.name].items()}
+        row.cell_hash: {k: short_value(v) for k, v in points[row.name].items()}
         for row in cells
         if row.name in points
     }
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, dict):
-        return ",".join(f"{k}={_short(v)}" for k, v in value.items())
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "all" if value is None else str(value)
 
 
 def _metric_text(metric: str) -> str:
