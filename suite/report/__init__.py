@@ -112,7 +112,7 @@ def write_report(
     # settings of every cell with runs, a finished run's first (a failed run may lack n_train)
     known = pd.concat([used, runs.runs], ignore_index=True)
     shown = _study_figures(
-        folder, settings, tracker, used, known, table, curves, spec, study, failures
+        folder, settings, tracker, used, known, table, histories, spec, study, failures
     )
     # per-cell views: every cell, or the best `report.top` of the table
     view_cells = table[: settings.top] if settings.top else cells
@@ -216,7 +216,7 @@ def _study_figures(
     used: pd.DataFrame,
     known: pd.DataFrame,
     table: list[aggregate.CellRow],
-    curves: pd.DataFrame,
+    histories: pd.DataFrame,
     spec: Study | None,
     study: str,
     failures: dict[str, str],
@@ -232,6 +232,7 @@ def _study_figures(
         }
         name = f"figure{index}-{fig.kind}"
         if isinstance(fig, CurvesFigure):
+            curves = aggregate.curves(extra.smoothed(histories, fig.metric, fig.smooth))
             png = extra.curves_by(fig, curves, values, table, study, failures)
             caption = (
                 f"{extra.metric_label(fig.metric).capitalize()} per cell: colour by {fig.hue}"

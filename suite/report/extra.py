@@ -98,7 +98,14 @@ def curves_by(
     with _style():
         figure = Figure(figsize=size, layout="constrained")
         FigureCanvasAgg(figure)
-        axes = figure.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
+        # panels of different lengths (20 vs 200 epochs) each get their own x range
+        ends = {
+            values[spec.facet].get(h) if spec.facet else None: int(g["epoch"].max())
+            for h, g in mine.groupby("cell_hash")
+            if h in values[spec.hue]
+        }
+        share_x = len(set(ends.values())) <= 1
+        axes = figure.subplots(nrows, ncols, sharex=share_x, sharey=True, squeeze=False)
         notes: dict[int, list[str]] = {}
         for cell in shown:
             facet = values[spec.facet].get(cell.cell_hash) if spec.facet else None
@@ -111,11 +118,7 @@ def curves_by(
             line = mine[mine["cell_hash"] == cell.cell_hash].sort_values("epoch")
             if line.empty:
                 continue
-            smooth = (
-                line[["mean", "low", "high"]]
-                .rolling(spec.smooth, center=True, min_periods=1)
-                .mean()
-            )
+            smooth = line[["mean", "low", "high"]]  # each run smoothed before (`smoothed`)
             colour = colours[values[spec.hue].get(cell.cell_hash)]
             style = dashes[values[spec.style].get(cell.cell_hash)] if spec.style else "-"
             ax.plot(line["epoch"], smooth["mean"], color=colour, linestyle=style, lw=1.6)
@@ -171,10 +174,22 @@ def curves_by(
             ]
         handles.append(Patch(color="0.25", alpha=BAND_ALPHA, label=BAND_LABEL))
         title = spec.title or f"{metric_label(spec.metric)} by {spec.hue}"
-        smoothing = f", smoothed over {spec.smooth} points" if spec.smooth > 1 else ""
-        figure.suptitle(f"{study}: {title} (mean over seeds{smoothing})", fontsize="large")
+        figure.suptitle(f"{study}: {title}", fontsize="large")
         _legend(figure, handles)
         return _png(figure)
+
+
+def smoothed(histories: pd.DataFrame, metric: str, window: int) -> pd.DataFrame:
+    """`metric`'s points with each run's series smoothed by a centred moving average of
+    `window` points, so the band over seeds is the spread of the smoothed curves (not of
+    single noisy minibatches)."""
+    mine = histories[histories["metric"] == metric].sort_values(["run_id", "epoch"])
+    if window <= 1 or mine.empty:
+        return mine
+    rolled = mine.groupby("run_id")["value"].transform(
+        lambda v: v.rolling(window, center=True, min_periods=1).mean()
+    )
+    return mine.assign(value=rolled)
 
 
 def versus(
