@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from suite import tracking
 from suite.metrics import EPOCH_METRICS, FINAL_METRICS
@@ -77,6 +78,10 @@ def test_every_run_logged_with_its_config_and_history(
         assert np.trace(matrix) / matrix.sum() == pytest.approx(
             run.data.metrics["final_test_accuracy"], abs=1e-6
         )
+        # and the same matrix as a picture: a PNG of the expected size
+        picture = Path(client.download_artifacts(run.info.run_id, "confusion_matrix.png"))
+        with Image.open(picture) as image:
+            assert image.format == "PNG" and min(image.size) > 300
     # artifacts of the default-style sqlite store live beside the database
     assert (Path(tracker.uri[len("sqlite:///") :]).parent / "mlartifacts").is_dir()
 
