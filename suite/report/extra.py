@@ -20,7 +20,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import NullFormatter, NullLocator
 
 from suite.metrics import STEP_METRICS
 from suite.report import groups
@@ -247,6 +247,10 @@ def versus(
                     )
             if log:
                 ax.set_xscale("log")
+            if numeric and len(categories) <= 8:  # few values: tick each one, labelled
+                ax.set_xticks(categories, [groups.text(v) for v in categories], minor=False)
+                ax.xaxis.set_minor_locator(NullLocator())
+                ax.tick_params(axis="x", labelrotation=30)
             if not numeric:
                 ax.set_xticks(range(len(categories)), [groups.text(v) for v in categories])
                 ax.tick_params(axis="x", labelrotation=30)
@@ -310,12 +314,16 @@ def scatter(
             linewidths=1.6,
             zorder=5,
         )
+        # the label points into the axes, away from the edge the best run sits near
+        right = float(best["x"]) >= float(points["x"].astype(float).median())
         ax.annotate(
             f"best: {best['cell']} ({metric_label(spec.color)} {best[spec.color]:.3f})",
             (best["x"], best["y"]),
-            xytext=(8, 8),
+            xytext=(-10 if right else 10, 10),
             textcoords="offset points",
+            ha="right" if right else "left",
             fontsize="small",
+            bbox={"boxstyle": "round", "fc": "white", "ec": "0.7", "alpha": 0.9},
         )
         if spec.log_x:
             ax.set_xscale("log")
