@@ -10,11 +10,13 @@
 then logs the folder as the `report/` artifacts of the study's report run, so the MLflow UI
 offers it beside the runs.
 
-Sections: the headline table (95% intervals over seeds, best cell first), versus baseline
-(Welch differences and one sentence per cell), learning curves, the final gap chart, the
+Sections: the headline table (95% intervals over seeds, best cell first by `report.sort`),
+versus baseline (Welch differences and one sentence per cell), the study's own figures
+(`report.figures`: curves grouped by settings, final metrics against a setting, a search's
+scatter, activation histograms, confusion matrices), learning curves, the final gap chart, the
 reference check, failed runs, every run linked to the UI, provenance. The stages are separate
-modules: `load` (MLflow -> DataFrames), `aggregate` (every derived number), `figures` (PNG
-bytes), `render` (jinja2 templates in `templates/`).
+modules: `load` (MLflow -> DataFrames), `aggregate` (every derived number), `groups` (cells by
+setting), `figures` and `extra` (PNG bytes), `render` (jinja2 templates in `templates/`).
 """
 
 from __future__ import annotations
