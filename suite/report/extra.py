@@ -227,8 +227,14 @@ def versus(
                     x = np.array([categories.index(xs[c.cell_hash]) + dodge for c in mine])
                 stats = [c.stats[metric] for c in mine]
                 mean = np.array([s.mean for s in stats])
-                low = np.array([s.mean - s.low if not math.isnan(s.low) else 0 for s in stats])
-                high = np.array([s.high - s.mean if not math.isnan(s.high) else 0 for s in stats])
+                # an accuracy's interval past 0 or 1 is an artefact of few seeds: clip it
+                lo, hi = (0.0, 1.0) if "accuracy" in metric else (-math.inf, math.inf)
+                low = np.array(
+                    [s.mean - max(s.low, lo) if not math.isnan(s.low) else 0 for s in stats]
+                )
+                high = np.array(
+                    [min(s.high, hi) - s.mean if not math.isnan(s.high) else 0 for s in stats]
+                )
                 ax.errorbar(
                     x,
                     mean,
@@ -250,7 +256,7 @@ def versus(
             if numeric and len(categories) <= 8:  # few values: tick each one, labelled
                 ax.set_xticks(categories, [groups.text(v) for v in categories], minor=False)
                 ax.xaxis.set_minor_locator(NullLocator())
-                ax.tick_params(axis="x", labelrotation=30)
+                ax.tick_params(axis="x", labelrotation=45, labelsize="small")
             if not numeric:
                 ax.set_xticks(range(len(categories)), [groups.text(v) for v in categories])
                 ax.tick_params(axis="x", labelrotation=30)
