@@ -361,15 +361,18 @@ class Distribution(Strict):
         if self.choice is not None:
             return copy.deepcopy(self.choice[int(rng.integers(len(self.choice)))])
         if self.log_uniform is not None:
-            lo, hi = (math.log10(b) for b in self.log_uniform)
-            return _round(10 ** rng.uniform(lo, hi))
+            lo, hi = self.log_uniform
+            return _round(10 ** rng.uniform(math.log10(lo), math.log10(hi)), lo, hi)
         assert self.uniform is not None
-        return _round(rng.uniform(*self.uniform))
+        lo, hi = self.uniform
+        return _round(rng.uniform(lo, hi), lo, hi)
 
 
-def _round(value: float) -> float:
-    """Four significant digits: readable params and names, and far finer than a search needs."""
-    return float(f"{value:.4g}")
+def _round(value: float, lo: float, hi: float) -> float:
+    """Four significant digits (readable params and names, far finer than a search needs),
+    unless rounding would leave [lo, hi): a draw stays inside its range."""
+    rounded = float(f"{value:.4g}")
+    return rounded if lo <= rounded < hi else value
 
 
 class SearchSpec(Strict):
@@ -574,6 +577,13 @@ def build_study(
     cells: list[Cell] = []
     grid_points = _product(top.grid)
     trials: list[dict[str, Any] | None] = list(top.search.points()) if top.search else [None]
+    searched = set(top.search.space) if top.search else set()
+    for key in overrides:
+        if key in searched:
+            raise SpecError(
+                f"{where}: --set {key}: the search draws this setting; remove it from "
+                "search.space or from --set"
+            )
     implicit = "variants" not in raw  # a search without variants names its cells trial_NNN
     for variant, patch in top.variants.items():
         patch = dict(patch or {})
@@ -610,6 +620,11 @@ def build_study(
             )
     seen: dict[str, str] = {}
     for cell in cells:
+        if cell.hash in seen and searched:
+            raise SpecError(
+                f"{where}: search: {cell.name} repeats {seen[cell.hash]}; the space has fewer "
+                "distinct points than trials (lower search.trials or widen search.space)"
+            )
         if cell.hash in seen:
             raise SpecError(
                 f"{where}: cells {seen[cell.hash]} and {cell.name} resolve to the same "
@@ -688,6 +703,8 @@ def _variant_grid(grid: Any, where: str, variant: str) -> list[dict[str, Any]]:
     if not isinstance(grid, dict) or not grid:
         raise SpecError(f"{where}: {label}: expected a mapping of dotted keys to value lists")
     for key, values in grid.items():
+        if not isinstance(key, str) or not key:
+            raise SpecError(f"{where}: {label}: {key!r} is not a dotted setting like model.dropout")
         if not isinstance(values, list) or not values:
             raise SpecError(f"{where}: {label}.{key}: expected a non-empty list of values")
     return _product(grid)

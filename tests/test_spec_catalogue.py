@@ -192,3 +192,39 @@ def test_section_keys_group_the_settings_below_them(write_study: Callable[..., P
         )
     )
     assert len(study.cells) == 2
+
+
+def test_search_errors_that_name_the_cause(write_study: Callable[..., Path]) -> None:
+    text = "name: s\nbase: {model: {hidden: [8]}, data: {train_size: 40}}\nsearch:\n"
+    few = write_study(
+        text + "  trials: 5\n  space:\n    model.activation: {choice: [relu, tanh]}\n"
+    )
+    with pytest.raises(SpecError, match="fewer distinct points than trials"):
+        load_study(few)
+    searched = write_study(
+        text + "  trials: 3\n  space:\n    model.weight_decay: {uniform: [0.0, 0.1]}\n"
+    )
+    with pytest.raises(SpecError, match=r"--set model.weight_decay: the search draws"):
+        load_study(searched, {"model.weight_decay": 0.1})
+
+
+def test_rounded_draws_stay_inside_an_open_range() -> None:
+    from suite.spec import Distribution
+
+    class Draw:
+        """A generator whose uniform draw is fixed: 0.99996 rounds to 1.0 at 4 digits."""
+
+        def uniform(self, low: float, high: float) -> float:
+            return 0.99996
+
+    # dropout must stay below 1: the rounded 1.0 would fail validation, the raw draw stays
+    assert Distribution(uniform=[0.9, 1.0]).sample(Draw()) == 0.99996
+    assert Distribution(uniform=[0.0, 2.0]).sample(Draw()) == 1.0  # inside: rounded
+
+
+def test_a_variant_grid_key_must_be_a_setting(write_study: Callable[..., Path]) -> None:
+    path = write_study(
+        "name: v\nbase: {data: {train_size: 40}}\nvariants:\n  a: {grid: {1: [1]}}\n"
+    )
+    with pytest.raises(SpecError, match=r"variants\.a\.grid: 1 is not a dotted setting"):
+        load_study(path)

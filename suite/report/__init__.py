@@ -35,6 +35,7 @@ from suite.metrics import STEP_METRICS
 from suite.report import aggregate, extra, figures, groups, load, render
 from suite.report.load import ReportError
 from suite.spec import (
+    ActivationsFigure,
     ConfusionFigure,
     CurvesFigure,
     ReportSpec,
@@ -90,12 +91,18 @@ def write_report(
     cells = aggregate.cell_rows(runs.runs, spec)
     used = aggregate.finished_runs(runs.runs)
     table = aggregate.ranked(cells, settings.sort)
+    sort_missing = not any(settings.sort in c.stats for c in cells)
     views = [figures.VIEWS[name] for name in settings.metrics]
     custom = [f for f in settings.figures if isinstance(f, CurvesFigure)]
     wanted = [m for view in views for m in view.lines] + [f.metric for f in custom]
     histories = _histories(tracker, used, wanted)
     curves = aggregate.curves(histories)
     notes = _notes(cells, used, histories, views, spec)
+    if sort_missing:
+        notes.append(
+            f"No cell has {_metric_text(settings.sort)} (report.sort): the table keeps the "
+            "study's order."
+        )
 
     baseline = aggregate.baseline_cell(cells, spec) if settings.versus_baseline else None
     variants = {c.hash: c.variant for c in spec.cells} if spec is not None else {}
@@ -114,7 +121,7 @@ def write_report(
     # settings of every cell with runs, a finished run's first (a failed run may lack n_train)
     known = pd.concat([used, runs.runs], ignore_index=True)
     shown = _study_figures(
-        folder, settings, tracker, used, known, table, histories, spec, study, failures
+        folder, settings, tracker, used, known, table, histories, spec, study, failures, notes
     )
     # per-cell views: every cell, or the best `report.top` of the table
     view_cells = table[: settings.top] if settings.top else cells
@@ -222,8 +229,10 @@ def _study_figures(
     spec: Study | None,
     study: str,
     failures: dict[str, str],
+    notes: list[str],
 ) -> list[render.Figure]:
-    """The figures the study's `report.figures` asks for, in its order."""
+    """The figures the study's `report.figures` asks for, in its order; a figure with nothing
+    to draw (no run logged what it needs) gets a note instead."""
     out: list[render.Figure] = []
     for index, fig in enumerate(settings.figures, 1):
         keys = [
@@ -285,9 +294,14 @@ def _study_figures(
                 )
                 for stage in extra.STAGES
             ]
-        for file, png, alt, caption in pngs:
-            if png is not None:
-                out.append(_figure(folder, f"{file}.png", png, alt, caption, "study"))
+        drawn = [(f, png, alt, cap) for f, png, alt, cap in pngs if png is not None]
+        for file, png, alt, caption in drawn:
+            out.append(_figure(folder, f"{file}.png", png, alt, caption, "study"))
+        if not drawn:
+            notes.append(
+                f"Study figure {index} ({fig.kind}) has nothing to draw: no finished run logged "
+                f"what it needs ({_needs(fig)})."
+            )
     return out
 
 
@@ -300,6 +314,20 @@ def _failure_notes(runs: pd.DataFrame, cells: list[aggregate.CellRow]) -> dict[s
         if row.failed and len(reasons):
             out[row.cell_hash] = str(reasons.iloc[0]).split(":")[0][:40]
     return out
+
+
+def _needs(fig: Any) -> str:
+    if isinstance(fig, CurvesFigure):
+        return f"per-epoch {fig.metric}" + (
+            "; set train.log_batch_loss" if fig.metric in STEP_METRICS else ""
+        )
+    if isinstance(fig, ActivationsFigure):
+        return "activations.json; set train.log_activations"
+    if isinstance(fig, ConfusionFigure):
+        return "confusion_matrix.json"
+    if isinstance(fig, ScatterFigure):
+        return f"{fig.color} and numeric {fig.x} and {fig.y}"
+    return f"{', '.join(fig.y)} against {fig.x}"
 
 
 def _confusions(tracker: Tracker, used: pd.DataFrame) -> dict[str, np.ndarray]:

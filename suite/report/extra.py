@@ -24,7 +24,7 @@ from matplotlib.ticker import NullFormatter, NullLocator
 
 from suite.metrics import STEP_METRICS
 from suite.report import groups
-from suite.report.aggregate import CellRow
+from suite.report.aggregate import LOWER_IS_BETTER, CellRow
 from suite.report.figures import BAND_ALPHA, BAND_LABEL, _legend, _png, _style
 from suite.spec import ConfusionFigure, CurvesFigure, ScatterFigure, VersusFigure
 
@@ -277,6 +277,11 @@ def versus(
                 [], [], color="0.3", marker="|", ls="none", ms=10, label="95% interval over seeds"
             )
         )
+        lost = [c.label for c in cells if c.failed and not c.done]
+        if lost:  # say which cells are missing, not just leave their points out
+            text = "no finished run, not drawn:\n" + "\n".join(lost[:8])
+            text += f"\n... and {len(lost) - 8} more" if len(lost) > 8 else ""
+            handles.append(Patch(color="none", label=text))
         title = spec.title or f"final metrics against {spec.x}"
         figure.suptitle(f"{study}: {title}", fontsize="large")
         _legend(figure, handles)
@@ -309,7 +314,8 @@ def scatter(
             edgecolors="0.2",
             linewidths=0.4,
         )
-        best = points.loc[colour.idxmax()]
+        lower = spec.color in LOWER_IS_BETTER or spec.color.endswith(("_loss", "_seconds"))
+        best = points.loc[colour.idxmin() if lower else colour.idxmax()]
         ax.scatter(
             [best["x"]],
             [best["y"]],
@@ -448,7 +454,7 @@ def _colours(n: int) -> list[Any]:
 
 
 def _axis_label(key: str) -> str:
-    return {"n_train": "training images", "grid": "strength (the cell's grid value)"}.get(key, key)
+    return {"n_train": "training images", "grid": "the cell's own grid value"}.get(key, key)
 
 
 def _is_number(value: Any) -> bool:

@@ -69,7 +69,7 @@ def label(key: str, value: Any) -> str:
 
 def text(value: Any) -> str:
     if value is None:
-        return "none"
+        return "all"  # a null setting is its default: the whole pool, every image
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
