@@ -5,7 +5,7 @@ the whole training subset, the whole test set (and the validation split, if any)
 mode. The host sees the model once per epoch, for a handful of scalars, instead of Keras'
 per-batch callbacks and per-epoch `evaluate()` machinery.
 
-An epoch is `ceil(train_size / batch_size)` updates. With `sampling: with_replacement` each
+An epoch is `ceil(train_size / batch_size)` updates, or `train.steps_per_epoch` of them. With `sampling: with_replacement` each
 update draws `batch_size` indices with replacement (the textbook's `np.random.choice`); with
 `shuffle` an epoch is one pass over a fresh permutation (Keras' `fit`). The index sequence is
 drawn up front from `numpy.random.default_rng(seed)`, so the same spec and seed give the same
@@ -65,7 +65,8 @@ class History:
     confusion: np.ndarray | None = None
     # every update's minibatch data loss, in order (`train.log_batch_loss`)
     batch_loss: list[float] = field(default_factory=list)
-    # per-layer activation histograms (`train.log_activations`; see `activation_report`)
+    # per-layer activation histograms (`train.log_activations`): the textbook's probe and the
+    # network's hidden layers before and after training (see `layer_histograms`)
     activations: dict[str, Any] | None = None
 
     @property
