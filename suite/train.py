@@ -5,9 +5,10 @@ the whole training subset, the whole test set (and the validation split, if any)
 mode. The host sees the model once per epoch, for a handful of scalars, instead of Keras'
 per-batch callbacks and per-epoch `evaluate()` machinery.
 
-An epoch is `ceil(train_size / batch_size)` updates, or `train.steps_per_epoch` of them. With `sampling: with_replacement` each
-update draws `batch_size` indices with replacement (the textbook's `np.random.choice`); with
-`shuffle` an epoch is one pass over a fresh permutation (Keras' `fit`). The index sequence is
+An epoch is `ceil(train_size / batch_size)` updates, or `train.steps_per_epoch` of them. With
+`sampling: with_replacement` each update draws `batch_size` indices with replacement (the
+textbook's `np.random.choice`); with `shuffle` an epoch is one pass over a fresh permutation
+(Keras' `fit`), or with `steps_per_epoch` its share of a stream of such passes. The index sequence is
 drawn up front from `numpy.random.default_rng(seed)`, so the same spec and seed give the same
 batches, and, on the same machine, the same history.
 """
