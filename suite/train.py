@@ -8,9 +8,9 @@ per-batch callbacks and per-epoch `evaluate()` machinery.
 An epoch is `ceil(train_size / batch_size)` updates, or `train.steps_per_epoch` of them. With
 `sampling: with_replacement` each update draws `batch_size` indices with replacement (the
 textbook's `np.random.choice`); with `shuffle` an epoch is one pass over a fresh permutation
-(Keras' `fit`), or with `steps_per_epoch` its share of a stream of such passes. The index sequence is
-drawn up front from `numpy.random.default_rng(seed)`, so the same spec and seed give the same
-batches, and, on the same machine, the same history.
+(Keras' `fit`), or with `steps_per_epoch` its share of a stream of such passes. The index
+sequence is drawn up front from `numpy.random.default_rng(seed)`, so the same spec and seed give
+the same batches, and, on the same machine, the same history.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from suite.models import (
     build_model,
     histogram,
 )
-from suite.spec import OptimizerSpec, RunConfig, describe_init
+from suite.spec import OptimizerSpec, RunConfig, describe_init, steps_per_epoch
 
 __all__ = ["EPOCH_METRICS", "FINAL_METRICS", "VAL_METRICS", "Diverged", "History", "train"]
 
@@ -158,11 +158,6 @@ def batch_order(
     passes = math.ceil(epochs * per_epoch / n)
     stream = np.concatenate([rng.permutation(n).astype(np.int32) for _ in range(passes)])
     return stream[: epochs * per_epoch].reshape(epochs, per_epoch)
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Updates per epoch: the textbook's max(n / batch, 1), rounded up for uneven sizes."""
-    return max(math.ceil(n / batch_size), 1)
 
 
 def train(

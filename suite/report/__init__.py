@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from suite.metrics import STEP_METRICS
 from suite.report import aggregate, extra, figures, groups, load, render
 from suite.report.load import ReportError
 from suite.spec import (
+    GROUP_FIELDS,
     ActivationsFigure,
     ConfusionFigure,
     CurvesFigure,
@@ -43,6 +43,7 @@ from suite.spec import (
     Study,
     VersusFigure,
     short_value,
+    steps_per_epoch,
 )
 from suite.tracking import ACTIVATIONS_ARTIFACT, CONFUSION_ARTIFACT, Tracker
 
@@ -96,11 +97,12 @@ def write_report(
     custom = [f for f in settings.figures if isinstance(f, CurvesFigure)]
     wanted = [m for view in views for m in view.lines] + [f.metric for f in custom]
     histories = _histories(tracker, used, wanted)
-    curves = aggregate.curves(histories)
+    drawn = [m for view in views for m in view.lines]
+    curves = aggregate.curves(histories[histories["metric"].isin(drawn)])
     notes = _notes(cells, used, histories, views, spec)
     if sort_missing:
         notes.append(
-            f"No cell has {_metric_text(settings.sort)} (report.sort): the table keeps the "
+            f"No cell has {extra.metric_label(settings.sort)} (report.sort): the table keeps the "
             "study's order."
         )
 
@@ -128,7 +130,7 @@ def write_report(
     if settings.top and len(cells) > settings.top:
         notes.append(
             f"Per-cell curves show the best {settings.top} of {len(cells)} cells by "
-            f"{_metric_text(settings.sort)}."
+            f"{extra.metric_label(settings.sort)}."
         )
     for view in views:
         png = figures.curves_figure(view, curves, view_cells, colours, study, settings.columns)
@@ -175,7 +177,7 @@ def write_report(
             f"{ui}/#/experiments/{runs.experiment_id}/runs/{run_id}" if run_id else None
         ),
         sort=settings.sort,
-        sort_label=_metric_text(settings.sort),
+        sort_label=extra.metric_label(settings.sort),
         best_sorted=(
             aggregate.best(cells, settings.sort, lowest=settings.sort in aggregate.LOWER_IS_BETTER)
             if settings.sort not in ("final_test_accuracy", "final_gap")
@@ -213,7 +215,7 @@ def _updates(used: pd.DataFrame) -> int:
         steps = params.get("train.steps_per_epoch", "null")
         if steps in ("null", "None", None):
             batch = int(params.get("train.batch_size", 100))
-            steps = math.ceil(int(n_train or batch) / batch)
+            steps = steps_per_epoch(int(n_train or batch), batch)
         most = max(most, epochs * int(steps))
     return most
 
@@ -235,9 +237,7 @@ def _study_figures(
     to draw (no run logged what it needs) gets a note instead."""
     out: list[render.Figure] = []
     for index, fig in enumerate(settings.figures, 1):
-        keys = [
-            k for k in ("hue", "style", "facet", "x", "y") if isinstance(getattr(fig, k, None), str)
-        ]
+        keys = [k for k in GROUP_FIELDS if isinstance(getattr(fig, k, None), str)]
         values = {
             getattr(fig, k): groups.cell_values(known, table, getattr(fig, k), spec) for k in keys
         }
@@ -370,10 +370,6 @@ def _settings(spec: Study | None, cells: list[aggregate.CellRow]) -> dict[str, d
         for row in cells
         if row.name in points
     }
-
-
-def _metric_text(metric: str) -> str:
-    return extra.metric_label(metric)
 
 
 def _figure(

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from suite.report.aggregate import CellRow
-from suite.spec import Study
+from suite.spec import Study, short_value
 
 
 def cell_values(
@@ -68,11 +68,8 @@ def label(key: str, value: Any) -> str:
 
 
 def text(value: Any) -> str:
-    if value is None:
-        return "all"  # a null setting is its default: the whole pool, every image
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
+    """A value as cell names and the table write it (`all` for null)."""
+    return short_value(value)
 
 
 def _setting(params: dict[str, str], key: str) -> Any:
