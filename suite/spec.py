@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from suite.metrics import CURVE_METRICS, REFERENCE_METRICS, RUN_METRICS
 
@@ -175,6 +183,12 @@ class OptimizerSpec(Strict):
         return self
 
 
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Updates per epoch when `train.steps_per_epoch` is unset: the textbook's
+    max(n / batch, 1), rounded up for uneven sizes."""
+    return max(math.ceil(n / batch_size), 1)
+
+
 class TrainSpec(Strict):
     """How a run trains: optimizer, minibatches, length."""
 
@@ -251,10 +265,21 @@ SortMetric = Literal[
     "final_gap",
     "test_f1_macro",
 ]
-# a figure's grouping keys: `cell`, `variant`, or a dotted setting such as `model.init`
-# (`n_train` is the images a run trained on, `grid` the cell's own grid value)
-GroupKey = Annotated[str, Field(pattern=r"^(cell|variant|grid|n_train|[a-z_0-9]+(\.[a-z_0-9]+)+)$")]
+# a figure's grouping keys: `cell`, `variant`, `n_train` (the images a run trained on), `grid`
+# (the cell's own grid value) or a dotted setting such as `model.init`
 GROUP_NAMES = ("cell", "variant", "grid", "n_train")
+GROUP_FIELDS = ("hue", "style", "facet", "x", "y")  # the figure fields that hold one
+
+
+def _group_key(value: str) -> str:
+    if value in GROUP_NAMES or re.fullmatch(r"[a-z_0-9]+(\.[a-z_0-9]+)+", value):
+        return value
+    raise ValueError(
+        f"expected cell, variant, grid, n_train or a dotted setting like model.init, got {value!r}"
+    )
+
+
+GroupKey = Annotated[str, AfterValidator(_group_key)]
 
 
 def _default_views() -> list[ReportView]:
@@ -315,6 +340,7 @@ class ConfusionFigure(Strict):
     top: PositiveInt | None = None  # the best N cells by `report.sort`; None: every cell
 
 
+FIGURE_KINDS = ("curves", "versus", "scatter", "activations", "confusion")
 FigureSpec = Annotated[
     CurvesFigure | VersusFigure | ScatterFigure | ActivationsFigure | ConfusionFigure,
     Field(discriminator="kind"),
@@ -680,7 +706,7 @@ def _check_figures(report: ReportSpec, cells: list[Cell], where: str) -> None:
                 raise SpecError(
                     f"{label}.{key}: unknown metric {metric!r}{_did_you_mean(metric, known)}"
                 )
-        for key in ("hue", "style", "facet", "x", "y"):
+        for key in GROUP_FIELDS:
             value = getattr(figure, key, None)
             if not isinstance(value, str) or value in GROUP_NAMES:
                 continue
@@ -778,6 +804,10 @@ def _validate(model: type[Any], raw: Any, where: str, origin: str | dict[str, st
     except ValidationError as err:
         first = err.errors()[0]
         loc = [str(p) for p in first["loc"] if not _is_union_tag(p)]
+        # a figure's kind is the union's tag: `report.figures.0.hue`, not `figures.0.curves.hue`
+        loc = [
+            p for i, p in enumerate(loc) if not (i and loc[i - 1].isdigit() and p in FIGURE_KINDS)
+        ]
         dotted = ".".join(loc)
         if isinstance(origin, str):
             prefix = origin

@@ -167,6 +167,10 @@ def test_plain_grid_without_variants_names_cells_by_their_values(
             r"\.color: unknown metric",
         ),
         ("{kind: histogram}", r"report.figures.0"),
+        (
+            "{kind: curves, metric: gap, hue: Model Init}",
+            r"report.figures.0.hue: expected cell, variant, grid, n_train or a dotted setting",
+        ),
     ],
 )
 def test_bad_report_figures_are_one_line(
