@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: STUDY=$(STUDY) (run, report)  ARGS='...' (extra options for overfit run)"
+	@echo "  variables: STUDY=$(STUDY) (run, report)  ARGS='...' (extra options for overfit run; its --set ones reach the report too)"
 	@echo "  another store: MLFLOW_TRACKING_URI=... make run (reaches run, report and ui alike)"
 
 setup: $(STAMP) ## Create .venv and install the suite with its dev tools (quick when up to date)
