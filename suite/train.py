@@ -1,9 +1,16 @@
 """The compiled training loop: one run -> a per-epoch history. Knows nothing of MLflow.
 
-One `tf.function` call does a whole epoch: its minibatch updates, then the loss and accuracy of
-the whole training subset, the whole test set (and the validation split, if any) in inference
-mode. The host sees the model once per epoch, for a handful of scalars, instead of Keras'
-per-batch callbacks and per-epoch `evaluate()` machinery.
+One `tf.function` call runs `EPOCHS_PER_CALL` epochs: each epoch's minibatch updates, then one
+inference-mode pass over the training subset, the test set and the validation split together
+(one batch of rows, so one matmul per layer), reduced to the epoch's losses and accuracies. The
+host reads the model's metrics once per call, instead of Keras' per-batch callbacks and
+per-epoch `evaluate()` machinery. The evaluation is most of a run's arithmetic: this loop runs
+close to the machine's matmul speed (`make bench` measures how close).
+
+The compiled program (model, optimizer, traced function) is kept per process and reused by
+every later run of the same shape, reset to that run's initial weights, optimizer state,
+learning rate and penalty coefficients (see `_Program`); a history does not depend on which
+runs a process trained before it.
 
 An epoch is `ceil(train_size / batch_size)` updates, or `train.steps_per_epoch` of them. With
 `sampling: with_replacement` each update draws `batch_size` indices with replacement (the
@@ -20,6 +27,7 @@ import suite._tf  # noqa: F401  (quiet TensorFlow start-up, before keras)
 # isort: split
 
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -39,7 +47,7 @@ from suite.models import (
     build_model,
     histogram,
 )
-from suite.spec import OptimizerSpec, RunConfig, describe_init, steps_per_epoch
+from suite.spec import ModelSpec, OptimizerSpec, RunConfig, describe_init, steps_per_epoch
 
 __all__ = ["EPOCH_METRICS", "FINAL_METRICS", "VAL_METRICS", "Diverged", "History", "train"]
 
@@ -160,6 +168,9 @@ def batch_order(
     return stream[: epochs * per_epoch].reshape(epochs, per_epoch)
 
 
+EPOCHS_PER_CALL = 10  # epochs one compiled call runs before the host reads their metrics
+
+
 def train(
     config: RunConfig, split: Split, seed: int, on_epoch: EpochCallback | None = None
 ) -> History:
@@ -169,92 +180,57 @@ def train(
         config: the resolved run configuration.
         split: the run's data (see `suite.data.make_split`).
         seed: seeds the weights, dropout masks and minibatch draws.
-        on_epoch: called after every epoch with (epoch starting at 1, that epoch's metrics).
+        on_epoch: called after every epoch with (epoch starting at 1, that epoch's metrics),
+            in bursts of up to `EPOCHS_PER_CALL` epochs.
 
     Raises:
         Diverged: a loss or accuracy became NaN or infinite; carries the history so far.
     """
-    keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     spec = config.train
-    model = build_model(config.model, seed=seed, input_dim=split.x_train.shape[1])
-    optimizer = make_optimizer(spec.optimizer)
-    optimizer.build(model.trainable_variables)
-    loss_fn = make_loss(spec.loss)
+    parts = {"train": split.y_train, "test": split.y_test}
+    if split.x_val is not None and split.y_val is not None:
+        parts["val"] = split.y_val
+    sizes = {name: len(labels) for name, labels in parts.items()}
+    program = _program(config, sizes, split.x_train.shape[1])
+    program.reset(config, seed)
+    model = program.model
 
-    x_train, y_train = tf.constant(split.x_train), tf.constant(split.y_train)
-    x_test, y_test = tf.constant(split.x_test), tf.constant(split.y_test)
-    has_val = split.x_val is not None
-    x_val = tf.constant(split.x_val) if has_val else None
-    y_val = tf.constant(split.y_val) if has_val else None
-    n = len(split.y_train)
-    batch = spec.batch_size
-    steps = spec.steps_per_epoch or steps_per_epoch(n, batch)
-    log_batch = spec.log_batch_loss
+    # one evaluation batch: the training subset first (minibatches gather from it), then the
+    # test set and the validation split
+    x_eval = np.concatenate(
+        [split.x_train, split.x_test, *([split.x_val] if "val" in parts else [])]
+    )
+    y_eval = np.concatenate(list(parts.values())).astype(np.int32)
+    x_eval_t, y_eval_t = tf.constant(x_eval), tf.constant(y_eval)
+    n = sizes["train"]
     probe_x = split.x_test[:PROBE_IMAGES]
     at_init = (
         layer_histograms(model, probe_x, config.model.activation) if spec.log_activations else None
     )
-    kernels = [layer.kernel for layer in model.layers if isinstance(layer, keras.layers.Dense)]
-
-    def evaluate(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        logits = model(x, training=False)
-        accuracy = tf.reduce_mean(
-            tf.cast(tf.argmax(logits, axis=1, output_type=tf.int32) == y, tf.float32)
-        )
-        return loss_fn(y, logits), accuracy
-
-    def penalty() -> tf.Tensor:
-        return tf.add_n(model.losses) if model.losses else tf.constant(0.0)
-
-    @tf.function(reduce_retracing=True)
-    def run_epoch(order: tf.Tensor) -> dict[str, tf.Tensor]:
-        losses = tf.TensorArray(tf.float32, size=steps if log_batch else 0)
-        for step in tf.range(steps):
-            idx = order[step * batch : (step + 1) * batch]
-            xb, yb = tf.gather(x_train, idx), tf.gather(y_train, idx)
-            with tf.GradientTape() as tape:
-                logits = model(xb, training=True)
-                data_loss = loss_fn(yb, logits)
-                loss = data_loss + penalty()
-            grads = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply(grads, model.trainable_variables)
-            if log_batch:
-                losses = losses.write(step, data_loss)
-        train_loss, train_acc = evaluate(x_train, y_train)
-        test_loss, test_acc = evaluate(x_test, y_test)
-        out = {
-            "train_loss": train_loss,
-            "train_accuracy": train_acc,
-            "test_loss": test_loss,
-            "test_accuracy": test_acc,
-            "reg_loss": penalty(),
-            "weight_norm": tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(k)) for k in kernels])),
-        }
-        if has_val:
-            out["val_loss"], out["val_accuracy"] = evaluate(x_val, y_val)
-        if log_batch:
-            out["batch_loss"] = losses.stack()
-        return out
-
-    orders = batch_order(n, batch, spec.epochs, spec.sampling, seed, spec.steps_per_epoch)
+    orders = batch_order(n, spec.batch_size, spec.epochs, spec.sampling, seed, spec.steps_per_epoch)
     history = History()
     start = time.perf_counter()
-    for epoch in range(1, spec.epochs + 1):
-        result = run_epoch(tf.constant(orders[epoch - 1]))
-        if log_batch:
-            history.batch_loss.extend(result.pop("batch_loss").numpy().tolist())
-        values = {k: float(v) for k, v in result.items()}
-        values["gap"] = values["train_accuracy"] - values["test_accuracy"]
-        bad = [k for k, v in values.items() if not math.isfinite(v)]
-        if bad:
-            history.train_seconds = time.perf_counter() - start
-            raise Diverged(f"diverged at epoch {epoch}: {bad[0]} is {values[bad[0]]}", history)
-        history.append(values)
-        if on_epoch is not None:
-            on_epoch(epoch, values)
+    for first in range(0, spec.epochs, EPOCHS_PER_CALL):
+        chunk = orders[first : first + EPOCHS_PER_CALL]
+        result = {k: v.numpy() for k, v in program.run(chunk, x_eval_t, y_eval_t).items()}
+        if spec.log_batch_loss:
+            batch_losses = result.pop("batch_loss").reshape(-1).tolist()
+        for i in range(len(chunk)):
+            epoch = first + i + 1
+            values = {k: float(v[i]) for k, v in result.items()}
+            values["gap"] = values["train_accuracy"] - values["test_accuracy"]
+            bad = [k for k, v in values.items() if not math.isfinite(v)]
+            if bad:
+                history.train_seconds = time.perf_counter() - start
+                raise Diverged(f"diverged at epoch {epoch}: {bad[0]} is {values[bad[0]]}", history)
+            if spec.log_batch_loss:
+                history.batch_loss.extend(batch_losses[i * program.steps : (i + 1) * program.steps])
+            history.append(values)
+            if on_epoch is not None:
+                on_epoch(epoch, values)
     history.train_seconds = time.perf_counter() - start
-    predicted = np.argmax(model(x_test, training=False).numpy(), axis=1)
+    predicted = np.argmax(model(x_eval_t[n : n + sizes["test"]], training=False).numpy(), axis=1)
     history.confusion = confusion_matrix(split.y_test, predicted)
     if at_init is not None:
         activation = config.model.activation
@@ -269,6 +245,160 @@ def train(
             "probe_images": len(probe_x),
         }
     return history
+
+
+class _Program:
+    """A model, its optimizer and the compiled epochs that train and evaluate them.
+
+    Compiling (tracing the epoch function and optimising its graph) costs about as much as
+    20 epochs of the headline run, so a program is kept and reused by every run of the same
+    shape: `reset` gives it the initial weights and optimizer state a freshly built model and
+    optimizer for the run's spec and seed would have, and its learning rate and penalty
+    coefficients are variables, so runs that differ only in those (a search, a weight-decay
+    sweep, an initialisation grid) share one compiled program, with the results a fresh
+    model would give, to the bit.
+    """
+
+    def __init__(self, config: RunConfig, sizes: dict[str, int], input_dim: int) -> None:
+        spec = config.train
+        self.model = build_model(_shape_of(config.model), seed=0, input_dim=input_dim)
+        self.optimizer = make_optimizer(spec.optimizer)
+        self.optimizer.build(self.model.trainable_variables)
+        self.l1 = tf.Variable(0.0, trainable=False, name="l1")
+        self.l2 = tf.Variable(0.0, trainable=False, name="l2")
+        self.input_dim = input_dim
+        n = sizes["train"]
+        batch = spec.batch_size
+        self.steps = steps = spec.steps_per_epoch or steps_per_epoch(n, batch)
+        per_epoch = (
+            steps * batch if spec.sampling == "with_replacement" or spec.steps_per_epoch else n
+        )
+        log_batch = spec.log_batch_loss
+        loss_fn = make_loss(spec.loss)
+        model, optimizer = self.model, self.optimizer
+        kernels = [layer.kernel for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+        bounds, offset = {}, 0
+        for name, size in sizes.items():
+            bounds[name] = (offset, offset + size)
+            offset += size
+
+        def penalty() -> tf.Tensor:
+            # Keras' L1L2 regulariser, with variable coefficients: l1*sum|W| + l2*sum(W^2)
+            # per kernel, summed; a zero coefficient adds an exact zero
+            return tf.add_n(
+                [
+                    0.0 + self.l1 * tf.reduce_sum(tf.abs(k)) + self.l2 * tf.reduce_sum(tf.square(k))
+                    for k in kernels
+                ]
+            )
+
+        def epoch(
+            order: tf.Tensor, x: tf.Tensor, y: tf.Tensor
+        ) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+            losses = tf.TensorArray(tf.float32, size=steps, element_shape=[])
+            for step in tf.range(steps):
+                idx = order[step * batch : (step + 1) * batch]
+                xb, yb = tf.gather(x, idx), tf.gather(y, idx)
+                with tf.GradientTape() as tape:
+                    logits = model(xb, training=True)
+                    data_loss = loss_fn(yb, logits)
+                    loss = data_loss + penalty()
+                grads = tape.gradient(loss, model.trainable_variables)
+                optimizer.apply(grads, model.trainable_variables)
+                if log_batch:
+                    losses = losses.write(step, data_loss)
+            logits = model(x, training=False)
+            out = {}
+            for name, (lo, hi) in bounds.items():
+                part, labels = logits[lo:hi], y[lo:hi]
+                out[f"{name}_loss"] = loss_fn(labels, part)
+                hits = tf.argmax(part, axis=1, output_type=tf.int32) == labels
+                out[f"{name}_accuracy"] = tf.reduce_mean(tf.cast(hits, tf.float32))
+            out["reg_loss"] = penalty()
+            out["weight_norm"] = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(k)) for k in kernels]))
+            return out, losses.stack() if log_batch else tf.zeros([0])
+
+        names = [f"{p}_{m}" for p in sizes for m in ("loss", "accuracy")] + [
+            "reg_loss",
+            "weight_norm",
+        ]
+        eval_rows = sum(sizes.values())
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, per_epoch], tf.int32),
+                tf.TensorSpec([eval_rows, input_dim], tf.float32),
+                tf.TensorSpec([eval_rows], tf.int32),
+            ]
+        )
+        def run(orders: tf.Tensor, x: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
+            count = tf.shape(orders)[0]
+            arrays = {name: tf.TensorArray(tf.float32, size=count) for name in names}
+            batch_losses = tf.TensorArray(
+                tf.float32, size=count, element_shape=[steps if log_batch else 0]
+            )
+            for e in tf.range(count):
+                values, losses = epoch(orders[e], x, y)
+                arrays = {name: arrays[name].write(e, values[name]) for name in names}
+                batch_losses = batch_losses.write(e, losses)
+            out = {name: array.stack() for name, array in arrays.items()}
+            if log_batch:
+                out["batch_loss"] = batch_losses.stack()
+            return out
+
+        self._run = run
+
+    def run(self, orders: np.ndarray, x: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Train and evaluate `len(orders)` epochs; per-metric arrays, one value per epoch."""
+        return self._run(tf.constant(orders), x, y)
+
+    def reset(self, config: RunConfig, seed: int) -> None:
+        """Start a run: every variable as a freshly built model and optimizer would hold it."""
+        fresh = build_model(config.model, seed=seed, input_dim=self.input_dim)
+        optimizer = make_optimizer(config.train.optimizer)
+        optimizer.build(fresh.trainable_variables)
+        for target, source in (
+            (self.model.variables, fresh.variables),
+            (self.optimizer.variables, optimizer.variables),
+        ):
+            if len(target) != len(source):
+                raise AssertionError("a program's variables differ from a fresh model's")
+            for mine, theirs in zip(target, source, strict=True):
+                mine.assign(theirs)
+        self.l1.assign(config.model.l1)
+        self.l2.assign(0.5 * config.model.weight_decay)
+
+
+_PROGRAMS: dict[str, _Program] = {}
+MAX_PROGRAMS = 4  # compiled programs a process keeps (least recently used dropped)
+
+
+def _shape_of(model: ModelSpec) -> ModelSpec:
+    """What a compiled program depends on: the model without its initialisation and penalty
+    coefficients (the program sets those per run)."""
+    return model.model_copy(update={"init": "he", "weight_decay": 0.0, "l1": 0.0})
+
+
+def _program(config: RunConfig, sizes: dict[str, int], input_dim: int) -> _Program:
+    """The compiled program for runs shaped like `config`, made on first use."""
+    spec = config.train
+    key = json.dumps(
+        [
+            _shape_of(config.model).model_dump(mode="json"),
+            spec.optimizer.model_copy(update={"learning_rate": None}).model_dump(mode="json"),
+            spec.model_dump(mode="json", exclude={"optimizer", "epochs", "log_activations"}),
+            sizes,
+            input_dim,
+        ],
+        sort_keys=True,
+    )
+    program = _PROGRAMS.pop(key, None)
+    if program is None:
+        if len(_PROGRAMS) >= MAX_PROGRAMS:
+            _PROGRAMS.pop(next(iter(_PROGRAMS)))
+        program = _Program(config, sizes, input_dim)
+    _PROGRAMS[key] = program  # most recently used last
+    return program
 
 
 def make_loss(name: str) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:

@@ -188,6 +188,42 @@ def test_dropout_runs_are_reproducible() -> None:
     assert _run(config, seed=4).metrics == _run(config, seed=4).metrics
 
 
+def test_a_reused_program_gives_what_a_fresh_one_gives() -> None:
+    """Runs of one shape share a compiled program; it must not carry anything from one run
+    to the next: weights, optimizer slots, dropout noise, learning rate and penalties are the
+    run's own, so the history equals that of a program compiled for it alone."""
+    first = _config(
+        model={"dropout": 0.2},
+        train={"optimizer": {"name": "momentum", "learning_rate": 0.05}, "epochs": 4},
+    )
+    second = _config(
+        model={"dropout": 0.2, "init": "xavier", "weight_decay": 0.05, "l1": 0.001},
+        train={"optimizer": {"name": "momentum", "learning_rate": 0.02}, "epochs": 4},
+    )
+    train._PROGRAMS.clear()
+    _run(first, seed=0)
+    reused = _run(second, seed=1)
+    assert len(train._PROGRAMS) == 1, "the second run should have reused the first one's program"
+    train._PROGRAMS.clear()
+    fresh = _run(second, seed=1)
+    assert reused.metrics == fresh.metrics
+    assert reused.metrics["reg_loss"][0] > 0
+    # a different shape compiles a program of its own
+    _run(_config(model={"hidden": [8]}, train={"epochs": 1}))
+    assert len(train._PROGRAMS) == 2
+
+
+def test_runs_longer_than_one_compiled_call() -> None:
+    """Epochs run `EPOCHS_PER_CALL` at a time; a run of any length sees each epoch once."""
+    epochs = train.EPOCHS_PER_CALL * 2 + 3
+    config = _config(train={"epochs": epochs, "log_batch_loss": True, "steps_per_epoch": 2})
+    seen: list[int] = []
+    history = _run(config, on_epoch=lambda epoch, values: seen.append(epoch))
+    assert seen == list(range(1, epochs + 1))
+    assert history.epochs == epochs
+    assert len(history.batch_loss) == epochs * 2
+
+
 # --- divergence -----------------------------------------------------------------------------
 
 
