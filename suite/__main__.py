@@ -2,4 +2,5 @@
 
 from suite.cli import main
 
-main()
+if __name__ == "__main__":  # not in a spawned worker, which imports this module too
+    main()

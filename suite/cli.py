@@ -153,45 +153,51 @@ def validate(study: StudyArg, set_: SetOpt = None) -> None:
 
 
 class RichObserver:
-    """The run display: a study bar with ETA, and the current run's epochs and metrics."""
+    """The run display: a study bar with ETA, and one bar per run in progress with its epochs
+    and metrics (several at once with --workers)."""
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.study_task: TaskID | None = None
-        self.run_task: TaskID | None = None
+        self.runs: dict[tuple[str, int], TaskID] = {}  # (cell hash, seed) -> its bar
+        self.done_epochs: dict[tuple[str, int], int] = {}  # epochs so far, of every run
         self.name = ""
-        self.epochs_before = 0  # epochs of the runs already ended
+        self.started = 0
+        self.total = 0
         self.last_update = 0.0
 
     def study_started(self, study: Study, todo: list[RunKey], skipped: int) -> None:
         if skipped:
             out.print(f"{skipped} runs already finished in the store: skipped")
         self.name = study.name
+        self.total = len(todo)
         if todo:
             # counted in epochs, so the ETA moves within a run and weighs long runs right
             epochs = sum(k.cell.config.train.epochs for k in todo)
             self.study_task = self.progress.add_task(f"[bold]{study.name}", total=epochs)
 
     def run_started(self, key: RunKey, index: int, total: int) -> None:
-        if self.run_task is not None:
-            self.progress.remove_task(self.run_task)
+        self.started += 1
         if self.study_task is not None:
             self.progress.update(
-                self.study_task, description=f"[bold]{self.name}[/] run {index + 1}/{total}"
+                self.study_task,
+                description=f"[bold]{self.name}[/] run {self.started}/{total}",
             )
-        self.run_task = self.progress.add_task(
+        self.runs[(key.cell.hash, key.seed)] = self.progress.add_task(
             f"{escape(key.cell.name)} seed {key.seed}", total=key.cell.config.train.epochs
         )
 
     def epoch_done(self, key: RunKey, epoch: int, epochs: int, values: dict[str, float]) -> None:
+        self.done_epochs[(key.cell.hash, key.seed)] = epoch
         now = time.monotonic()
-        if epoch != epochs and now - self.last_update < 0.2:
+        task = self.runs.get((key.cell.hash, key.seed))
+        if task is None or (epoch != epochs and now - self.last_update < 0.2):
             return
         self.last_update = now
-        assert self.run_task is not None and self.study_task is not None
-        self.progress.update(self.study_task, completed=self.epochs_before + epoch)
+        if self.study_task is not None:
+            self.progress.update(self.study_task, completed=sum(self.done_epochs.values()))
         self.progress.update(
-            self.run_task,
+            task,
             completed=epoch,
             description=f"{escape(key.cell.name)} seed {key.seed}  train {values['train_accuracy']:.3f}"
             f"  test {values['test_accuracy']:.3f}",
@@ -199,9 +205,14 @@ class RichObserver:
 
     def run_ended(self, result: Any) -> None:
         """One line per run, kept above the bars (and the only output when piped to a log)."""
-        self.epochs_before += result.key.cell.config.train.epochs
+        key = (result.key.cell.hash, result.key.seed)
+        task = self.runs.pop(key, None)
+        if task is not None:
+            self.progress.remove_task(task)
+        # a run counts whole once ended, failed or not, so the bar reaches its end
+        self.done_epochs[key] = result.key.cell.config.train.epochs
         if self.study_task is not None:
-            self.progress.update(self.study_task, completed=self.epochs_before)
+            self.progress.update(self.study_task, completed=sum(self.done_epochs.values()))
         # cell names hold brackets (`plain[init=std:0.01]`), which rich would read as markup
         name = f"{escape(result.key.cell.name)} seed {result.key.seed}"
         if result.status == "failed":
@@ -250,8 +261,29 @@ def run(
     tracking_uri: UriOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; run nothing.")] = False,
     rerun: Annotated[bool, typer.Option("--rerun", help="Train finished runs again.")] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Runs trained at once, each in a worker process [default: one per CPU, "
+            "at most one per run].",
+        ),
+    ] = None,
+    executor: Annotated[
+        str | None,
+        typer.Option(
+            help="local: in this process, one run at a time; process: in --workers worker "
+            "processes [default: process when more than one worker, else local].",
+        ),
+    ] = None,
 ) -> None:
     """Train every run of a study not yet FINISHED in the store; log each to MLflow."""
+    if executor is not None and executor not in ("local", "process"):
+        fail(f"--executor: expected local or process, got {executor!r}")
+    if executor == "local" and workers not in (None, 1):
+        fail(
+            f"--workers {workers}: the local executor trains one run at a time; use --executor process"
+        )
     with user_errors():
         spec = load(study, set_)
         if only:
@@ -270,7 +302,9 @@ def run(
             )
             return
         with _progress() as progress:
-            result = run_study(spec, tracker, seed_list, rerun, RichObserver(progress))
+            result = run_study(
+                spec, tracker, seed_list, rerun, RichObserver(progress), workers, executor
+            )
     out.print(summary_table(result))
     line = (
         f"{result.count('finished')} finished, {result.count('skipped')} skipped, "

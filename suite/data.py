@@ -195,14 +195,18 @@ def _read_npz(path: str, keys: tuple[str, ...], what: str) -> dict[str, np.ndarr
 
 
 def check_sizes(
-    path: str | None, train_size: int | None, val_size: int, test_size: int | None
+    path: str | None,
+    train_size: int | None,
+    val_size: int,
+    test_size: int | None,
+    source: Source | None = None,
 ) -> Source:
     """Check that the data `path` resolves to holds the images asked for; return its source.
 
     Raises:
         DataError: naming the `data.*` key that asks for more than there is.
     """
-    source = resolve_source(path)
+    source = source or resolve_source(path)
     pool = load_pool(source)
     n_pool, n_test = len(pool.y_train), len(pool.y_test)
     n_train = n_pool - val_size if train_size is None else train_size
@@ -228,15 +232,17 @@ def make_split(
     val_size: int,
     test_size: int | None,
     seed: int,
+    source: Source | None = None,
 ) -> Split:
     """Cut one run's data out of the pool.
 
     `subset: first` takes the first `train_size + val_size` images of the pool (the textbook's
     `x_train[:N]`); `random` draws them stratified by class with `seed`. A validation split, when
     asked for, is then held out of that selection, stratified and seeded. `test_size` keeps the
-    first N test images (all of them by default).
+    first N test images (all of them by default). `source`, when given, is used instead of
+    resolving `path` again (a worker process uses the source its parent resolved).
     """
-    pool = load_pool(check_sizes(path, train_size, val_size, test_size))
+    pool = load_pool(check_sizes(path, train_size, val_size, test_size, source))
     n_pool = len(pool.y_train)
     n_train = n_pool - val_size if train_size is None else train_size
     n_take = n_train + val_size

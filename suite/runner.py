@@ -11,13 +11,15 @@ import statistics
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from suite.data import Source
+from suite.pool import default_workers, peak_memory_mb
 from suite.spec import RunKey, Study
 from suite.tracking import ACTIVATIONS_ARTIFACT, EpochLogger, RunRecord, Tracker
 
-FINISHED, SKIPPED, FAILED = "finished", "skipped", "failed"
+FINISHED, SKIPPED, FAILED, KILLED = "finished", "skipped", "failed", "killed"
 
 
 class Observer(Protocol):
@@ -29,6 +31,15 @@ class Observer(Protocol):
         self, key: RunKey, epoch: int, epochs: int, values: dict[str, float]
     ) -> None: ...
     def run_ended(self, result: RunResult) -> None: ...
+
+
+class Stoppable(Protocol):
+    """A stop request, checked at every epoch boundary: raises KeyboardInterrupt when made."""
+
+    def check(self) -> None: ...
+
+
+EXECUTORS = ("local", "process")
 
 
 class Silent:
@@ -52,10 +63,11 @@ class RunResult:
     """How one (cell, seed) ended in this invocation."""
 
     key: RunKey
-    status: str  # finished | skipped | failed
+    status: str  # finished | skipped | failed | killed (stopped by Ctrl-C, in a worker)
     run_id: str | None = None
     final: dict[str, float] = field(default_factory=dict)
     reason: str | None = None
+    peak_memory_mb: float | None = None  # of the process that trained it, when it did
 
 
 @dataclass(frozen=True)
@@ -171,6 +183,8 @@ def run_study(
     seeds: tuple[int, ...] | None = None,
     rerun: bool = False,
     observer: Observer | None = None,
+    workers: int | None = 1,
+    executor: str | None = None,
 ) -> StudyResult:
     """Train every run of `study` that is not FINISHED in the store yet.
 
@@ -178,9 +192,19 @@ def run_study(
     reason and the study goes on. Ctrl-C or SIGTERM stops at the next epoch boundary, marks
     the current run KILLED and raises KeyboardInterrupt, so a later invocation resumes exactly
     where this one stopped.
+
+    `executor="local"` trains in this process, one run after another; `"process"` in
+    `workers` spawned worker processes (see `suite.pool`). `workers=None` takes one per CPU,
+    at most one per run; the executor defaults to `process` for more than one worker, else
+    `local`. Either way, the same seeds give the same histories.
     """
     observer = observer or Silent()
     todo, finished, stale = plan(study, tracker, seeds, rerun)
+    if workers is None:
+        workers = 1 if executor == "local" else default_workers(len(todo))
+    executor = executor or ("process" if workers > 1 else "local")
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}")
     # what `plan` left out of `todo` is FINISHED in the store already
     todo_ids = {(k.cell.hash, k.seed) for k in todo}
     results: list[RunResult] = []
@@ -188,7 +212,7 @@ def run_study(
         if (key.cell.hash, key.seed) not in todo_ids:
             record = finished[(key.cell.hash, key.seed)]
             results.append(RunResult(key, SKIPPED, record.run_id, record.metrics))
-    if todo:
+    if todo and executor == "local":
         import suite.train  # noqa: F401  TensorFlow's import takes seconds: before the clock starts
     observer.study_started(study, todo, len(results))
     if not todo:
@@ -201,11 +225,19 @@ def run_study(
 
     stop = _StopRequest()
     with stop.installed():
-        for index, key in enumerate(todo):
-            stop.check()
-            results.append(
-                _run_one(key, index, len(todo), study, tracker, experiment_id, observer, stop)
+        if executor == "process":
+            from suite.pool import run_in_pool
+
+            results += run_in_pool(
+                todo, study.name, experiment_id, tracker, observer, workers, stop
             )
+        else:
+            for index, key in enumerate(todo):
+                stop.check()
+                result = _run_one(
+                    key, index, len(todo), study.name, tracker, experiment_id, observer, stop
+                )
+                results.append(replace(result, peak_memory_mb=peak_memory_mb()))
     return StudyResult(study, results)
 
 
@@ -213,11 +245,12 @@ def _run_one(
     key: RunKey,
     index: int,
     total: int,
-    study: Study,
+    study: str,
     tracker: Tracker,
     experiment_id: str,
     observer: Observer,
-    stop: _StopRequest,
+    stop: Stoppable,
+    source: Source | None = None,
 ) -> RunResult:
     """Train and log one run; any failure but an interrupt becomes a FAILED result."""
     from suite import data
@@ -229,7 +262,7 @@ def _run_one(
     try:
         # the run exists before its data is cut, so a data failure is recorded too
         run_id = tracker.start_run(
-            experiment_id, study.name, key.cell, key.seed, key.cell.data_source or "unknown"
+            experiment_id, study, key.cell, key.seed, key.cell.data_source or "unknown"
         )
         split = data.make_split(
             cfg.data.path,
@@ -238,6 +271,7 @@ def _run_one(
             cfg.data.val_size,
             cfg.data.test_size,
             key.seed,
+            source,
         )
         tracker.set_tags(run_id, {f"n_{part}": str(n) for part, n in split.sizes.items()})
         logger = EpochLogger(tracker, run_id)

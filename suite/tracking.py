@@ -19,13 +19,14 @@ import json
 import logging
 import math
 import os
+import random
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag, ViewType
@@ -117,8 +118,9 @@ class Tracker:
 
     @functools.cached_property
     def client(self) -> MlflowClient:
-        """Made on first use: for sqlite, that creates the database file."""
-        return MlflowClient(tracking_uri=self.uri)
+        """Made on first use: for sqlite, that creates the database file. Its calls wait out
+        a database another process holds locked (see `_Patient`)."""
+        return cast(MlflowClient, _Patient(MlflowClient(tracking_uri=self.uri)))
 
     def exists(self) -> bool:
         """False for a local sqlite store whose file is not there yet (nothing to read)."""
@@ -380,6 +382,52 @@ class Tracker:
         """End a run as FAILED (or KILLED) with its reason as a tag."""
         self.client.log_batch(run_id, tags=[RunTag(FAILURE_TAG, reason[:5000])])
         self.client.set_terminated(run_id, status)
+
+
+LOCKED_RETRY_SECONDS = 120.0  # how long a call waits out a locked sqlite database in all
+
+
+class _Patient:
+    """An `MlflowClient` whose calls retry while a sqlite database is locked.
+
+    Several processes (`--workers`) write to one sqlite file; sqlite lets one write at a
+    time, and a writer that waits longer than its busy timeout (5 s) gets `database is
+    locked`, its transaction rolled back. The call is then made again, after a growing,
+    jittered pause, until it succeeds or `LOCKED_RETRY_SECONDS` have passed. Any other error
+    is raised at once.
+    """
+
+    def __init__(self, client: MlflowClient) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        @functools.wraps(attribute)
+        def patiently(*args: Any, **kwargs: Any) -> Any:
+            deadline = time.monotonic() + LOCKED_RETRY_SECONDS
+            pause = 0.05
+            while True:
+                try:
+                    return attribute(*args, **kwargs)
+                except Exception as err:
+                    if not _locked(err) or time.monotonic() > deadline:
+                        raise
+                time.sleep(pause * random.uniform(0.5, 1.5))
+                pause = min(pause * 2, 2.0)
+
+        return patiently
+
+
+def _locked(err: BaseException | None) -> bool:
+    """True for sqlite's `database is locked`, however MLflow wrapped it."""
+    while err is not None:
+        if "database is locked" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 class EpochLogger:

@@ -168,6 +168,16 @@ def batch_order(
     return stream[: epochs * per_epoch].reshape(epochs, per_epoch)
 
 
+def pin_threads(threads: int) -> None:
+    """Use `threads` CPU threads for TensorFlow's ops; call before the first op runs.
+
+    A run's results do not depend on it: each matmul output sums in the same order whatever
+    the thread count (checked by `tests/test_pool.py` with 1 and 2 workers).
+    """
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
 EPOCHS_PER_CALL = 10  # epochs one compiled call runs before the host reads their metrics
 
 

@@ -1,0 +1,184 @@
+"""Runs in spawned worker processes (`--workers N`), against a real sqlite MLflow store:
+the same histories as one process, Ctrl-C, a worker killed mid-run, a locked database."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from suite import pool, tracking
+from suite.metrics import EPOCH_METRICS, FINAL_METRICS, VAL_METRICS
+from suite.runner import FAILED, FINISHED, SKIPPED, Silent, run_study
+from suite.spec import RunKey, load_study
+from suite.tracking import Tracker
+
+# 3 cells x 2 seeds; dropout and batch norm so that noise and running statistics are covered
+STUDY = """
+name: pooled
+base:
+  data: {train_size: 60, test_size: 200, val_size: 20, subset: random}
+  model: {hidden: [16, 16]}
+  train: {batch_size: 20, epochs: EPOCHS, sampling: shuffle}
+seeds: [0, 1]
+variants:
+  baseline: {}
+  dropout: {model: {dropout: 0.2, weight_decay: 0.01}}
+  batch_norm: {model: {batch_norm: true}, train: {optimizer: {name: adam}}}
+"""
+
+
+@pytest.fixture(autouse=True)
+def _bundled(bundled_only: None) -> None:
+    """Path-less data resolves to the bundled subset; workers get the source resolved here."""
+
+
+def histories(tracker: Tracker, study: str) -> dict[tuple[str, int, str], list[tuple[int, float]]]:
+    """Every per-epoch metric of every FINISHED run, by (cell hash, seed, metric)."""
+    experiment_id = tracker.experiment_id(study, create=False)
+    assert experiment_id is not None
+    records = [r for r in tracker.runs(experiment_id) if r.status == "FINISHED"]
+    client = tracker.client
+    out = {}
+    for record in records:
+        for name in client.get_run(record.run_id).data.metrics:
+            points = client.get_metric_history(record.run_id, name)
+            out[(record.cell_hash, record.seed, name)] = sorted(
+                (p.step, p.value) for p in points
+            )
+    return out
+
+
+def statuses(tracker: Tracker, study: str) -> list[str]:
+    experiment_id = tracker.experiment_id(study, create=False)
+    assert experiment_id is not None
+    return sorted(r.status for r in tracker.runs(experiment_id))
+
+
+def test_workers_log_the_histories_one_process_logs(
+    write_study: Callable[..., Path], tmp_path: Path, _store_template: Path
+) -> None:
+    study = load_study(write_study(STUDY.replace("EPOCHS", "12")))
+    stores = {}
+    for workers in (1, 2):
+        db = tmp_path / f"workers{workers}.db"
+        db.write_bytes(_store_template.read_bytes())
+        stores[workers] = Tracker(f"sqlite:///{db}")
+        result = run_study(study, stores[workers], workers=workers)
+        assert result.ok and result.count(FINISHED) == 6
+        assert [r.key for r in result.results] == study.runs(), "results come in run order"
+        assert all(r.peak_memory_mb and r.peak_memory_mb > 50 for r in result.results)
+    one, two = histories(stores[1], "pooled"), histories(stores[2], "pooled")
+    assert {name for _, _, name in one} >= {*EPOCH_METRICS, *VAL_METRICS, *FINAL_METRICS}
+    assert len({(cell, seed) for cell, seed, _ in one}) == 6
+    assert all(len(v) == 12 for k, v in one.items() if k[2] in EPOCH_METRICS)
+    # identical to the bit, train_seconds (a wall-clock time) aside
+    assert {k: v for k, v in one.items() if k[2] != "train_seconds"} == {
+        k: v for k, v in two.items() if k[2] != "train_seconds"
+    }
+
+
+class InterruptOnce(Silent):
+    """Sends this process SIGINT (Ctrl-C) at the first epoch a worker reports."""
+
+    def __init__(self) -> None:
+        self.sent = False
+
+    def epoch_done(self, key: RunKey, epoch: int, epochs: int, values: dict[str, float]) -> None:
+        if not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_stops_the_workers_and_the_study_resumes(
+    write_study: Callable[..., Path], tracking_uri: str
+) -> None:
+    study = load_study(write_study(STUDY.replace("EPOCHS", "80")))
+    tracker = Tracker(tracking_uri)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(study, tracker, observer=InterruptOnce(), workers=2)
+    left = statuses(tracker, "pooled")
+    assert "RUNNING" not in left
+    assert "KILLED" in left and len(left) <= 4  # the runs in progress; the queue was dropped
+    resumed = run_study(study, tracker)  # in this process
+    assert resumed.ok
+    assert resumed.count(FINISHED) + resumed.count(SKIPPED) == 6
+    assert statuses(tracker, "pooled").count("FINISHED") == 6
+
+
+class KillAWorker(Silent):
+    """SIGKILLs one worker process once the second run has reported an epoch."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.killed = False
+
+    def run_started(self, key: RunKey, index: int, total: int) -> None:
+        self.started += 1
+
+    def epoch_done(self, key: RunKey, epoch: int, epochs: int, values: dict[str, float]) -> None:
+        if self.started >= 2 and not self.killed:
+            self.killed = True
+            os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)  # type: ignore[arg-type]
+
+
+def test_a_killed_worker_fails_its_runs_and_the_others_go_on(
+    write_study: Callable[..., Path], tracking_uri: str
+) -> None:
+    study = load_study(write_study(STUDY.replace("EPOCHS", "80")))
+    tracker = Tracker(tracking_uri)
+    observer = KillAWorker()
+    result = run_study(study, tracker, observer=observer, workers=2)
+    assert observer.killed
+    failed = [r for r in result.results if r.status == FAILED]
+    assert failed and all(r.reason == pool.WORKER_DIED for r in failed)
+    # the runs the broken pool had not started ran in a new one
+    assert result.count(FINISHED) + len(failed) == 6
+    assert result.count(FINISHED) >= 6 - 2
+    # the killed worker's run is FAILED; a run the pool's shutdown stopped may be KILLED;
+    # nothing is left RUNNING, and no key has two FINISHED runs
+    left = statuses(tracker, "pooled")
+    assert "RUNNING" not in left
+    assert left.count("FINISHED") == result.count(FINISHED)
+    assert left.count("FAILED") + left.count("KILLED") >= len(failed)
+    again = run_study(study, tracker)  # in this process: the rerun completes them
+    assert again.ok and again.count(FINISHED) == len(failed)
+    assert statuses(tracker, "pooled").count("FINISHED") == 6
+
+
+def test_default_workers_follow_the_cpus_and_the_runs() -> None:
+    cpus = pool.cpu_count()
+    assert pool.default_workers(1) == 1
+    assert pool.default_workers(100) == cpus
+    assert pool.threads_per_worker(1) == cpus
+    assert pool.threads_per_worker(cpus) == 1
+    assert pool.threads_per_worker(cpus * 4) == 1
+
+
+def test_a_locked_sqlite_database_is_waited_out(tracking_uri: str) -> None:
+    """sqlite's busy timeout is 5 s; a writer holding the lock longer makes MLflow's call
+    fail with `database is locked`, which the tracker retries until the lock is gone."""
+    tracker = Tracker(tracking_uri)
+    db = tracking.sqlite_file(tracking_uri)
+    assert db is not None
+    tracker.client.search_experiments()  # the store is open before the lock is taken
+    holder = sqlite3.connect(db)
+    holder.execute("BEGIN EXCLUSIVE")
+    release = threading.Timer(6.5, holder.rollback)
+    release.start()
+    start = time.monotonic()
+    try:
+        experiment_id = tracker.experiment_id("locked")
+    finally:
+        release.join()
+        holder.close()
+    assert experiment_id is not None
+    assert time.monotonic() - start > 6.0
+    assert tracker.experiment_id("locked", create=False) == experiment_id
