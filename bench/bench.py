@@ -1,110 +1,382 @@
-"""`make bench`: the canonical run through `overfit run`, against naive Keras `fit`.
+"""`make bench`: the project's performance record, measured in one invocation.
 
-The canonical run is the headline study's `baseline` cell, seed 0: 300 training images,
-784-100x6-10 ReLU, SGD, 200 epochs, the whole test set evaluated after every epoch. Both sides
-run as fresh processes in this one invocation, so the ratio compares like with like (start-up,
-TensorFlow import and data loading included). The naive side is `bench/naive_fit.py`: Keras
-`fit(validation_data=...)` plus a per-epoch `evaluate` of the training subset, the same work.
+Rows (each a fresh measurement on this machine, now):
+
+- matmul peak: TensorFlow's float32 matmul at the evaluation's shape (the training subset and
+  the test set, 784 inputs, times the first layer's 784 x 100 kernel), best of several tries,
+  with TensorFlow's default thread count; the *floor* of a run is its arithmetic at that peak.
+- canonical run in process: the headline study's `baseline` cell, seed 0 (300 training
+  images, 784-100x6-10 ReLU, SGD, 200 epochs, the whole test set evaluated after every epoch),
+  trained by `suite.train` in this process. First call (compiling) and best of the rest.
+- logging: the same run through the runner with MLflow logging to a sqlite store (params,
+  config artifact, per-epoch metrics, confusion matrix), against training alone.
+- canonical run through the CLI, and naive Keras `fit(validation_data=...)` doing the same
+  work (`bench/naive_fit.py`): process start to exit, each.
+- the headline study (7 cells x 3 seeds) end to end through `overfit run`, then `overfit
+  report`: with the default worker count and with one worker; each worker's peak memory.
+- the report over a synthetic 200-run x 200-epoch store (`bench/report_bench.py`).
 
 Data: `../shared/data/mnist.npz` when it is there (the official 10,000-image test set), else
 the bundled subset (2,000 held-out test images), so absolute times differ between the two.
-Results print as a table and are written to `bench/results/bench-<time>.json`.
+Timings on a shared machine drift by tens of percent from minute to minute: compare the
+ratios, which are measured side by side. The table prints and is written with everything else
+to `bench/results/bench-<time>.json`.
+
+Usage: python bench/bench.py [--skip study1,naive,report,...] (BENCH_EPOCHS=N for short runs)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))
 
 import report_bench  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "mnist.npz"
+SECTIONS = ("inprocess", "logging", "cli", "naive", "study", "study1", "report")
+TRIES = 3
 
 
-def timed(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, str]:
+def forward_flops(sizes: list[int]) -> int:
+    """Multiply-adds x 2 of one image through the dense layers (biases and activations,
+    a few percent, left out)."""
+    return 2 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
+
+
+def run_flops(config: Any, n_train: int, n_eval: int) -> float:
+    """A run's arithmetic: every update's forward and backward pass (about 3 forward passes)
+    over its minibatch, and every epoch's forward pass over the evaluation rows."""
+    from suite.spec import steps_per_epoch
+
+    spec = config.train
+    per_image = forward_flops([784, *config.model.hidden, 10])
+    steps = spec.steps_per_epoch or steps_per_epoch(n_train, spec.batch_size)
+    training = spec.epochs * steps * spec.batch_size * 3 * per_image
+    evaluation = spec.epochs * n_eval * per_image
+    return float(training + evaluation)
+
+
+def matmul_peak(rows: int, tries: int = 5) -> float:
+    """Best GFLOP/s of a float32 (rows x 784) @ (784 x 100) matmul in a compiled function."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.random((rows, 784), dtype=np.float32))
+    w = tf.constant(rng.normal(0, 0.05, (784, 100)).astype(np.float32))
+    product = tf.function(lambda: tf.reduce_sum(tf.matmul(x, w)))
+    product()
+    best = 0.0
+    for _ in range(tries):
+        start = time.perf_counter()
+        for _ in range(20):
+            product()
+        seconds = (time.perf_counter() - start) / 20
+        best = max(best, 2 * rows * 784 * 100 / seconds / 1e9)
+    return best
+
+
+def canonical(data_path: Path | None, epochs: int) -> tuple[Any, Any]:
+    """The canonical run's config and data split."""
+    from suite import data
+    from suite.spec import load_study
+
+    overrides: dict[str, Any] = {"train.epochs": epochs}
+    if data_path:
+        overrides["data.path"] = str(data_path)
+    study = load_study(ROOT / "experiments" / "overfitting.yaml", overrides)
+    cell = next(c for c in study.cells if c.name == "baseline")
+    d = cell.config.data
+    split = data.make_split(d.path, d.train_size, d.subset, d.val_size, d.test_size, 0)
+    return cell, split
+
+
+def bench_inprocess(data_path: Path | None, epochs: int) -> dict[str, Any]:
+    """Canonical run in this process, each try next to a matmul peak measurement."""
+    from suite.train import train
+
+    cell, split = canonical(data_path, epochs)
+    n_train, n_eval = len(split.y_train), len(split.y_train) + len(split.y_test)
+    flops = run_flops(cell.config, n_train, n_eval)
+    first = train(cell.config, split, 0)
+    runs, peaks = [], []
+    for _ in range(TRIES):
+        peaks.append(matmul_peak(n_eval))
+        runs.append(train(cell.config, split, 0).train_seconds)
+    peak = max(peaks)
+    floor = flops / (peak * 1e9)
+    return {
+        "flops": flops,
+        "matmul_peak_gflops": peak,
+        "matmul_peaks_gflops": peaks,
+        "floor_seconds": floor,
+        "first_seconds": first.train_seconds,
+        "seconds": min(runs),
+        "all_seconds": runs,
+        "vs_floor": min(runs) / floor,
+        "final_test_accuracy": first.metrics["test_accuracy"][-1],
+    }
+
+
+def bench_logging(data_path: Path | None, epochs: int) -> dict[str, Any]:
+    """The canonical run through the runner (MLflow logging to sqlite) against training
+    alone, alternated; the overhead is the difference of the medians."""
+    from suite.runner import run_study
+    from suite.spec import load_study
+    from suite.tracking import Tracker
+    from suite.train import train
+
+    cell, split = canonical(data_path, epochs)
+    overrides: dict[str, Any] = {"train.epochs": epochs}
+    if data_path:
+        overrides["data.path"] = str(data_path)
+    study = load_study(ROOT / "experiments" / "overfitting.yaml", overrides).select(["baseline"])
+    logged, alone = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        tracker = Tracker(f"sqlite:///{Path(tmp) / 'mlflow.db'}")
+        run_study(study, tracker, seeds=(0,), workers=1)  # store made, program compiled
+        for _ in range(TRIES):
+            start = time.perf_counter()
+            train(cell.config, split, 0)
+            alone.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            assert run_study(study, tracker, seeds=(0,), rerun=True, workers=1).ok
+            logged.append(time.perf_counter() - start)
+    overhead = statistics.median(logged) - statistics.median(alone)
+    return {
+        "logged_seconds": logged,
+        "alone_seconds": alone,
+        "overhead_seconds": overhead,
+        "overhead_fraction": overhead / statistics.median(alone),
+    }
+
+
+def timed(
+    command: list[str], env: dict[str, str], cwd: Path
+) -> tuple[float, str, dict[int, float]]:
+    """Run a command; its wall time, stdout, and the peak memory (MB) of each process it
+    started (Linux: read from /proc while it runs)."""
     start = time.perf_counter()
-    done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True)
+    process = subprocess.Popen(
+        command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    peaks: dict[int, float] = {}
+    while process.poll() is None:
+        for pid in _children(process.pid):
+            peaks[pid] = max(peaks.get(pid, 0.0), _peak_mb(pid))
+        time.sleep(0.5)
+    stdout, stderr = process.communicate()
     seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        sys.exit(f"bench: {' '.join(command[:3])} failed:\n{done.stdout}\n{done.stderr}")
-    return seconds, done.stdout
+    if process.returncode not in (0,):
+        sys.exit(f"bench: {' '.join(command[:4])} failed:\n{stdout}\n{stderr}")
+    return seconds, stdout, peaks
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = entry.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(entry.parent.name))
+    return out
+
+
+def _peak_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip", default="", help=f"sections to leave out: {','.join(SECTIONS)}")
+    args = parser.parse_args()
+    skip = {s for s in args.skip.split(",") if s}
+    unknown = skip - set(SECTIONS)
+    if unknown:
+        sys.exit(f"bench: --skip: unknown section(s) {', '.join(sorted(unknown))}")
     epochs = int(os.environ.get("BENCH_EPOCHS", "200"))
     data_path = SHARED if SHARED.is_file() else None
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        # both sides read the same data: the shared file, else the bundled subset (no Keras
-        # cache or SUITE_MNIST_PATH of this machine in between)
-        env = {**os.environ, "SUITE_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-        env.pop("SUITE_MNIST_PATH", None)
-        env["KERAS_HOME"] = str(work / "keras-home")
-        overfit = [sys.executable, "-m", "suite", "run", str(ROOT / "experiments/overfitting.yaml")]
-        overfit += ["--only", "baseline", "--seeds", "1", "--set", f"train.epochs={epochs}"]
-        if data_path:
-            overfit += ["--set", f"data.path={data_path}"]
-        suite_seconds, _ = timed(overfit, env, work)
-        train_seconds = read_train_seconds(work)
-
-        naive = [sys.executable, str(ROOT / "bench/naive_fit.py")]
-        naive += [str(data_path) if data_path else "--bundled", str(epochs)]
-        naive_seconds, naive_out = timed(naive, {**env, "PYTHONPATH": str(ROOT)}, work)
-
-    rows = {
-        "overfit run (process start to exit)": suite_seconds,
-        "  of which training (in process)": train_seconds,
-        "naive Keras fit (process start to exit)": naive_seconds,
-    }
-    ratio = naive_seconds / suite_seconds
-    print(
-        f"canonical run: baseline, seed 0, {epochs} epochs, data: "
-        f"{data_path or 'bundled subset (offline)'}"
-    )
-    for name, seconds in rows.items():
-        print(f"  {name:<42} {seconds:8.1f} s")
-    print(f"  {'speed-up of overfit run over naive fit':<42} {ratio:8.1f} x")
-    print(f"  naive: {naive_out.strip()}")
-    report = report_bench.main()
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    record = {
+    env = {**os.environ, "SUITE_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("SUITE_MNIST_PATH", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    data_set = ["--set", f"data.path={data_path}"] if data_path else []
+    overfit = [sys.executable, "-m", "suite"]
+    record: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "commit": _commit(),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "epochs": epochs,
         "data": str(data_path) if data_path else "bundled",
-        "seconds": {
-            "overfit_run": suite_seconds,
-            "train_in_process": train_seconds,
-            "naive_fit": naive_seconds,
-        },
-        "speedup_vs_naive": ratio,
-        "report": report,
     }
+    print(f"bench: {epochs} epochs, data {record['data']}; this takes several minutes")
+
+    if "inprocess" not in skip:
+        record["inprocess"] = bench_inprocess(data_path, epochs)
+    if "logging" not in skip:
+        record["logging"] = bench_logging(data_path, epochs)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        env["KERAS_HOME"] = str(work / "keras-home")
+        study = str(ROOT / "experiments" / "overfitting.yaml")
+        if "cli" not in skip:
+            command = [*overfit, "run", study, "--only", "baseline", "--seeds", "1"]
+            command += ["--set", f"train.epochs={epochs}", *data_set]
+            (work / "cli").mkdir()
+            record["cli_seconds"] = timed(command, env, work / "cli")[0]
+        if "naive" not in skip:
+            command = [sys.executable, str(ROOT / "bench/naive_fit.py")]
+            command += [str(data_path) if data_path else "--bundled", str(epochs)]
+            seconds, output, _ = timed(command, {**env, "PYTHONPATH": str(ROOT)}, work)
+            record["naive"] = {"seconds": seconds, "output": output.strip()}
+        for section, workers in (("study", None), ("study1", 1)):
+            if section in skip:
+                continue
+            folder = work / section
+            folder.mkdir()
+            command = [*overfit, "run", study, "--set", f"train.epochs={epochs}", *data_set]
+            command += ["--workers", str(workers)] if workers else []
+            run_seconds, output, peaks = timed(command, env, folder)
+            report = [*overfit, "report", study, "--set", f"train.epochs={epochs}", *data_set]
+            report_seconds = timed(report, env, folder)[0]
+            record[section] = {
+                "workers": workers or "default",
+                "run_seconds": run_seconds,
+                "report_seconds": report_seconds,
+                "total_seconds": run_seconds + report_seconds,
+                "summary": next((x for x in output.splitlines() if " finished, " in x), ""),
+                # the worker processes (the small helper processes multiprocessing starts aside)
+                "worker_peak_mb": sorted((p for p in peaks.values() if p > 100), reverse=True),
+            }
+    if "report" not in skip:
+        record["report"] = report_bench.main()
+
+    rows = table(record)
+    record["table"] = rows
+    print()
+    for name, value, note in rows:
+        print(f"  {name:<52} {value:>10}  {note}")
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
     path = out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(record, indent=2))
     print(f"written: {path.relative_to(ROOT)}")
 
 
-def read_train_seconds(work: Path) -> float:
-    """The run's own `train_seconds`, read back from the bench's MLflow store."""
-    sys.path.insert(0, str(ROOT))
-    from suite.tracking import Tracker
+def table(record: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The printed table: (what, value, note) rows of what was measured."""
+    rows: list[tuple[str, str, str]] = []
+    inproc = record.get("inprocess")
+    if inproc:
+        rows.append(
+            (
+                "matmul peak at the evaluation's shape",
+                f"{inproc['matmul_peak_gflops']:.0f} GFLOP/s",
+                f"best of {len(inproc['matmul_peaks_gflops'])}",
+            )
+        )
+        rows.append(
+            (
+                "floor of a canonical run",
+                f"{inproc['floor_seconds']:.2f} s",
+                f"{inproc['flops'] / 1e12:.3f} TFLOP at that peak",
+            )
+        )
+        rows.append(
+            (
+                "canonical run in process (compiled before)",
+                f"{inproc['seconds']:.2f} s",
+                f"{inproc['vs_floor']:.2f}x the floor (target <= 1.5x)",
+            )
+        )
+        rows.append(
+            (
+                "  first run in a process (compiling included)",
+                f"{inproc['first_seconds']:.2f} s",
+                "",
+            )
+        )
+    logging = record.get("logging")
+    if logging:
+        rows.append(
+            (
+                "MLflow logging added to a run (sqlite)",
+                f"{logging['overhead_seconds']:.2f} s",
+                f"{100 * logging['overhead_fraction']:.1f}% of the run (target < 5%)",
+            )
+        )
+    naive = record.get("naive")
+    cli = record.get("cli_seconds")
+    if cli:
+        rows.append(("canonical run through the CLI (start to exit)", f"{cli:.1f} s", ""))
+    if naive:
+        note = f"{naive['seconds'] / cli:.1f}x the CLI run (target >= 10x)" if cli else ""
+        rows.append(
+            ("naive Keras fit, same work (start to exit)", f"{naive['seconds']:.1f} s", note)
+        )
+    for section in ("study", "study1"):
+        study = record.get(section)
+        if not study:
+            continue
+        label = "default workers" if study["workers"] == "default" else "1 worker"
+        memory = study["worker_peak_mb"]
+        note = f"run {study['run_seconds']:.1f} s + report {study['report_seconds']:.1f} s"
+        if section == "study":
+            note += " (target <= 90 s)"
+        rows.append(
+            (f"headline study 7x3, {label}, run + report", f"{study['total_seconds']:.1f} s", note)
+        )
+        if section == "study" and memory:
+            rows.append(
+                (
+                    "  peak memory per worker process",
+                    f"{memory[0]:.0f} MB",
+                    f"{len(memory)} processes",
+                )
+            )
+    if record.get("study") and record.get("study1"):
+        ratio = record["study1"]["run_seconds"] / record["study"]["run_seconds"]
+        rows.append(("  default workers vs 1 worker (run)", f"{ratio:.2f}x", "faster"))
+    report = record.get("report")
+    if report:
+        rows.append(
+            (
+                f"report over {report['runs']} runs x 200 epochs",
+                f"{report['report_seconds']:.1f} s",
+                f"store written in {report['store_seconds']:.0f} s",
+            )
+        )
+    return rows
 
-    tracker = Tracker(f"sqlite:///{work / 'mlflow.db'}")
-    experiment_id = tracker.experiment_id("overfitting", create=False)
-    assert experiment_id is not None
-    (record,) = tracker.runs(experiment_id)
-    return record.metrics["train_seconds"]
+
+def _commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    return out.stdout.strip() or None
 
 
 if __name__ == "__main__":

@@ -196,7 +196,8 @@ def train(
     Raises:
         Diverged: a loss or accuracy became NaN or infinite; carries the history so far.
     """
-    keras.utils.set_random_seed(seed)
+    # every random draw is seeded explicitly (initializers, dropout layers, the minibatch
+    # order): no global seed is set, which would also drop TensorFlow's compiled kernels
     spec = config.train
     parts = {"train": split.y_train, "test": split.y_test}
     if split.x_val is not None and split.y_val is not None:

@@ -129,6 +129,7 @@ class KillAWorker(Silent):
             os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_a_killed_worker_fails_its_runs_and_the_others_go_on(
     write_study: Callable[..., Path], tracking_uri: str
 ) -> None:
