@@ -50,9 +50,7 @@ def histories(tracker: Tracker, study: str) -> dict[tuple[str, int, str], list[t
     for record in records:
         for name in client.get_run(record.run_id).data.metrics:
             points = client.get_metric_history(record.run_id, name)
-            out[(record.cell_hash, record.seed, name)] = sorted(
-                (p.step, p.value) for p in points
-            )
+            out[(record.cell_hash, record.seed, name)] = sorted((p.step, p.value) for p in points)
     return out
 
 
