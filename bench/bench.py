@@ -207,6 +207,13 @@ def _peak_mb(pid: int) -> float:
     return 0.0
 
 
+STARTED = time.perf_counter()
+
+
+def step(what: str) -> None:
+    print(f"[{time.perf_counter() - STARTED:6.0f} s] {what}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip", default="", help=f"sections to leave out: {','.join(SECTIONS)}")
@@ -232,19 +239,23 @@ def main() -> None:
     print(f"bench: {epochs} epochs, data {record['data']}; this takes several minutes")
 
     if "inprocess" not in skip:
+        step("canonical run in process, against the matmul peak")
         record["inprocess"] = bench_inprocess(data_path, epochs)
     if "logging" not in skip:
+        step("logging cost: the run with and without MLflow")
         record["logging"] = bench_logging(data_path, epochs)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         env["KERAS_HOME"] = str(work / "keras-home")
         study = str(ROOT / "experiments" / "overfitting.yaml")
         if "cli" not in skip:
+            step("canonical run through the CLI")
             command = [*overfit, "run", study, "--only", "baseline", "--seeds", "1"]
             command += ["--set", f"train.epochs={epochs}", *data_set]
             (work / "cli").mkdir()
             record["cli_seconds"] = timed(command, env, work / "cli")[0]
         if "naive" not in skip:
+            step("naive Keras fit, same work")
             command = [sys.executable, str(ROOT / "bench/naive_fit.py")]
             command += [str(data_path) if data_path else "--bundled", str(epochs)]
             seconds, output, _ = timed(command, {**env, "PYTHONPATH": str(ROOT)}, work)
@@ -252,6 +263,7 @@ def main() -> None:
         for section, workers in (("study", None), ("study1", 1)):
             if section in skip:
                 continue
+            step(f"headline study, {'1 worker' if workers else 'default workers'}, run + report")
             folder = work / section
             folder.mkdir()
             command = [*overfit, "run", study, "--set", f"train.epochs={epochs}", *data_set]
@@ -269,6 +281,7 @@ def main() -> None:
                 "worker_peak_mb": sorted((p for p in peaks.values() if p > 100), reverse=True),
             }
     if "report" not in skip:
+        step("report over a synthetic 200-run store")
         record["report"] = report_bench.main()
 
     rows = table(record)

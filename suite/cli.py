@@ -289,22 +289,34 @@ def run(
         if only:
             spec = spec.select(spec.split_names(only))
         seed_list = parse_seeds(seeds) if seeds else None
-        from suite.runner import plan, run_study
-        from suite.tracking import Tracker
+        from suite import pool
+        from suite.store import resolve_uri
 
-        tracker = Tracker(tracking_uri)
-        if dry_run:
-            todo = plan(spec, tracker, seed_list, rerun)[0]
-            out.print(cells_table(spec))
-            n = len(spec.runs(seed_list))
-            out.print(
-                f"dry run: {len(todo)} of {n} runs to train, {n - len(todo)} already finished"
-            )
-            return
-        with _progress() as progress:
-            result = run_study(
-                spec, tracker, seed_list, rerun, RichObserver(progress), workers, executor
-            )
+        if not dry_run and executor != "local" and workers != 1:
+            # workers import TensorFlow while this process imports MLflow and plans
+            runs = len(spec.runs(seed_list))
+            wanted = min(workers or pool.default_workers(runs), runs)
+            if wanted > 1:
+                pool.warm_up(wanted, resolve_uri(tracking_uri))
+        try:
+            from suite.runner import plan, run_study
+            from suite.tracking import Tracker
+
+            tracker = Tracker(tracking_uri)
+            if dry_run:
+                todo = plan(spec, tracker, seed_list, rerun)[0]
+                out.print(cells_table(spec))
+                n = len(spec.runs(seed_list))
+                out.print(
+                    f"dry run: {len(todo)} of {n} runs to train, {n - len(todo)} already finished"
+                )
+                return
+            with _progress() as progress:
+                result = run_study(
+                    spec, tracker, seed_list, rerun, RichObserver(progress), workers, executor
+                )
+        finally:
+            pool.discard_warm()
     out.print(summary_table(result))
     line = (
         f"{result.count('finished')} finished, {result.count('skipped')} skipped, "
@@ -386,7 +398,7 @@ def ui(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
 ) -> None:
     """Serve the MLflow UI over the same store `run` writes to."""
-    from suite.tracking import resolve_uri
+    from suite.store import resolve_uri
 
     uri = resolve_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):

@@ -144,10 +144,11 @@ class _Flight:
     started: bool = False
 
 
-class _Round:
-    """One pool's life: submit runs, relay their events, collect their results."""
+class _Workers:
+    """A spawned pool, its event queue and its stop event."""
 
-    def __init__(self, keys: list[RunKey], workers: int, args: tuple[str, str], uri: str) -> None:
+    def __init__(self, workers: int, uri: str) -> None:
+        self.workers, self.uri = workers, uri
         context = multiprocessing.get_context("spawn")
         self.events, self.stop_event = context.Queue(), context.Event()
         self.pool = ProcessPoolExecutor(
@@ -156,6 +157,61 @@ class _Round:
             initializer=_init_worker,
             initargs=(uri, threads_per_worker(workers), self.events, self.stop_event),
         )
+
+    def start(self) -> None:
+        """Start every worker now (the pool starts them on demand otherwise)."""
+        for _ in range(self.workers):
+            self.pool.submit(os.getpid)
+
+
+_warm: _Workers | None = None
+
+
+def warm_up(workers: int, uri: str) -> None:
+    """Start `workers` workers now, so that their start-up (importing TensorFlow, seconds)
+    runs while this process imports MLflow, opens the store and plans; `run_in_pool` takes
+    them over when it wants as many workers on the same store."""
+    global _warm
+    discard_warm()
+    _warm = _Workers(workers, uri)
+    _warm.start()
+
+
+def discard_warm() -> None:
+    """Stop workers `warm_up` started that no `run_in_pool` took (nothing left to run)."""
+    global _warm
+    if _warm is not None:
+        _terminate(_warm.pool)
+        _warm = None
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    """End a pool's workers now, mid-import or idle: waiting would take seconds, for nothing."""
+    # Python 3.14 has `terminate_workers`; before it, the pool's own process table
+    processes = dict(getattr(pool, "_processes", None) or {})
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes.values():
+        process.kill()  # no run is in progress: nothing to mark KILLED
+    for process in processes.values():
+        process.join(timeout=5)
+
+
+def _workers(workers: int, uri: str) -> _Workers:
+    global _warm
+    warm, _warm = _warm, None
+    if warm is not None and (warm.workers, warm.uri) == (workers, uri):
+        return warm
+    if warm is not None:
+        _terminate(warm.pool)
+    return _Workers(workers, uri)
+
+
+class _Round:
+    """One pool's life: submit runs, relay their events, collect their results."""
+
+    def __init__(self, keys: list[RunKey], workers: int, args: tuple[str, str], uri: str) -> None:
+        own = _workers(workers, uri)
+        self.pool, self.events, self.stop_event = own.pool, own.events, own.stop_event
         # the data each run reads is resolved here, once: workers read the same file
         self.flights = {
             self.pool.submit(_work, key, *args, resolve_source(key.cell.config.data.path)): _Flight(

@@ -18,7 +18,6 @@ import functools
 import json
 import logging
 import math
-import os
 import random
 import subprocess
 import tempfile
@@ -36,8 +35,8 @@ from mlflow.tracking import MlflowClient
 import suite
 from suite.images import confusion_png
 from suite.spec import Cell
+from suite.store import artifact_root, resolve_uri, sqlite_file
 
-DEFAULT_URI = "sqlite:///mlflow.db"
 FAILURE_TAG = "failure_reason"
 RUN_KIND_TAG = "run_kind"
 REPORT_ARTIFACT_PATH = "report"
@@ -56,22 +55,6 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 
 class TrackingError(RuntimeError):
     """The tracking store cannot be used; the message is one line."""
-
-
-def resolve_uri(uri: str | None = None) -> str:
-    """`--tracking-uri`, else `MLFLOW_TRACKING_URI`, else the embedded sqlite default."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
-
-
-def sqlite_file(uri: str) -> Path | None:
-    """The database file of a local sqlite store (None for any other store)."""
-    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
-
-
-def artifact_root(uri: str) -> str | None:
-    """For a local sqlite store, artifacts live in `mlartifacts/` beside the database file."""
-    db = sqlite_file(uri)
-    return None if db is None else (db.resolve().parent / "mlartifacts").as_uri()
 
 
 @functools.cache
@@ -337,15 +320,71 @@ class Tracker:
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def log_epochs(self, run_id: str, rows: Iterable[tuple[int, dict[str, float]]]) -> None:
-        """Send per-epoch metrics (step = epoch, from 1) in as few requests as the API allows."""
+        """Send per-epoch metrics (step = epoch, from 1) in as few requests as the API allows.
+
+        A database store takes finite values as one bulk insert (see `_database_log`); a
+        tracking server, or a batch holding NaN or infinity, goes through `log_batch`.
+        """
         now = int(time.time() * 1000)
         metrics = [
             Metric(name, float(value), now, epoch)
             for epoch, values in rows
             for name, value in values.items()
         ]
+        store = self.client._tracking_client.store
+        if (
+            metrics
+            and hasattr(store, "_update_latest_metrics_if_necessary")
+            and all(math.isfinite(m.value) for m in metrics)
+        ):
+            _patiently(self._database_log, store, run_id, metrics)
+            return
         for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=chunk)
+
+    @staticmethod
+    def _database_log(store: Any, run_id: str, metrics: list[Metric]) -> None:
+        """Insert metric rows into MLflow's own `metrics` table in one statement, and update
+        its `latest_metrics` with MLflow's own code. `log_batch` builds an ORM object per
+        value, which costs about 5% of a headline run; this costs a few milliseconds. One
+        transaction: all the rows, or none."""
+        from mlflow.store.tracking.dbmodels.models import SqlMetric
+        from sqlalchemy import insert
+
+        rows = [
+            {
+                "run_uuid": run_id,
+                "key": m.key,
+                "value": m.value,
+                "timestamp": m.timestamp,
+                "step": m.step,
+                "is_nan": False,
+            }
+            for m in metrics
+        ]
+        latest: dict[str, Metric] = {}
+        for m in metrics:
+            if m.key not in latest or (m.step, m.timestamp, m.value) > (
+                latest[m.key].step,
+                latest[m.key].timestamp,
+                latest[m.key].value,
+            ):
+                latest[m.key] = m
+        with store.ManagedSessionMaker(read_only=False) as session:
+            store._check_run_is_active(store._get_run(run_uuid=run_id, session=session))
+            session.execute(insert(SqlMetric.__table__), rows)
+            newest = [
+                SqlMetric(
+                    run_uuid=run_id,
+                    key=m.key,
+                    value=m.value,
+                    timestamp=m.timestamp,
+                    step=m.step,
+                    is_nan=False,
+                )
+                for m in latest.values()
+            ]
+            store._update_latest_metrics_if_necessary(newest, session)
 
     def log_confusion(self, run_id: str, matrix: Any) -> None:
         """The run's test-set confusion matrix as the artifacts `confusion_matrix.json` and
@@ -391,8 +430,8 @@ class _Patient:
     """An `MlflowClient` whose calls retry while a sqlite database is locked.
 
     Several processes (`--workers`) write to one sqlite file; sqlite lets one write at a
-    time, and a writer that waits longer than its busy timeout (5 s) gets `database is
-    locked`, its transaction rolled back. The call is then made again, after a growing,
+    time, and a writer that waits longer than its busy timeout (MLflow sets 20 s) gets
+    `database is locked`, its transaction rolled back. The call is then made again, after a growing,
     jittered pause, until it succeeds or `LOCKED_RETRY_SECONDS` have passed. Any other error
     is raised at once.
     """
@@ -407,18 +446,23 @@ class _Patient:
 
         @functools.wraps(attribute)
         def patiently(*args: Any, **kwargs: Any) -> Any:
-            deadline = time.monotonic() + LOCKED_RETRY_SECONDS
-            pause = 0.05
-            while True:
-                try:
-                    return attribute(*args, **kwargs)
-                except Exception as err:
-                    if not _locked(err) or time.monotonic() > deadline:
-                        raise
-                time.sleep(pause * random.uniform(0.5, 1.5))
-                pause = min(pause * 2, 2.0)
+            return _patiently(attribute, *args, **kwargs)
 
         return patiently
+
+
+def _patiently(call: Any, *args: Any, **kwargs: Any) -> Any:
+    """`call(*args, **kwargs)`, made again while sqlite says `database is locked`."""
+    deadline = time.monotonic() + LOCKED_RETRY_SECONDS
+    pause = 0.05
+    while True:
+        try:
+            return call(*args, **kwargs)
+        except Exception as err:
+            if not _locked(err) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause * random.uniform(0.5, 1.5))
+        pause = min(pause * 2, 2.0)
 
 
 def _locked(err: BaseException | None) -> bool:

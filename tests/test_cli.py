@@ -69,6 +69,9 @@ def test_bad_options_are_one_line_errors(
         (["--set", "train.epoch=3"], "--set train.epoch: unknown key (did you mean 'epochs'?)"),
         (["--only", "basline"], "--only: no cell 'basline' (did you mean 'baseline'?)"),
         (["--seeds", "x"], "--seeds"),
+        (["--executor", "ray"], "--executor: expected local or process, got 'ray'"),
+        (["--executor", "local", "--workers", "2"], "--workers 2: the local executor trains"),
+        (["--workers", "0"], "--workers"),
     ]:
         done = overfit("run", str(study), *args, cwd=tmp_path)
         assert done.returncode != 0 and expected in done.stderr, done.stderr

@@ -162,15 +162,14 @@ def test_default_workers_follow_the_cpus_and_the_runs() -> None:
 
 
 def test_a_locked_sqlite_database_is_waited_out(tracking_uri: str) -> None:
-    """sqlite's busy timeout is 5 s; a writer holding the lock longer makes MLflow's call
-    fail with `database is locked`, which the tracker retries until the lock is gone."""
+    """A writer holding the database: MLflow's calls wait for it (sqlite's busy timeout)."""
     tracker = Tracker(tracking_uri)
     db = tracking.sqlite_file(tracking_uri)
     assert db is not None
     tracker.client.search_experiments()  # the store is open before the lock is taken
-    holder = sqlite3.connect(db)
+    holder = sqlite3.connect(db, check_same_thread=False)  # released by a timer thread
     holder.execute("BEGIN EXCLUSIVE")
-    release = threading.Timer(6.5, holder.rollback)
+    release = threading.Timer(1.5, holder.rollback)
     release.start()
     start = time.monotonic()
     try:
@@ -179,5 +178,34 @@ def test_a_locked_sqlite_database_is_waited_out(tracking_uri: str) -> None:
         release.join()
         holder.close()
     assert experiment_id is not None
-    assert time.monotonic() - start > 6.0
+    assert time.monotonic() - start > 1.4
     assert tracker.experiment_id("locked", create=False) == experiment_id
+
+
+def test_database_is_locked_is_retried_until_the_lock_is_gone(tmp_path: Path) -> None:
+    """Past its busy timeout a write fails with `database is locked`; the tracker's retry
+    makes it again until it goes through. Any other error is raised at once."""
+    db = tmp_path / "locked.db"
+    with sqlite3.connect(db) as setup:
+        setup.execute("CREATE TABLE t (x INTEGER)")
+    holder = sqlite3.connect(db, check_same_thread=False)  # released by a timer thread
+    holder.execute("BEGIN EXCLUSIVE")
+    release = threading.Timer(1.5, holder.rollback)
+    attempts = []
+
+    def write() -> None:
+        attempts.append(time.monotonic())
+        with sqlite3.connect(db, timeout=0.05) as connection:
+            connection.execute("INSERT INTO t VALUES (1)")
+
+    release.start()
+    try:
+        tracking._patiently(write)
+    finally:
+        release.join()
+        holder.close()
+    assert len(attempts) > 2 and attempts[-1] - attempts[0] > 1.3
+    with sqlite3.connect(db) as check:
+        assert check.execute("SELECT count(*) FROM t").fetchone() == (1,)
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        tracking._patiently(lambda: sqlite3.connect(db).execute("SELECT * FROM missing"))
