@@ -215,6 +215,9 @@ class RichObserver:
             self.progress.update(self.study_task, completed=sum(self.done_epochs.values()))
         # cell names hold brackets (`plain[init=std:0.01]`), which rich would read as markup
         name = f"{escape(result.key.cell.name)} seed {result.key.seed}"
+        if result.status == "killed":
+            self.progress.console.print(f"[yellow]stopped[/]  {name}")
+            return
         if result.status == "failed":
             self.progress.console.print(f"[red]failed[/]   {name}: {result.reason}")
             return
@@ -290,14 +293,13 @@ def run(
             spec = spec.select(spec.split_names(only))
         seed_list = parse_seeds(seeds) if seeds else None
         from suite import pool
-        from suite.store import resolve_uri
 
         if not dry_run and executor != "local" and workers != 1:
             # workers import TensorFlow while this process imports MLflow and plans
             runs = len(spec.runs(seed_list))
             wanted = min(workers or pool.default_workers(runs), runs)
             if wanted > 1:
-                pool.warm_up(wanted, resolve_uri(tracking_uri))
+                pool.warm_up(wanted)
         try:
             from suite.runner import plan, run_study
             from suite.tracking import Tracker

@@ -3,18 +3,20 @@
 Each worker is spawned (not forked: TensorFlow's thread pools do not survive a fork), imports
 TensorFlow once, pins its thread count, and then trains run after run: the data file is loaded
 once per worker and each compiled program is reused by every later run of its shape (see
-`suite.train`). Workers log their runs to the tracking store themselves, as the serial runner
-does; the parent plans, creates the study's experiment up front, shows progress from the
-workers' events and collects their results.
+`suite.train`). Workers never import MLflow: they send what a run does (started, data sizes,
+each epoch's metrics, the end with its history) over one queue, in order, and the parent logs
+it: it creates each run when its worker starts it, streams its epochs to the store, and ends
+it. One process writes the store, so a sqlite store sees no competing writers; the workers'
+start-up (importing TensorFlow) runs while the parent imports MLflow and plans.
 
 A run's history does not depend on the worker that trains it nor on its thread count: the
 same seeds give the same per-epoch metrics with 1 worker or N.
 
-Ctrl-C (or SIGTERM) in the parent: the workers stop their runs at the next epoch boundary and
-mark them KILLED, queued runs are dropped, and the parent raises KeyboardInterrupt; a second
-Ctrl-C stops at once (a later invocation marks what was left RUNNING as KILLED). A worker
-that dies (killed, out of memory) fails the runs it had started with that reason; the runs it
-had not started go to a new pool.
+Ctrl-C (or SIGTERM) in the parent: the workers stop their runs at the next epoch boundary, the
+parent marks them KILLED, queued runs are dropped, and the parent raises KeyboardInterrupt; a
+second Ctrl-C stops at once (a later invocation marks what was left RUNNING as KILLED). A
+worker that dies (killed, out of memory) breaks the pool: the runs in progress are FAILED with
+that reason, and the runs not yet started go to a new pool.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import sys
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from suite.data import Source, resolve_source
@@ -84,26 +86,7 @@ class _SharedStop:
             raise KeyboardInterrupt
 
 
-class _Forward:
-    """An observer that sends what a run does to the parent, which shows it."""
-
-    def __init__(self, events: Any) -> None:
-        self.events = events
-
-    def study_started(self, *args: Any) -> None:
-        pass
-
-    def run_started(self, key: RunKey, index: int, total: int) -> None:
-        self.events.put(("started", key.cell.hash, key.seed))
-
-    def epoch_done(self, key: RunKey, epoch: int, epochs: int, values: dict[str, float]) -> None:
-        self.events.put(("epoch", key.cell.hash, key.seed, epoch, values))
-
-    def run_ended(self, result: Any) -> None:
-        pass
-
-
-def _init_worker(uri: str, threads: int, events: Any, stop: Any) -> None:
+def _init_worker(threads: int, events: Any, stop: Any) -> None:
     # Ctrl-C reaches every process of the terminal's group: the parent decides what it means
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     shared = _SharedStop(stop)
@@ -113,24 +96,43 @@ def _init_worker(uri: str, threads: int, events: Any, stop: Any) -> None:
 
     signal.signal(signal.SIGTERM, terminate)
     from suite.data import OfflineDataWarning
-    from suite.tracking import Tracker
     from suite.train import pin_threads
 
     warnings.simplefilter("ignore", OfflineDataWarning)  # the parent said it already
     pin_threads(threads)
+    _worker.update(events=events, stop=shared)
 
-    _worker.update(tracker=Tracker(uri), events=_Forward(events), stop=shared)
 
+def _work(key: RunKey, source: Source) -> None:
+    """Train one run, reporting it on the event queue; its last event is `done`."""
+    from suite import data
+    from suite.train import Diverged, train
 
-def _work(key: RunKey, study: str, experiment_id: str, source: Source) -> Any:
-    from suite.runner import KILLED, RunResult, _run_one
-
-    tracker, events, stop = _worker["tracker"], _worker["events"], _worker["stop"]
+    events, stop = _worker["events"], _worker["stop"]
+    ident = (key.cell.hash, key.seed)
+    events.put(("started", *ident))
+    cfg = key.cell.config
+    outcome: dict[str, Any]
     try:
-        result = _run_one(key, 0, 0, study, tracker, experiment_id, events, stop, source)
+        d = cfg.data
+        split = data.make_split(
+            d.path, d.train_size, d.subset, d.val_size, d.test_size, key.seed, source
+        )
+        events.put(("sizes", *ident, split.sizes))
+
+        def on_epoch(epoch: int, values: dict[str, float]) -> None:
+            events.put(("epoch", *ident, epoch, values))
+            stop.check()
+
+        outcome = {"status": "finished", "history": train(cfg, split, key.seed, on_epoch)}
     except KeyboardInterrupt:
-        result = RunResult(key, KILLED, reason="interrupted")
-    return replace(result, peak_memory_mb=peak_memory_mb())
+        outcome = {"status": "killed", "reason": "interrupted"}
+    except Diverged as err:
+        outcome = {"status": "failed", "reason": err.reason}
+    except Exception as err:  # noqa: BLE001 - one failing run never stops the study
+        outcome = {"status": "failed", "reason": f"{type(err).__name__}: {err}"}
+    outcome["peak_memory_mb"] = peak_memory_mb()
+    events.put(("done", *ident, outcome))
 
 
 # --- in the parent ------------------------------------------------------------------------
@@ -142,20 +144,23 @@ class _Flight:
 
     key: RunKey
     started: bool = False
+    run_id: str | None = None
+    logger: Any = None  # the run's EpochLogger
+    result: Any = None  # its RunResult, once it ended
 
 
 class _Workers:
     """A spawned pool, its event queue and its stop event."""
 
-    def __init__(self, workers: int, uri: str) -> None:
-        self.workers, self.uri = workers, uri
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
         context = multiprocessing.get_context("spawn")
         self.events, self.stop_event = context.Queue(), context.Event()
         self.pool = ProcessPoolExecutor(
             max_workers=workers,
             mp_context=context,
             initializer=_init_worker,
-            initargs=(uri, threads_per_worker(workers), self.events, self.stop_event),
+            initargs=(threads_per_worker(workers), self.events, self.stop_event),
         )
 
     def start(self) -> None:
@@ -167,13 +172,13 @@ class _Workers:
 _warm: _Workers | None = None
 
 
-def warm_up(workers: int, uri: str) -> None:
+def warm_up(workers: int) -> None:
     """Start `workers` workers now, so that their start-up (importing TensorFlow, seconds)
     runs while this process imports MLflow, opens the store and plans; `run_in_pool` takes
-    them over when it wants as many workers on the same store."""
+    them over when it wants as many workers."""
     global _warm
     discard_warm()
-    _warm = _Workers(workers, uri)
+    _warm = _Workers(workers)
     _warm.start()
 
 
@@ -196,46 +201,108 @@ def _terminate(pool: ProcessPoolExecutor) -> None:
         process.join(timeout=5)
 
 
-def _workers(workers: int, uri: str) -> _Workers:
+def _workers(workers: int) -> _Workers:
     global _warm
     warm, _warm = _warm, None
-    if warm is not None and (warm.workers, warm.uri) == (workers, uri):
+    if warm is not None and warm.workers == workers:
         return warm
     if warm is not None:
         _terminate(warm.pool)
-    return _Workers(workers, uri)
+    return _Workers(workers)
 
 
 class _Round:
-    """One pool's life: submit runs, relay their events, collect their results."""
+    """One pool's life: submit runs, log what their workers report, collect the results."""
 
-    def __init__(self, keys: list[RunKey], workers: int, args: tuple[str, str], uri: str) -> None:
-        own = _workers(workers, uri)
+    def __init__(
+        self, keys: list[RunKey], workers: int, study: str, experiment_id: str, tracker: Any
+    ) -> None:
+        own = _workers(workers)
         self.pool, self.events, self.stop_event = own.pool, own.events, own.stop_event
+        self.study, self.experiment_id, self.tracker = study, experiment_id, tracker
         # the data each run reads is resolved here, once: workers read the same file
-        self.flights = {
-            self.pool.submit(_work, key, *args, resolve_source(key.cell.config.data.path)): _Flight(
-                key
-            )
+        self.futures = {
+            self.pool.submit(_work, key, resolve_source(key.cell.config.data.path)): key
             for key in keys
         }
-        self.by_key = {(f.key.cell.hash, f.key.seed): f for f in self.flights.values()}
+        self.flights = {(k.cell.hash, k.seed): _Flight(k) for k in keys}
 
-    def relay(self, observer: Any, counter: list[int], total: int) -> None:
-        """Show what the workers reported since the last call."""
+    def open(self) -> list[_Flight]:
+        """Runs started and not ended."""
+        return [f for f in self.flights.values() if f.started and f.result is None]
+
+    def relay(self, observer: Any, counter: list[int], total: int, block: float = 0.0) -> bool:
+        """Log and show what the workers reported since the last call; False if nothing came
+        (waiting up to `block` seconds for the first event)."""
+        from suite.runner import FAILED, FINISHED, KILLED, RunResult, _record
+        from suite.tracking import EpochLogger
+
+        got = False
         while True:
             try:
-                event = self.events.get_nowait()
+                event = (
+                    self.events.get(timeout=block)
+                    if block and not got
+                    else (self.events.get_nowait())
+                )
             except queue.Empty:
-                return
-            flight = self.by_key[(event[1], event[2])]
-            if event[0] == "started":
+                return got
+            got = True
+            kind, flight = event[0], self.flights[(event[1], event[2])]
+            key = flight.key
+            if kind == "started":
                 flight.started = True
-                observer.run_started(flight.key, counter[0], total)
+                observer.run_started(key, counter[0], total)
                 counter[0] += 1
+                try:
+                    flight.run_id = self.tracker.start_run(
+                        self.experiment_id,
+                        self.study,
+                        key.cell,
+                        key.seed,
+                        key.cell.data_source or "unknown",
+                    )
+                    flight.logger = EpochLogger(self.tracker, flight.run_id)
+                except Exception as err:  # noqa: BLE001 - the run fails, the study goes on
+                    self._end(
+                        observer, flight, RunResult(key, FAILED, reason=f"could not start: {err}")
+                    )
+            elif flight.result is not None or flight.run_id is None:
+                continue  # a run that could not start: what its worker says goes nowhere
+            elif kind == "sizes":
+                self.tracker.set_tags(
+                    flight.run_id, {f"n_{part}": str(n) for part, n in event[3].items()}
+                )
+            elif kind == "epoch":
+                flight.logger(event[3], event[4])
+                observer.epoch_done(key, event[3], key.cell.config.train.epochs, event[4])
             else:
-                epochs = flight.key.cell.config.train.epochs
-                observer.epoch_done(flight.key, event[3], epochs, event[4])
+                outcome = event[3]
+                flight.logger.flush()
+                memory = outcome["peak_memory_mb"]
+                if outcome["status"] == "finished":
+                    final = _record(self.tracker, flight.run_id, outcome["history"])
+                    result = RunResult(key, FINISHED, flight.run_id, final, peak_memory_mb=memory)
+                elif outcome["status"] == "killed":
+                    self.tracker.fail(flight.run_id, "interrupted", "KILLED")
+                    result = RunResult(
+                        key, KILLED, flight.run_id, reason="interrupted", peak_memory_mb=memory
+                    )
+                else:
+                    reason = (
+                        outcome["reason"].strip().splitlines()[0]
+                        if outcome["reason"].strip()
+                        else "failed"
+                    )
+                    self.tracker.fail(flight.run_id, reason)
+                    result = RunResult(
+                        key, FAILED, flight.run_id, reason=reason, peak_memory_mb=memory
+                    )
+                self._end(observer, flight, result)
+
+    def _end(self, observer: Any, flight: _Flight, result: Any) -> None:
+        flight.result = result
+        observer.run_ended(result)
 
     def close(self, stopping: bool) -> None:
         if stopping:
@@ -253,22 +320,21 @@ def run_in_pool(
     workers: int,
     stop: Any,
 ) -> list[Any]:
-    """Train `todo` in `workers` spawned processes; return their results in `todo` order.
+    """Train `todo` in `workers` spawned processes, logging each run here; return the
+    results in `todo` order.
 
     Raises:
         KeyboardInterrupt: after a stop request, once the runs in progress are marked KILLED.
     """
-    from suite.runner import FAILED, KILLED, RunResult
+    from suite.runner import FAILED, RunResult
 
     results: dict[tuple[str, int], Any] = {}
     remaining = list(todo)
     counter = [0]  # runs started so far, over every round
     while remaining:
-        round_ = _Round(
-            remaining, min(workers, len(remaining)), (study, experiment_id), tracker.uri
-        )
-        pending = set(round_.flights)
-        broken, finished_here = False, 0
+        round_ = _Round(remaining, min(workers, len(remaining)), study, experiment_id, tracker)
+        pending = set(round_.futures)
+        broken = False
         try:
             while pending:
                 if stop.requested and not round_.stop_event.is_set():
@@ -278,46 +344,35 @@ def run_in_pool(
                 done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
                 round_.relay(observer, counter, len(todo))
                 for future in done:
-                    flight = round_.flights[future]
-                    if future.cancelled():
-                        continue
-                    try:
-                        result = future.result()
-                    except BrokenProcessPool:
+                    if not future.cancelled() and isinstance(future.exception(), BrokenProcessPool):
                         broken = True
-                        if not flight.started:
-                            continue  # never began: the next round takes it
-                        result = RunResult(flight.key, FAILED, reason=WORKER_DIED)
-                    if result.status != KILLED:
-                        finished_here += 1
-                        observer.run_ended(result)
-                    results[(flight.key.cell.hash, flight.key.seed)] = result
+            # every worker has returned: what they reported is on its way; take it all
+            while round_.open() and round_.relay(observer, counter, len(todo), block=5.0):
+                pass
+            for flight in round_.open():  # its worker died before it could say how it ended
+                if flight.run_id is not None:
+                    tracker.fail(flight.run_id, WORKER_DIED)
+                round_._end(
+                    observer,
+                    flight,
+                    RunResult(flight.key, FAILED, flight.run_id, reason=WORKER_DIED),
+                )
         finally:
             round_.close(stopping=stop.requested)
-        if broken:
-            # runs of this round a dead worker left RUNNING, whether the parent heard them start
-            unfinished = [
-                k
-                for k in remaining
-                if getattr(results.get((k.cell.hash, k.seed)), "reason", WORKER_DIED) == WORKER_DIED
-            ]
-            _fail_left_running(tracker, experiment_id, unfinished)
+        ended = [f for f in round_.flights.values() if f.result is not None]
         if stop.requested:
             raise KeyboardInterrupt
+        # a run stopped by a broken pool's shutdown (KILLED) trains again in the next round
+        results.update(
+            {(f.key.cell.hash, f.key.seed): f.result for f in ended if f.result.status != "killed"}
+        )
         remaining = [k for k in remaining if (k.cell.hash, k.seed) not in results]
-        if broken and remaining and finished_here == 0:
-            # a pool that broke before finishing anything would break again: stop here
+        if broken and remaining and not ended:
+            # a pool that broke before a run started (a worker failing at start-up) would
+            # break again: stop here; otherwise every round ends some runs, so this ends
             for key in remaining:
                 result = RunResult(key, FAILED, reason=WORKER_DIED)
                 observer.run_ended(result)
                 results[(key.cell.hash, key.seed)] = result
             remaining = []
     return [results[(k.cell.hash, k.seed)] for k in todo]
-
-
-def _fail_left_running(tracker: Any, experiment_id: str, keys: list[RunKey]) -> None:
-    """Mark the RUNNING runs of `keys` FAILED: their worker died mid-run."""
-    wanted = {(k.cell.hash, k.seed) for k in keys}
-    for record in tracker.runs(experiment_id):
-        if record.status == "RUNNING" and (record.cell_hash, record.seed) in wanted:
-            tracker.fail(record.run_id, WORKER_DIED)

@@ -12,12 +12,15 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from suite.data import Source
 from suite.pool import default_workers, peak_memory_mb
 from suite.spec import RunKey, Study
 from suite.tracking import ACTIVATIONS_ARTIFACT, EpochLogger, RunRecord, Tracker
+
+if TYPE_CHECKING:
+    from suite.train import History
 
 FINISHED, SKIPPED, FAILED, KILLED = "finished", "skipped", "failed", "killed"
 
@@ -285,16 +288,7 @@ def _run_one(
             history = train(cfg, split, key.seed, on_epoch=on_epoch)
         finally:
             logger.flush()
-        final = history.final()
-        if history.confusion is not None:
-            tracker.log_confusion(run_id, history.confusion)
-        if history.batch_loss:
-            tracker.log_epochs(
-                run_id, ((i, {"batch_loss": v}) for i, v in enumerate(history.batch_loss, 1))
-            )
-        if history.activations is not None:
-            tracker.log_dict(run_id, history.activations, ACTIVATIONS_ARTIFACT)
-        tracker.finish(run_id, final)
+        final = _record(tracker, run_id, history)
         result = RunResult(key, FINISHED, run_id, final)
     except KeyboardInterrupt:
         if run_id is not None:
@@ -306,6 +300,22 @@ def _run_one(
         result = _failed(tracker, key, run_id, f"{type(err).__name__}: {err}")
     observer.run_ended(result)
     return result
+
+
+def _record(tracker: Tracker, run_id: str, history: History) -> dict[str, float]:
+    """Log what a trained run holds beyond its epochs (confusion matrix, per-update losses,
+    activation histograms, final metrics) and end it FINISHED; returns its final metrics."""
+    final = history.final()
+    if history.confusion is not None:
+        tracker.log_confusion(run_id, history.confusion)
+    if history.batch_loss:
+        tracker.log_epochs(
+            run_id, ((i, {"batch_loss": v}) for i, v in enumerate(history.batch_loss, 1))
+        )
+    if history.activations is not None:
+        tracker.log_dict(run_id, history.activations, ACTIVATIONS_ARTIFACT)
+    tracker.finish(run_id, final)
+    return final
 
 
 def _failed(tracker: Tracker, key: RunKey, run_id: str | None, reason: str) -> RunResult:
