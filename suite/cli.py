@@ -269,14 +269,14 @@ def run(
         typer.Option(
             min=1,
             help="Runs trained at once, each in a worker process [default: one per CPU, "
-            "at most one per run].",
+            "at most one per run]; 1: in this process.",
         ),
     ] = None,
     executor: Annotated[
         str | None,
         typer.Option(
             help="local: in this process, one run at a time; process: in --workers worker "
-            "processes [default: process when more than one worker, else local].",
+            "processes [default: process, unless --workers 1].",
         ),
     ] = None,
 ) -> None:
@@ -298,7 +298,7 @@ def run(
             # workers import TensorFlow while this process imports MLflow and plans
             runs = len(spec.runs(seed_list))
             wanted = min(workers or pool.default_workers(runs), runs)
-            if wanted > 1:
+            if wanted >= 1:
                 pool.warm_up(wanted)
         try:
             from suite.runner import plan, run_study

@@ -197,13 +197,16 @@ def run_study(
     where this one stopped.
 
     `executor="local"` trains in this process, one run after another; `"process"` in
-    `workers` spawned worker processes (see `suite.pool`). `workers=None` takes one per CPU,
-    at most one per run; the executor defaults to `process` for more than one worker, else
+    `workers` spawned worker processes (see `suite.pool`). `workers=None` (`overfit run`'s
+    default) takes worker processes, one per CPU and at most one per run: even a single
+    worker pays, since it imports TensorFlow while this process imports MLflow and opens the
+    store. Otherwise the executor defaults to `process` for more than one worker, else
     `local`. Either way, the same seeds give the same histories.
     """
     observer = observer or Silent()
     todo, finished, stale = plan(study, tracker, seeds, rerun)
-    if workers is None:
+    if workers is None:  # the default: worker processes, even one (see the docstring)
+        executor = executor or "process"
         workers = 1 if executor == "local" else default_workers(len(todo))
     executor = executor or ("process" if workers > 1 else "local")
     if executor not in EXECUTORS:
