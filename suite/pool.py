@@ -15,8 +15,9 @@ same seeds give the same per-epoch metrics with 1 worker or N.
 Ctrl-C (or SIGTERM) in the parent: the workers stop their runs at the next epoch boundary, the
 parent marks them KILLED, queued runs are dropped, and the parent raises KeyboardInterrupt; a
 second Ctrl-C stops at once (a later invocation marks what was left RUNNING as KILLED). A
-worker that dies (killed, out of memory) breaks the pool: the runs in progress are FAILED with
-that reason, and the runs not yet started go to a new pool.
+worker that dies (killed, out of memory) breaks the pool: its run is FAILED with that reason;
+the pool's shutdown stops the other workers' runs (KILLED), and those, with the runs not yet
+started, go to a new pool.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Run a study: expand it, skip finished runs, train the rest, isolate failures.
 
 The runner is display-agnostic: it reports progress to an `Observer` (the CLI's rich display,
-or nothing in tests) and returns a `StudyResult` that tests and the CLI read.
+or nothing in tests) and returns a `StudyResult` that tests and the CLI read. Runs train in
+this process (`local`) or in worker processes (`process`, see `suite.pool`); either way this
+process logs them.
 """
 
 from __future__ import annotations
