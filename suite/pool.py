@@ -358,8 +358,11 @@ def run_in_pool(
                     flight,
                     RunResult(flight.key, FAILED, flight.run_id, reason=WORKER_DIED),
                 )
-        finally:
-            round_.close(stopping=stop.requested)
+        except BaseException:
+            # a store error, a second Ctrl-C: stop the workers' runs, do not wait for them
+            round_.close(stopping=True)
+            raise
+        round_.close(stopping=stop.requested)
         ended = [f for f in round_.flights.values() if f.result is not None]
         if stop.requested:
             raise KeyboardInterrupt
