@@ -16,8 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
-from suite.data import Source
-from suite.pool import default_workers, peak_memory_mb
+from suite.pool import default_workers, peak_memory_mb, run_in_pool
 from suite.spec import RunKey, Study
 from suite.tracking import ACTIVATIONS_ARTIFACT, EpochLogger, RunRecord, Tracker
 
@@ -234,8 +233,6 @@ def run_study(
     stop = _StopRequest()
     with stop.installed():
         if executor == "process":
-            from suite.pool import run_in_pool
-
             results += run_in_pool(
                 todo, study.name, experiment_id, tracker, observer, workers, stop
             )
@@ -258,7 +255,6 @@ def _run_one(
     experiment_id: str,
     observer: Observer,
     stop: Stoppable,
-    source: Source | None = None,
 ) -> RunResult:
     """Train and log one run; any failure but an interrupt becomes a FAILED result."""
     from suite import data
@@ -279,7 +275,6 @@ def _run_one(
             cfg.data.val_size,
             cfg.data.test_size,
             key.seed,
-            source,
         )
         tracker.set_tags(run_id, {f"n_{part}": str(n) for part, n in split.sizes.items()})
         logger = EpochLogger(tracker, run_id)
