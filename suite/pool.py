@@ -110,6 +110,8 @@ def _work(key: RunKey, source: Source) -> None:
     from suite.train import Diverged, train
 
     events, stop = _worker["events"], _worker["stop"]
+    if stop.event.is_set():
+        return  # queued before a stop request, too late to cancel: never started
     ident = (key.cell.hash, key.seed)
     events.put(("started", *ident))
     cfg = key.cell.config
@@ -371,9 +373,9 @@ def run_in_pool(
             {(f.key.cell.hash, f.key.seed): f.result for f in ended if f.result.status != "killed"}
         )
         remaining = [k for k in remaining if (k.cell.hash, k.seed) not in results]
-        if broken and remaining and not ended:
-            # a pool that broke before a run started (a worker failing at start-up) would
-            # break again: stop here; otherwise every round ends some runs, so this ends
+        if broken and remaining and all(f.result.status == "killed" for f in ended):
+            # a pool that broke before any run ended for good (a worker failing at start-up)
+            # would break again: stop here; otherwise every round ends some runs, so this ends
             for key in remaining:
                 result = RunResult(key, FAILED, reason=WORKER_DIED)
                 observer.run_ended(result)
