@@ -46,6 +46,8 @@ sys.path.insert(0, str(ROOT))
 
 import report_bench  # noqa: E402
 
+from suite.tracking import git_commit  # noqa: E402
+
 SHARED = ROOT.parent / "shared" / "data" / "mnist.npz"
 SECTIONS = ("inprocess", "logging", "cli", "naive", "study", "study1", "report")
 TRIES = 3
@@ -91,26 +93,26 @@ def matmul_peak(rows: int, tries: int = 5) -> float:
     return best
 
 
-def canonical(data_path: Path | None, epochs: int) -> tuple[Any, Any]:
-    """The canonical run's config and data split."""
+def canonical(data_path: Path | None, epochs: int) -> tuple[Any, Any, Any]:
+    """The headline study cut down to the canonical run's cell, that cell, and its data."""
     from suite import data
     from suite.spec import load_study
 
     overrides: dict[str, Any] = {"train.epochs": epochs}
     if data_path:
         overrides["data.path"] = str(data_path)
-    study = load_study(ROOT / "experiments" / "overfitting.yaml", overrides)
-    cell = next(c for c in study.cells if c.name == "baseline")
+    study = load_study(ROOT / "experiments" / "overfitting.yaml", overrides).select(["baseline"])
+    (cell,) = study.cells
     d = cell.config.data
     split = data.make_split(d.path, d.train_size, d.subset, d.val_size, d.test_size, 0)
-    return cell, split
+    return study, cell, split
 
 
 def bench_inprocess(data_path: Path | None, epochs: int) -> dict[str, Any]:
     """Canonical run in this process, each try next to a matmul peak measurement."""
     from suite.train import train
 
-    cell, split = canonical(data_path, epochs)
+    _, cell, split = canonical(data_path, epochs)
     n_train, n_eval = len(split.y_train), len(split.y_train) + len(split.y_test)
     flops = run_flops(cell.config, n_train, n_eval)
     first = train(cell.config, split, 0)
@@ -177,14 +179,9 @@ def bench_logging(data_path: Path | None, epochs: int) -> dict[str, Any]:
     final metrics), against the whole run; also the run with and without the runner,
     alternated (a difference of two noisy times, for reference)."""
     from suite.runner import run_study
-    from suite.spec import load_study
     from suite.train import train
 
-    cell, split = canonical(data_path, epochs)
-    overrides: dict[str, Any] = {"train.epochs": epochs}
-    if data_path:
-        overrides["data.path"] = str(data_path)
-    study = load_study(ROOT / "experiments" / "overfitting.yaml", overrides).select(["baseline"])
+    study, cell, split = canonical(data_path, epochs)
     logged, alone, in_mlflow = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         tracker = timed_tracker(f"sqlite:///{Path(tmp) / 'mlflow.db'}")
@@ -276,7 +273,7 @@ def main() -> None:
     overfit = [sys.executable, "-m", "suite"]
     record: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "commit": _commit(),
+        "commit": git_commit(),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "epochs": epochs,
         "data": str(data_path) if data_path else "bundled",
@@ -450,16 +447,6 @@ def table(record: dict[str, Any]) -> list[tuple[str, str, str]]:
             )
         )
     return rows
-
-
-def _commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        )
-    except OSError:
-        return None
-    return out.stdout.strip() or None
 
 
 if __name__ == "__main__":
