@@ -31,7 +31,7 @@ import sys
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from suite.data import Source, resolve_source
@@ -237,7 +237,7 @@ class _Round:
     def relay(self, observer: Any, counter: list[int], total: int, block: float = 0.0) -> bool:
         """Log and show what the workers reported since the last call; False if nothing came
         (waiting up to `block` seconds for the first event)."""
-        from suite.runner import FAILED, FINISHED, KILLED, RunResult, _record
+        from suite.runner import FAILED, FINISHED, KILLED, RunResult, _failed, _record
         from suite.tracking import EpochLogger
 
         got = False
@@ -292,15 +292,8 @@ class _Round:
                         key, KILLED, flight.run_id, reason="interrupted", peak_memory_mb=memory
                     )
                 else:
-                    reason = (
-                        outcome["reason"].strip().splitlines()[0]
-                        if outcome["reason"].strip()
-                        else "failed"
-                    )
-                    self.tracker.fail(flight.run_id, reason)
-                    result = RunResult(
-                        key, FAILED, flight.run_id, reason=reason, peak_memory_mb=memory
-                    )
+                    failed = _failed(self.tracker, key, flight.run_id, outcome["reason"])
+                    result = replace(failed, peak_memory_mb=memory)
                 self._end(observer, flight, result)
 
     def _end(self, observer: Any, flight: _Flight, result: Any) -> None:

@@ -209,3 +209,22 @@ def test_database_is_locked_is_retried_until_the_lock_is_gone(tmp_path: Path) ->
         assert check.execute("SELECT count(*) FROM t").fetchone() == (1,)
     with pytest.raises(sqlite3.OperationalError, match="no such table"):
         tracking._patiently(lambda: sqlite3.connect(db).execute("SELECT * FROM missing"))
+
+
+def test_a_diverging_run_in_a_worker_fails_with_its_reason(
+    write_study: Callable[..., Path], tracking_uri: str, tiny_study: str
+) -> None:
+    # weight decay 1000 at learning rate 10 overflows the weights within 3 epochs
+    exploding = (
+        "  exploding: {model: {weight_decay: 1000.0}, train: {optimizer: {learning_rate: 10.0}}}\n"
+    )
+    study = load_study(write_study(tiny_study + exploding))
+    tracker = Tracker(tracking_uri)
+    result = run_study(study, tracker, seeds=(0,), workers=2)
+    failed = [r for r in result.results if r.status == FAILED]
+    assert [r.key.cell.name for r in failed] == ["exploding"]
+    assert failed[0].reason and failed[0].reason.startswith("diverged at epoch")
+    assert result.count(FINISHED) == 2
+    run = tracker.client.get_run(failed[0].run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags[tracking.FAILURE_TAG] == failed[0].reason
