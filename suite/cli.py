@@ -281,8 +281,10 @@ def run(
     ] = None,
 ) -> None:
     """Train every run of a study not yet FINISHED in the store; log each to MLflow."""
-    if executor is not None and executor not in ("local", "process"):
-        fail(f"--executor: expected local or process, got {executor!r}")
+    from suite.pool import EXECUTORS
+
+    if executor is not None and executor not in EXECUTORS:
+        fail(f"--executor: expected {' or '.join(EXECUTORS)}, got {executor!r}")
     if executor == "local" and workers not in (None, 1):
         fail(
             f"--workers {workers}: the local executor trains one run at a time; use --executor process"

@@ -37,6 +37,7 @@ from typing import Any
 from suite.data import Source, resolve_source
 from suite.spec import RunKey
 
+EXECUTORS = ("local", "process")  # in this process; in worker processes
 WORKER_DIED = "a worker process died (killed, or out of memory?) and the pool stopped"
 
 

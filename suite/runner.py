@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
-from suite.pool import default_workers, peak_memory_mb, run_in_pool
+from suite.pool import EXECUTORS, default_workers, peak_memory_mb, run_in_pool
 from suite.spec import RunKey, Study
 from suite.tracking import ACTIVATIONS_ARTIFACT, EpochLogger, RunRecord, Tracker
 
@@ -41,9 +41,6 @@ class Stoppable(Protocol):
     """A stop request, checked at every epoch boundary: raises KeyboardInterrupt when made."""
 
     def check(self) -> None: ...
-
-
-EXECUTORS = ("local", "process")
 
 
 class Silent:
