@@ -221,6 +221,9 @@ class RichObserver:
         if result.status == "failed":
             self.progress.console.print(f"[red]failed[/]   {name}: {result.reason}")
             return
+        if result.status == "skipped":  # trained meanwhile by another invocation
+            self.progress.console.print(f"elsewhere {name}: {result.reason}", highlight=False)
+            return
         final = result.final
         self.progress.console.print(
             f"finished {name}: train {final['final_train_accuracy']:.3f}  "

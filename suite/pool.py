@@ -22,6 +22,7 @@ started, go to a new pool.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import queue
@@ -147,10 +148,11 @@ class _Flight:
     """What the parent knows of one submitted run."""
 
     key: RunKey
+    run_id: str  # claimed before it went to a worker
     started: bool = False
-    run_id: str | None = None
     logger: Any = None  # the run's EpochLogger
     result: Any = None  # its RunResult, once it ended
+    withdrawn: bool = False  # claimed, never started, given back
 
 
 class _Workers:
@@ -216,31 +218,42 @@ def _workers(workers: int) -> _Workers:
 
 
 class _Round:
-    """One pool's life: submit runs, log what their workers report, collect the results."""
+    """One pool's life: hand claimed runs to free workers, log what the workers report."""
 
-    def __init__(
-        self, keys: list[RunKey], workers: int, study: str, experiment_id: str, tracker: Any
-    ) -> None:
+    def __init__(self, workers: int, study: str, tracker: Any) -> None:
         own = _workers(workers)
+        self.workers = workers
         self.pool, self.events, self.stop_event = own.pool, own.events, own.stop_event
-        self.study, self.experiment_id, self.tracker = study, experiment_id, tracker
+        self.study, self.tracker = study, tracker
+        self.futures: dict[Any, _Flight] = {}
+        self.flights: dict[tuple[str, int], _Flight] = {}
+        self.broken = False
+
+    def submit(self, key: RunKey, run_id: str) -> None:
+        """Give a claimed run (its RUNNING run exists) to a worker."""
+        from suite.tracking import EpochLogger
+
+        flight = _Flight(key, run_id=run_id, logger=EpochLogger(self.tracker, run_id))
+        self.flights[(key.cell.hash, key.seed)] = flight
         # the data each run reads is resolved here, once: workers read the same file
-        self.futures = {
-            self.pool.submit(_work, key, resolve_source(key.cell.config.data.path)): key
-            for key in keys
-        }
-        self.flights = {(k.cell.hash, k.seed): _Flight(k) for k in keys}
+        future = self.pool.submit(_work, key, resolve_source(key.cell.config.data.path))
+        self.futures[future] = flight
+
+    def busy(self) -> int:
+        """Runs handed to workers and not ended."""
+        return sum(f.result is None for f in self.flights.values())
 
     def open(self) -> list[_Flight]:
         """Runs started and not ended."""
         return [f for f in self.flights.values() if f.started and f.result is None]
 
-    def relay(self, observer: Any, counter: list[int], total: int, block: float = 0.0) -> bool:
+    def relay(self, claims: Any, block: float = 0.0) -> bool:
         """Log and show what the workers reported since the last call; False if nothing came
         (waiting up to `block` seconds for the first event)."""
-        from suite.runner import FAILED, FINISHED, KILLED, RunResult, _failed, _record
-        from suite.tracking import EpochLogger
+        from suite.runner import FINISHED, KILLED, LOST, RunResult, _failed, _record
+        from suite.tracking import ClaimLost
 
+        observer = claims.observer
         got = False
         while True:
             try:
@@ -254,25 +267,12 @@ class _Round:
             got = True
             kind, flight = event[0], self.flights[(event[1], event[2])]
             key = flight.key
+            if flight.result is not None:
+                continue
             if kind == "started":
                 flight.started = True
-                observer.run_started(key, counter[0], total)
-                counter[0] += 1
-                try:
-                    flight.run_id = self.tracker.start_run(
-                        self.experiment_id,
-                        self.study,
-                        key.cell,
-                        key.seed,
-                        key.cell.data_source or "unknown",
-                    )
-                    flight.logger = EpochLogger(self.tracker, flight.run_id)
-                except Exception as err:  # noqa: BLE001 - the run fails, the study goes on
-                    self._end(
-                        observer, flight, RunResult(key, FAILED, reason=f"could not start: {err}")
-                    )
-            elif flight.result is not None or flight.run_id is None:
-                continue  # a run that could not start: what its worker says goes nowhere
+                observer.run_started(key, claims.started, len(claims.order))
+                claims.started += 1
             elif kind == "sizes":
                 self.tracker.set_tags(
                     flight.run_id, {f"n_{part}": str(n) for part, n in event[3].items()}
@@ -285,8 +285,13 @@ class _Round:
                 flight.logger.flush()
                 memory = outcome["peak_memory_mb"]
                 if outcome["status"] == "finished":
-                    final = _record(self.tracker, flight.run_id, outcome["history"])
-                    result = RunResult(key, FINISHED, flight.run_id, final, peak_memory_mb=memory)
+                    try:
+                        final = _record(self.tracker, flight.run_id, outcome["history"])
+                        result = RunResult(
+                            key, FINISHED, flight.run_id, final, peak_memory_mb=memory
+                        )
+                    except ClaimLost as err:
+                        result = RunResult(key, LOST, flight.run_id, reason=str(err))
                 elif outcome["status"] == "killed":
                     self.tracker.fail(flight.run_id, "interrupted", "KILLED")
                     result = RunResult(
@@ -295,11 +300,11 @@ class _Round:
                 else:
                     failed = _failed(self.tracker, key, flight.run_id, outcome["reason"])
                     result = replace(failed, peak_memory_mb=memory)
-                self._end(observer, flight, result)
+                self._end(claims, flight, result)
 
-    def _end(self, observer: Any, flight: _Flight, result: Any) -> None:
+    def _end(self, claims: Any, flight: _Flight, result: Any) -> None:
         flight.result = result
-        observer.run_ended(result)
+        claims.ended(result)
 
     def close(self, stopping: bool) -> None:
         if stopping:
@@ -309,70 +314,79 @@ class _Round:
 
 
 def run_in_pool(
-    todo: list[RunKey],
-    study: str,
-    experiment_id: str,
-    tracker: Any,
-    observer: Any,
-    workers: int,
-    stop: Any,
-) -> list[Any]:
-    """Train `todo` in `workers` spawned processes, logging each run here; return the
-    results in `todo` order.
+    claims: Any, study: str, tracker: Any, observer: Any, workers: int, stop: Any
+) -> None:
+    """Train the runs of `claims` in `workers` spawned processes, logging each run here:
+    a run is claimed when a worker is free for it, and its result goes to `claims`.
 
     Raises:
         KeyboardInterrupt: after a stop request, once the runs in progress are marked KILLED.
     """
-    from suite.runner import FAILED, RunResult
+    from suite.runner import FAILED, KILLED, RunResult
 
-    results: dict[tuple[str, int], Any] = {}
-    remaining = list(todo)
-    counter = [0]  # runs started so far, over every round
-    while remaining:
-        round_ = _Round(remaining, min(workers, len(remaining)), study, experiment_id, tracker)
-        pending = set(round_.futures)
-        broken = False
+    while not claims.done():
+        left = len(claims.waiting) + len(claims.held)
+        round_ = _Round(min(workers, max(1, left)), study, tracker)
         try:
-            while pending:
+            while True:
                 if stop.requested and not round_.stop_event.is_set():
                     round_.stop_event.set()
-                    for future in pending:
+                    for future in round_.futures:
                         future.cancel()
-                done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
-                round_.relay(observer, counter, len(todo))
+                while not (stop.requested or round_.broken) and round_.busy() < round_.workers:
+                    taken = claims.take()
+                    if taken is None:
+                        break
+                    round_.submit(*taken)
+                pending = {f for f in round_.futures if not f.done()}
+                if not pending:
+                    round_.relay(claims)
+                    if stop.requested or round_.broken or claims.done():
+                        break
+                    if not claims.waiting:  # only runs held elsewhere: look again later
+                        claims.wait(stop)
+                    continue
+                done, _ = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+                round_.relay(claims)
                 for future in done:
                     if not future.cancelled() and isinstance(future.exception(), BrokenProcessPool):
-                        broken = True
+                        round_.broken = True
             # every worker has returned: what they reported is on its way; take it all
-            while round_.open() and round_.relay(observer, counter, len(todo), block=5.0):
+            while round_.open() and round_.relay(claims, block=5.0):
                 pass
             for flight in round_.open():  # its worker died before it could say how it ended
-                if flight.run_id is not None:
-                    tracker.fail(flight.run_id, WORKER_DIED)
-                round_._end(
-                    observer,
-                    flight,
-                    RunResult(flight.key, FAILED, flight.run_id, reason=WORKER_DIED),
-                )
+                tracker.fail(flight.run_id, WORKER_DIED)
+                died = RunResult(flight.key, FAILED, flight.run_id, reason=WORKER_DIED)
+                round_._end(claims, flight, died)
         except BaseException:
             # a store error, a second Ctrl-C: stop the workers' runs, do not wait for them
             round_.close(stopping=True)
+            _withdraw_unstarted(round_, tracker, claims, requeue=False)
             raise
         round_.close(stopping=stop.requested)
-        ended = [f for f in round_.flights.values() if f.result is not None]
+        _withdraw_unstarted(round_, tracker, claims, requeue=not stop.requested)
         if stop.requested:
             raise KeyboardInterrupt
+        ended = [f for f in round_.flights.values() if f.result is not None]
         # a run stopped by a broken pool's shutdown (KILLED) trains again in the next round
-        results.update(
-            {(f.key.cell.hash, f.key.seed): f.result for f in ended if f.result.status != "killed"}
-        )
-        remaining = [k for k in remaining if (k.cell.hash, k.seed) not in results]
-        if broken and remaining and all(f.result.status == "killed" for f in ended):
+        for flight in ended:
+            if flight.result.status == KILLED:
+                claims.retry(flight.key)
+        if round_.broken and not claims.done() and all(f.result.status == KILLED for f in ended):
             # a pool that broke before any run ended for good (a worker failing at start-up)
             # would break again: stop here; otherwise every round ends some runs, so this ends
-            for key in remaining:
-                result = RunResult(key, FAILED, reason=WORKER_DIED)
-                observer.run_ended(result)
-                results[(key.cell.hash, key.seed)] = result
-            remaining = []
-    return [results[(k.cell.hash, k.seed)] for k in todo]
+            claims.give_up(WORKER_DIED)
+
+
+def _withdraw_unstarted(round_: _Round, tracker: Any, claims: Any, requeue: bool) -> None:
+    """Claimed runs no worker started (a stop, a broken pool) go back: their runs are
+    withdrawn (deleted), and with `requeue` their keys claimed again later."""
+    for flight in round_.flights.values():
+        if flight.started or flight.result is not None or flight.withdrawn:
+            continue
+        flight.withdrawn = True
+        # a store error leaves the run RUNNING, for a later claim to take as abandoned
+        with contextlib.suppress(Exception):
+            tracker.withdraw(flight.run_id)
+        if requeue:
+            claims.retry(flight.key)

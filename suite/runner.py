@@ -8,9 +8,13 @@ process logs them.
 
 from __future__ import annotations
 
+import random
 import signal
 import statistics
 import threading
+import time
+import uuid
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -18,12 +22,15 @@ from typing import TYPE_CHECKING, Protocol
 
 from suite.pool import EXECUTORS, default_workers, peak_memory_mb, run_in_pool
 from suite.spec import RunKey, Study
-from suite.tracking import ACTIVATIONS_ARTIFACT, EpochLogger, RunRecord, Tracker
+from suite.tracking import ACTIVATIONS_ARTIFACT, ClaimLost, EpochLogger, RunRecord, Tracker
 
 if TYPE_CHECKING:
     from suite.train import History
 
 FINISHED, SKIPPED, FAILED, KILLED = "finished", "skipped", "failed", "killed"
+LOST = "lost"  # another invocation took the run as abandoned while it trained: look again
+POLL_SECONDS = 2.0  # how often a run another invocation trains is looked at again
+ELSEWHERE = "finished by another invocation"
 
 
 class Observer(Protocol):
@@ -125,12 +132,11 @@ class StudyResult:
 
 def plan(
     study: Study, tracker: Tracker, seeds: tuple[int, ...] | None = None, rerun: bool = False
-) -> tuple[list[RunKey], dict[tuple[str, int], RunRecord], list[RunRecord]]:
+) -> tuple[list[RunKey], dict[tuple[str, int], RunRecord]]:
     """Split a study's runs into those to train and those already FINISHED in the store.
 
     Returns:
-        (runs to train, finished records by (cell hash, seed), stale RUNNING records of the
-        runs to train, left behind by an interrupted invocation).
+        (runs to train, finished records by (cell hash, seed)).
     """
     experiment_id = tracker.experiment_id(study.name, create=False) if tracker.exists() else None
     records = tracker.runs(experiment_id) if experiment_id else []
@@ -139,9 +145,107 @@ def plan(
     finished = {(r.cell_hash, r.seed): r for r in ordered if r.status == "FINISHED"}
     keys = study.runs(seeds)
     todo = keys if rerun else [k for k in keys if (k.cell.hash, k.seed) not in finished]
-    wanted = {(k.cell.hash, k.seed) for k in todo}
-    stale = [r for r in records if r.status == "RUNNING" and (r.cell_hash, r.seed) in wanted]
-    return todo, finished, stale
+    return todo, finished
+
+
+class Claims:
+    """The runs one invocation has yet to see end, claimed one at a time as an executor
+    frees up (`take`), so that any number of invocations can share a store and a study.
+
+    A run another live invocation trains is looked at again every `POLL_SECONDS` or so,
+    until it is FINISHED there (a `skipped` result here, reason `ELSEWHERE`) or abandoned
+    (then claimed here). So when an invocation returns, every one of its runs has ended.
+    """
+
+    def __init__(
+        self,
+        todo: list[RunKey],
+        tracker: Tracker,
+        experiment_id: str,
+        study: str,
+        rerun: bool,
+        observer: Observer,
+    ) -> None:
+        self.order = [(k.cell.hash, k.seed) for k in todo]
+        self.waiting: deque[RunKey] = deque(todo)
+        self.held: dict[tuple[str, int], tuple[RunKey, float]] = {}  # key -> (key, look again)
+        self.results: dict[tuple[str, int], RunResult] = {}
+        self.tracker, self.experiment_id, self.study = tracker, experiment_id, study
+        self.rerun, self.observer = rerun, observer
+        self.token = uuid.uuid4().hex  # this invocation's claims
+        self.started = 0  # runs started here so far
+
+    def done(self) -> bool:
+        return not self.waiting and not self.held
+
+    def take(self) -> tuple[RunKey, str] | None:
+        """The next run this invocation owns now (claimed: its RUNNING run's id), or None
+        when every run left is held elsewhere for the moment (see `wait`)."""
+        now = time.monotonic()
+        due = [key for key, at in self.held.values() if at <= now]
+        for key in due:
+            del self.held[(key.cell.hash, key.seed)]
+        candidates = deque(due)
+        while candidates or self.waiting:
+            key = candidates.popleft() if candidates else self.waiting.popleft()
+            ident = (key.cell.hash, key.seed)
+            try:
+                claim = self.tracker.claim(
+                    self.experiment_id,
+                    self.study,
+                    key.cell,
+                    key.seed,
+                    key.cell.data_source or "unknown",
+                    self.token,
+                    self.rerun,
+                )
+            except Exception as err:  # noqa: BLE001 - that run fails, the study goes on
+                text = str(err).strip().splitlines()
+                self.ended(
+                    RunResult(key, FAILED, reason=f"could not claim: {text[0] if text else err!r}")
+                )
+                continue
+            if claim.outcome == "won":
+                assert claim.run_id is not None
+                return key, claim.run_id
+            if claim.outcome == "finished":
+                self.ended(RunResult(key, SKIPPED, claim.run_id, claim.metrics, ELSEWHERE))
+            else:
+                self.held[ident] = (key, now + POLL_SECONDS * random.uniform(0.5, 1.5))
+        return None
+
+    def wait(self, stop: _StopRequest) -> None:
+        """Sleep until a held run is due to be looked at again (or a stop request)."""
+        if not self.held:
+            return
+        until = min(at for _, at in self.held.values())
+        while time.monotonic() < until:
+            stop.check()
+            time.sleep(min(0.1, max(0.0, until - time.monotonic())))
+
+    def ended(self, result: RunResult) -> None:
+        """Record how a run ended and show it; a lost claim is looked at again."""
+        if result.status == LOST:
+            self.retry(result.key)
+            return
+        self.results[(result.key.cell.hash, result.key.seed)] = result
+        self.observer.run_ended(result)
+
+    def retry(self, key: RunKey) -> None:
+        """Claim `key` again (its run was stopped, not ended for good)."""
+        self.results.pop((key.cell.hash, key.seed), None)
+        self.waiting.appendleft(key)
+
+    def give_up(self, reason: str) -> None:
+        """End every run not yet ended as FAILED with `reason`."""
+        left = list(self.waiting) + [key for key, _ in self.held.values()]
+        self.waiting.clear()
+        self.held.clear()
+        for key in left:
+            self.ended(RunResult(key, FAILED, reason=reason))
+
+    def in_order(self) -> list[RunResult]:
+        return [self.results[ident] for ident in self.order if ident in self.results]
 
 
 @dataclass
@@ -202,7 +306,7 @@ def run_study(
     `local`. Either way, the same seeds give the same histories.
     """
     observer = observer or Silent()
-    todo, finished, stale = plan(study, tracker, seeds, rerun)
+    todo, finished = plan(study, tracker, seeds, rerun)
     if workers is None:  # the default: worker processes, even one (see the docstring)
         executor = executor or "process"
         workers = 1 if executor == "local" else default_workers(len(todo))
@@ -224,47 +328,42 @@ def run_study(
 
     experiment_id = tracker.experiment_id(study.name)
     assert experiment_id is not None
-    for record in stale:
-        tracker.fail(record.run_id, "left RUNNING by an interrupted invocation", "KILLED")
-
+    claims = Claims(todo, tracker, experiment_id, study.name, rerun, observer)
     stop = _StopRequest()
     with stop.installed():
         if executor == "process":
-            results += run_in_pool(
-                todo, study.name, experiment_id, tracker, observer, workers, stop
-            )
+            run_in_pool(claims, study.name, tracker, observer, workers, stop)
         else:
-            for index, key in enumerate(todo):
+            while not claims.done():
                 stop.check()
-                result = _run_one(
-                    key, index, len(todo), study.name, tracker, experiment_id, observer, stop
-                )
-                results.append(replace(result, peak_memory_mb=peak_memory_mb()))
-    return StudyResult(study, results)
+                taken = claims.take()
+                if taken is None:
+                    claims.wait(stop)
+                    continue
+                key, run_id = taken
+                result = _run_one(key, run_id, claims, study.name, tracker, observer, stop)
+                claims.ended(replace(result, peak_memory_mb=peak_memory_mb()))
+    return StudyResult(study, results + claims.in_order())
 
 
 def _run_one(
     key: RunKey,
-    index: int,
-    total: int,
+    run_id: str,
+    claims: Claims,
     study: str,
     tracker: Tracker,
-    experiment_id: str,
     observer: Observer,
     stop: Stoppable,
 ) -> RunResult:
-    """Train and log one run; any failure but an interrupt becomes a FAILED result."""
+    """Train and log one claimed run; any failure but an interrupt becomes a FAILED result."""
     from suite import data
     from suite.train import Diverged, train
 
-    observer.run_started(key, index, total)
+    observer.run_started(key, claims.started, len(claims.order))
+    claims.started += 1
     cfg = key.cell.config
-    run_id = None
     try:
         # the run exists before its data is cut, so a data failure is recorded too
-        run_id = tracker.start_run(
-            experiment_id, study, key.cell, key.seed, key.cell.data_source or "unknown"
-        )
         split = data.make_split(
             cfg.data.path,
             cfg.data.train_size,
@@ -286,17 +385,16 @@ def _run_one(
         finally:
             logger.flush()
         final = _record(tracker, run_id, history)
-        result = RunResult(key, FINISHED, run_id, final)
+        return RunResult(key, FINISHED, run_id, final)
     except KeyboardInterrupt:
-        if run_id is not None:
-            tracker.fail(run_id, "interrupted", "KILLED")
+        tracker.fail(run_id, "interrupted", "KILLED")
         raise
+    except ClaimLost as err:
+        return RunResult(key, LOST, run_id, reason=str(err))
     except Diverged as err:
-        result = _failed(tracker, key, run_id, err.reason)
+        return _failed(tracker, key, run_id, err.reason)
     except Exception as err:  # noqa: BLE001 - one failing run never stops the study
-        result = _failed(tracker, key, run_id, f"{type(err).__name__}: {err}")
-    observer.run_ended(result)
-    return result
+        return _failed(tracker, key, run_id, f"{type(err).__name__}: {err}")
 
 
 def _record(tracker: Tracker, run_id: str, history: History) -> dict[str, float]:

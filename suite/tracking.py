@@ -10,20 +10,34 @@ when a FINISHED run with its cell hash and seed exists.
 
 Per-epoch metrics are buffered and sent with `log_batch` (up to 1000 values a request), so a
 200-epoch run costs a few requests, not one per value.
+
+Claims (exactly once, however many invocations share a store): a run is trained only by the
+process that claimed it. `Tracker.claim` looks for the key's runs, creates a RUNNING run
+tagged with its owner (`host:pid`), its invocation's token and a heartbeat, then looks again:
+if another live RUNNING run or a FINISHED one of the same key is there, the new run is
+withdrawn (KILLED, then deleted) and the key is left to the other. Two claims racing on one
+key cannot both win: each looks after its own run exists, so the later look sees the other;
+both may withdraw, and try again a moment later. A RUNNING run whose owner is gone (a dead
+pid on this host, or no heartbeat for `claim_timeout()` seconds) is ended KILLED and its key
+claimed again. The owner's `Heartbeat` thread refreshes the heartbeat of every run it holds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import math
+import os
 import random
+import socket
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlparse
@@ -38,6 +52,10 @@ from suite.spec import Cell
 from suite.store import artifact_root, resolve_uri, sqlite_file
 
 FAILURE_TAG = "failure_reason"
+OWNER_TAG = "owner"  # host:pid of the process that logs the run
+TOKEN_TAG = "claim"  # the token of the invocation that claimed it
+HEARTBEAT_TAG = "heartbeat"  # unix time of its owner's latest sign of life
+CLAIM_TIMEOUT = 120.0  # seconds without a heartbeat after which a RUNNING run is abandoned
 RUN_KIND_TAG = "run_kind"
 REPORT_ARTIFACT_PATH = "report"
 CONFUSION_ARTIFACT = "confusion_matrix"
@@ -55,6 +73,10 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 
 class TrackingError(RuntimeError):
     """The tracking store cannot be used; the message is one line."""
+
+
+class ClaimLost(RuntimeError):
+    """A run this process trained was ended by another, which took it as abandoned."""
 
 
 @functools.cache
@@ -85,6 +107,61 @@ class RunRecord:
     status: str
     metrics: dict[str, float]
     start_time: int  # milliseconds since the epoch
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def abandoned(self, now: float | None = None) -> str | None:
+        """Why this RUNNING run has nobody training it any more, or None while its owner
+        lives: a pid on this host that is gone, or no heartbeat for `claim_timeout()`
+        seconds, or no owner at all (a run logged before claims existed)."""
+        if OWNER_TAG not in self.tags:
+            return "it has no owner tag (logged before claims existed)"
+        host, _, pid = self.tags[OWNER_TAG].rpartition(":")
+        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            return f"its owner (pid {pid} on {host}) is gone"
+        now = time.time() if now is None else now
+        try:
+            beat = float(self.tags[HEARTBEAT_TAG])
+        except (KeyError, ValueError):
+            beat = self.start_time / 1000  # its first heartbeat is its creation
+        silent = now - beat
+        if silent > claim_timeout():
+            return f"no heartbeat from its owner for {silent:.0f} s"
+        return None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What `Tracker.claim` got: `won` (its run is `run_id`, RUNNING, ours to train),
+    `finished` (by someone else: `run_id` and its final `metrics`), or `held` (another
+    live invocation trains it now: try again later)."""
+
+    outcome: str
+    run_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    holder: str | None = None
+
+
+def claim_timeout() -> float:
+    """`SUITE_CLAIM_TIMEOUT` seconds, else `CLAIM_TIMEOUT`."""
+    try:
+        return float(os.environ.get("SUITE_CLAIM_TIMEOUT") or CLAIM_TIMEOUT)
+    except ValueError:
+        return CLAIM_TIMEOUT
+
+
+def owner() -> str:
+    """This process, as the `owner` tag names it."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
 
 
 class Tracker:
@@ -104,6 +181,11 @@ class Tracker:
         """Made on first use: for sqlite, that creates the database file. Its calls wait out
         a database another process holds locked (see `_Patient`)."""
         return cast(MlflowClient, _Patient(MlflowClient(tracking_uri=self.uri)))
+
+    @functools.cached_property
+    def heartbeat(self) -> Heartbeat:
+        """Keeps the runs this process claimed alive (its thread starts on the first claim)."""
+        return Heartbeat(self)
 
     def exists(self) -> bool:
         """False for a local sqlite store whose file is not there yet (nothing to read)."""
@@ -156,18 +238,17 @@ class Tracker:
 
     def runs(self, experiment_id: str) -> list[RunRecord]:
         """Every suite run of a study, as records."""
-        return [
-            RunRecord(
-                run_id=run.info.run_id,
-                cell=run.data.tags.get("cell", ""),
-                cell_hash=run.data.tags["cell_hash"],
-                seed=int(run.data.tags.get("seed", -1)),
-                status=run.info.status,
-                metrics=dict(run.data.metrics),
-                start_time=int(run.info.start_time or 0),
-            )
-            for run in self.iter_runs(experiment_id)
-        ]
+        return [_record(run) for run in self.iter_runs(experiment_id)]
+
+    def key_runs(self, experiment_id: str, cell_hash: str, seed: int) -> list[RunRecord]:
+        """The active runs of one (cell, seed)."""
+        found = self.client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.cell_hash = '{cell_hash}' and tags.seed = '{seed}'",
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1000,
+        )
+        return [_record(run) for run in found]
 
     def histories(
         self, run_ids: Sequence[str], metrics: Sequence[str], points_per_run: int = 1000
@@ -249,9 +330,28 @@ class Tracker:
     # runs --------------------------------------------------------------------------------
 
     def start_run(
-        self, experiment_id: str, study: str, cell: Cell, seed: int, data_source: str
+        self,
+        experiment_id: str,
+        study: str,
+        cell: Cell,
+        seed: int,
+        data_source: str,
+        claim_tags: dict[str, str] | None = None,
     ) -> str:
         """Create a RUNNING run with its tags, flattened params and `config.yaml` artifact."""
+        run_id = self._create(experiment_id, study, cell, seed, data_source, claim_tags)
+        self._describe(run_id, cell, seed)
+        return run_id
+
+    def _create(
+        self,
+        experiment_id: str,
+        study: str,
+        cell: Cell,
+        seed: int,
+        data_source: str,
+        claim_tags: dict[str, str] | None = None,
+    ) -> str:
         tags = {
             "study": study,
             "cell": cell.name,
@@ -260,13 +360,17 @@ class Tracker:
             "seed": str(seed),
             "data_source": data_source,
             "suite_version": suite.__version__,
+            **(claim_tags or {}),
         }
         commit = git_commit()
         if commit:
             tags["git_commit"] = commit
             tags["mlflow.source.git.commit"] = commit
         run = self.client.create_run(experiment_id, tags=tags, run_name=f"{cell.name}/seed{seed}")
-        run_id = str(run.info.run_id)
+        return str(run.info.run_id)
+
+    def _describe(self, run_id: str, cell: Cell, seed: int) -> None:
+        """Log a new run's params and `config.yaml`; on failure, end it FAILED and raise."""
         params = [Param(k, _param_value(v)) for k, v in cell.config.flat().items()]
         params.append(Param("seed", str(seed)))
         try:
@@ -277,7 +381,80 @@ class Tracker:
             # never leave a half-made run RUNNING: it would look like work in progress
             self.fail(run_id, f"could not start: {type(err).__name__}: {_first_line(err)}")
             raise
-        return run_id
+
+    def claim(
+        self,
+        experiment_id: str,
+        study: str,
+        cell: Cell,
+        seed: int,
+        data_source: str,
+        token: str,
+        rerun: bool = False,
+    ) -> Claim:
+        """Claim one (cell, seed) for this process to train (see the module's docstring).
+
+        A FINISHED run of the key leaves it `finished` (unless `rerun`); a live RUNNING run
+        leaves it `held`; RUNNING runs nobody trains any more are ended KILLED on the way,
+        and so is an earlier attempt of this same invocation (`token`): a retried task whose
+        worker died. A won claim's run has its params and config logged, and is held alive
+        by `heartbeat` until it ends.
+        """
+        settled = self._settle(experiment_id, cell.hash, seed, token, rerun, mine=None)
+        if settled is not None:
+            return settled
+        tags = {OWNER_TAG: owner(), TOKEN_TAG: token, HEARTBEAT_TAG: f"{time.time():.3f}"}
+        run_id = self._create(experiment_id, study, cell, seed, data_source, tags)
+        settled = self._settle(experiment_id, cell.hash, seed, token, rerun, mine=run_id)
+        if settled is not None:
+            self.withdraw(run_id)  # a claim made at the same moment: at most one trains
+            return settled
+        self.heartbeat.hold(run_id)
+        try:
+            self._describe(run_id, cell, seed)
+        except BaseException:
+            self.heartbeat.release(run_id)
+            raise
+        return Claim("won", run_id)
+
+    def _settle(
+        self,
+        experiment_id: str,
+        cell_hash: str,
+        seed: int,
+        token: str,
+        rerun: bool,
+        mine: str | None,
+    ) -> Claim | None:
+        """What the key's other runs leave to `claim`: None if nothing stops it."""
+        others = [r for r in self.key_runs(experiment_id, cell_hash, seed) if r.run_id != mine]
+        finished = [r for r in others if r.status == "FINISHED"]
+        if finished and not rerun:
+            latest = max(finished, key=lambda r: r.start_time)
+            return Claim("finished", latest.run_id, latest.metrics)
+        for record in others:
+            if record.status != "RUNNING":
+                continue
+            why: str | None
+            if record.tags.get(TOKEN_TAG) == token:
+                why = "this invocation's earlier attempt, whose worker died"
+            else:
+                why = record.abandoned()
+            if why is None:
+                return Claim("held", record.run_id, holder=record.tags.get(OWNER_TAG))
+            self.fail(record.run_id, f"abandoned: {why}", "KILLED")
+        return None
+
+    def withdraw(self, run_id: str) -> None:
+        """Give back a claimed run that never trained: ended KILLED and deleted (the UI and
+        the report do not show deleted runs; `mlflow gc` purges them)."""
+        self.heartbeat.release(run_id)
+        self.client.set_terminated(run_id, "KILLED")
+        self.client.delete_run(run_id)
+
+    def still_running(self, run_id: str) -> bool:
+        """False when someone ended this run (a claim that took it as abandoned)."""
+        return str(self.client.get_run(run_id).info.status) == "RUNNING"
 
     def report_run(self, experiment_id: str, study: str) -> str:
         """The study's report run, made on first use.
@@ -414,11 +591,21 @@ class Tracker:
         return document if isinstance(document, dict) else None
 
     def finish(self, run_id: str, final: dict[str, float]) -> None:
+        """Log the final metrics and end the run FINISHED.
+
+        Raises:
+            ClaimLost: another process took the run as abandoned and ended it meanwhile
+                (its owner was silent for longer than the claim timeout); it stays ended.
+        """
+        self.heartbeat.release(run_id)
+        if not self.still_running(run_id):
+            raise ClaimLost(f"run {run_id} was ended by another invocation while it trained")
         self.log_epochs(run_id, [(0, final)])
         self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
 
     def fail(self, run_id: str, reason: str, status: str = "FAILED") -> None:
         """End a run as FAILED (or KILLED) with its reason as a tag."""
+        self.heartbeat.release(run_id)
         self.client.log_batch(run_id, tags=[RunTag(FAILURE_TAG, reason[:5000])])
         self.client.set_terminated(run_id, status)
 
@@ -474,6 +661,39 @@ def _locked(err: BaseException | None) -> bool:
     return False
 
 
+class Heartbeat:
+    """Refreshes the `heartbeat` tag of every run this process holds, from a daemon thread,
+    every quarter of the claim timeout: a run stays claimed while its owner lives, however
+    long a compile, an epoch or a worker's start-up takes."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+        self.held: set[str] = set()
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def hold(self, run_id: str) -> None:
+        with self.lock:
+            self.held.add(run_id)
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+                self.thread.start()
+
+    def release(self, run_id: str) -> None:
+        with self.lock:
+            self.held.discard(run_id)
+
+    def _beat(self) -> None:
+        while True:
+            time.sleep(claim_timeout() / 4)
+            with self.lock:
+                held = sorted(self.held)
+            for run_id in held:
+                # an unreachable store: the next beat tries again
+                with contextlib.suppress(Exception):
+                    self.tracker.client.set_tag(run_id, HEARTBEAT_TAG, f"{time.time():.3f}")
+
+
 class EpochLogger:
     """Buffers a run's per-epoch metrics and flushes them every `every` epochs or `seconds`.
 
@@ -499,6 +719,19 @@ class EpochLogger:
             self.tracker.log_epochs(self.run_id, self.buffer)
             self.buffer = []
         self.last_flush = time.monotonic()
+
+
+def _record(run: Run) -> RunRecord:
+    return RunRecord(
+        run_id=run.info.run_id,
+        cell=run.data.tags.get("cell", ""),
+        cell_hash=run.data.tags["cell_hash"],
+        seed=int(run.data.tags.get("seed", -1)),
+        status=run.info.status,
+        metrics=dict(run.data.metrics),
+        start_time=int(run.info.start_time or 0),
+        tags=dict(run.data.tags),
+    )
 
 
 def _param_value(value: Any) -> str:
