@@ -42,6 +42,7 @@ from suite.spec import (
     parse_overrides,
     parse_seeds,
 )
+from suite.store import DEFAULT_URI
 
 app = typer.Typer(
     add_completion=False,
@@ -279,19 +280,44 @@ def run(
         str | None,
         typer.Option(
             help="local: in this process, one run at a time; process: in --workers worker "
-            "processes [default: process, unless --workers 1].",
+            "processes; ray: as Ray tasks, here or on a cluster (pip install '.[ray]') "
+            "[default: process, unless --workers 1].",
         ),
     ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="With --executor ray: the cluster to join [default: $RAY_ADDRESS, else a "
+            "Ray started on this machine]. A cluster needs a tracking server (overfit server).",
+        ),
+    ] = None,
+    cpus_per_run: Annotated[
+        float,
+        typer.Option(min=0.01, help="With --executor ray: CPUs each run's task takes."),
+    ] = 1.0,
 ) -> None:
     """Train every run of a study not yet FINISHED in the store; log each to MLflow."""
     from suite.pool import EXECUTORS
 
     if executor is not None and executor not in EXECUTORS:
-        fail(f"--executor: expected {' or '.join(EXECUTORS)}, got {executor!r}")
+        fail(f"--executor: expected {', '.join(EXECUTORS)}, got {executor!r}")
     if executor == "local" and workers not in (None, 1):
         fail(
             f"--workers {workers}: the local executor trains one run at a time; use --executor process"
         )
+    if executor != "ray" and (ray_address is not None or cpus_per_run != 1.0):
+        option = "--ray-address" if ray_address is not None else "--cpus-per-run"
+        fail(f"{option}: only with --executor ray")
+    if executor == "ray":
+        from suite import ray_executor
+        from suite.store import resolve_uri
+
+        if not ray_executor.available():
+            fail(ray_executor.MISSING)
+        try:
+            ray_executor.check_store(resolve_uri(tracking_uri), ray_executor.address(ray_address))
+        except ValueError as e:
+            fail(str(e))
     with user_errors():
         spec = load(study, set_)
         if only:
@@ -299,7 +325,7 @@ def run(
         seed_list = parse_seeds(seeds) if seeds else None
         from suite import pool
 
-        if not dry_run and executor != "local" and workers != 1:
+        if not dry_run and executor in (None, "process") and workers != 1:
             # workers import TensorFlow while this process imports MLflow and plans
             runs = len(spec.runs(seed_list))
             wanted = min(workers or pool.default_workers(runs), runs)
@@ -320,7 +346,15 @@ def run(
                 return
             with _progress() as progress:
                 result = run_study(
-                    spec, tracker, seed_list, rerun, RichObserver(progress), workers, executor
+                    spec,
+                    tracker,
+                    seed_list,
+                    rerun,
+                    RichObserver(progress),
+                    workers,
+                    executor,
+                    ray_address,
+                    cpus_per_run,
                 )
         finally:
             pool.discard_warm()
@@ -420,6 +454,75 @@ def ui(
     except KeyboardInterrupt:
         code = 0
     raise typer.Exit(code)
+
+
+@app.command()
+def server(
+    backend_store_uri: Annotated[
+        str,
+        typer.Option(
+            help="Where runs are stored: sqlite:///path.db, or postgresql://user:pass@host/db "
+            "(needs pip install '.[postgres]').",
+        ),
+    ] = DEFAULT_URI,
+    artifacts_destination: Annotated[
+        str,
+        typer.Option(help="Where the server keeps the artifacts it proxies (a folder or URI)."),
+    ] = "mlartifacts",
+    host: Annotated[
+        str, typer.Option(help="Address to bind; 0.0.0.0 serves other machines too.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
+    server_workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Server processes [default: 1 for sqlite, which takes one writer at a "
+            "time; 4 otherwise].",
+        ),
+    ] = None,
+) -> None:
+    """Serve a tracking server (mlflow server, artifacts proxied) for runs from many
+    machines or invocations: point them at it with MLFLOW_TRACKING_URI=http://HOST:PORT."""
+    scheme = backend_store_uri.partition(":")[0].partition("+")[0]
+    if scheme not in ("sqlite", "postgresql", "mysql", "mssql"):
+        fail(
+            f"--backend-store-uri: expected sqlite:///path.db or postgresql://user:pass@host/db, "
+            f"got {backend_store_uri!r}"
+        )
+    if scheme == "postgresql" and not _importable("psycopg2"):
+        fail("--backend-store-uri postgresql://...: install the driver: pip install '.[postgres]'")
+    destination = artifacts_destination
+    if "://" not in destination:
+        destination = str(Path(destination).resolve())
+    workers_ = server_workers or (1 if scheme == "sqlite" else 4)
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri]
+    command += ["--serve-artifacts", "--artifacts-destination", destination]
+    command += ["--host", host, "--port", str(port), "--workers", str(workers_)]
+    address = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    out.print(
+        f"tracking server for {backend_store_uri} (artifacts in {destination}) at "
+        f"http://{address}:{port}  (Ctrl-C stops it)",
+        soft_wrap=True,
+        highlight=False,
+    )
+    out.print(
+        f"log to it:  MLFLOW_TRACKING_URI=http://{address}:{port} overfit run ...",
+        soft_wrap=True,
+        highlight=False,
+    )
+    try:
+        code = subprocess.call(command)
+    except KeyboardInterrupt:
+        code = 0
+    raise typer.Exit(code)
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 @app.command("list")

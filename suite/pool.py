@@ -38,7 +38,7 @@ from typing import Any
 from suite.data import Source, resolve_source
 from suite.spec import RunKey
 
-EXECUTORS = ("local", "process")  # in this process; in worker processes
+EXECUTORS = ("local", "process", "ray")  # in this process; in worker processes; Ray tasks
 WORKER_DIED = "a worker process died (killed, or out of memory?) and the pool stopped"
 
 

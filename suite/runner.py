@@ -178,17 +178,20 @@ class Claims:
     def done(self) -> bool:
         return not self.waiting and not self.held
 
+    def next_key(self) -> RunKey | None:
+        """The next run to try to claim: a held run due to be looked at again, else the
+        next never tried; None when there is none for now."""
+        now = time.monotonic()
+        for ident, (key, at) in list(self.held.items()):
+            if at <= now:
+                del self.held[ident]
+                self.waiting.appendleft(key)
+        return self.waiting.popleft() if self.waiting else None
+
     def take(self) -> tuple[RunKey, str] | None:
         """The next run this invocation owns now (claimed: its RUNNING run's id), or None
         when every run left is held elsewhere for the moment (see `wait`)."""
-        now = time.monotonic()
-        due = [key for key, at in self.held.values() if at <= now]
-        for key in due:
-            del self.held[(key.cell.hash, key.seed)]
-        candidates = deque(due)
-        while candidates or self.waiting:
-            key = candidates.popleft() if candidates else self.waiting.popleft()
-            ident = (key.cell.hash, key.seed)
+        while (key := self.next_key()) is not None:
             try:
                 claim = self.tracker.claim(
                     self.experiment_id,
@@ -200,19 +203,23 @@ class Claims:
                     self.rerun,
                 )
             except Exception as err:  # noqa: BLE001 - that run fails, the study goes on
-                text = str(err).strip().splitlines()
-                self.ended(
-                    RunResult(key, FAILED, reason=f"could not claim: {text[0] if text else err!r}")
-                )
+                self.ended(RunResult(key, FAILED, reason=f"could not claim: {_first_line(err)}"))
                 continue
             if claim.outcome == "won":
                 assert claim.run_id is not None
                 return key, claim.run_id
-            if claim.outcome == "finished":
-                self.ended(RunResult(key, SKIPPED, claim.run_id, claim.metrics, ELSEWHERE))
-            else:
-                self.held[ident] = (key, now + POLL_SECONDS * random.uniform(0.5, 1.5))
+            self.settled(key, claim.outcome, claim.run_id, claim.metrics)
         return None
+
+    def settled(
+        self, key: RunKey, outcome: str, run_id: str | None, metrics: dict[str, float]
+    ) -> None:
+        """A claim that was not won: `finished` elsewhere, or `held` (look again later)."""
+        if outcome == "finished":
+            self.ended(RunResult(key, SKIPPED, run_id, metrics, ELSEWHERE))
+        else:
+            at = time.monotonic() + POLL_SECONDS * random.uniform(0.5, 1.5)
+            self.held[(key.cell.hash, key.seed)] = (key, at)
 
     def wait(self, stop: _StopRequest) -> None:
         """Sleep until a held run is due to be looked at again (or a stop request)."""
@@ -290,6 +297,8 @@ def run_study(
     observer: Observer | None = None,
     workers: int | None = 1,
     executor: str | None = None,
+    ray_address: str | None = None,
+    cpus_per_run: float = 1.0,
 ) -> StudyResult:
     """Train every run of `study` that is not FINISHED in the store yet.
 
@@ -299,7 +308,9 @@ def run_study(
     where this one stopped.
 
     `executor="local"` trains in this process, one run after another; `"process"` in
-    `workers` spawned worker processes (see `suite.pool`). `workers=None` (`overfit run`'s
+    `workers` spawned worker processes (see `suite.pool`); `"ray"` as Ray tasks of
+    `cpus_per_run` CPUs on the cluster at `ray_address` (else `RAY_ADDRESS`, else a Ray
+    started here), at most `workers` at once if given (see `suite.ray_executor`). `workers=None` (`overfit run`'s
     default) takes worker processes, one per CPU and at most one per run: even a single
     worker pays, since it imports TensorFlow while this process imports MLflow and opens the
     store. Otherwise the executor defaults to `process` for more than one worker, else
@@ -307,12 +318,20 @@ def run_study(
     """
     observer = observer or Silent()
     todo, finished = plan(study, tracker, seeds, rerun)
-    if workers is None:  # the default: worker processes, even one (see the docstring)
+    if executor not in (None, *EXECUTORS):
+        raise ValueError(f"unknown executor {executor!r}")
+    cluster = None
+    if executor == "ray":
+        from suite import ray_executor
+
+        if not ray_executor.available():
+            raise ValueError(ray_executor.MISSING)
+        cluster = ray_executor.address(ray_address)
+        ray_executor.check_store(tracker.uri, cluster)
+    elif workers is None:  # the default: worker processes, even one (see the docstring)
         executor = executor or "process"
         workers = 1 if executor == "local" else default_workers(len(todo))
-    executor = executor or ("process" if workers > 1 else "local")
-    if executor not in EXECUTORS:
-        raise ValueError(f"unknown executor {executor!r}")
+    executor = executor or ("process" if (workers or 1) > 1 else "local")
     # what `plan` left out of `todo` is FINISHED in the store already
     todo_ids = {(k.cell.hash, k.seed) for k in todo}
     results: list[RunResult] = []
@@ -331,7 +350,12 @@ def run_study(
     claims = Claims(todo, tracker, experiment_id, study.name, rerun, observer)
     stop = _StopRequest()
     with stop.installed():
-        if executor == "process":
+        if executor == "ray":
+            from suite.ray_executor import run_on_ray
+
+            run_on_ray(claims, study.name, tracker, observer, stop, cluster, cpus_per_run, workers)
+        elif executor == "process":
+            assert workers is not None
             run_in_pool(claims, study.name, tracker, observer, workers, stop)
         else:
             while not claims.done():
@@ -341,26 +365,21 @@ def run_study(
                     claims.wait(stop)
                     continue
                 key, run_id = taken
-                result = _run_one(key, run_id, claims, study.name, tracker, observer, stop)
+                observer.run_started(key, claims.started, len(claims.order))
+                claims.started += 1
+                result = train_claimed(key, run_id, tracker, observer, stop)
                 claims.ended(replace(result, peak_memory_mb=peak_memory_mb()))
     return StudyResult(study, results + claims.in_order())
 
 
-def _run_one(
-    key: RunKey,
-    run_id: str,
-    claims: Claims,
-    study: str,
-    tracker: Tracker,
-    observer: Observer,
-    stop: Stoppable,
+def train_claimed(
+    key: RunKey, run_id: str, tracker: Tracker, observer: Observer, stop: Stoppable
 ) -> RunResult:
-    """Train and log one claimed run; any failure but an interrupt becomes a FAILED result."""
+    """Train and log one claimed run; any failure but an interrupt becomes a FAILED result
+    (a lost claim, `LOST`)."""
     from suite import data
     from suite.train import Diverged, train
 
-    observer.run_started(key, claims.started, len(claims.order))
-    claims.started += 1
     cfg = key.cell.config
     try:
         # the run exists before its data is cut, so a data failure is recorded too
@@ -411,6 +430,11 @@ def _record(tracker: Tracker, run_id: str, history: History) -> dict[str, float]
         tracker.log_dict(run_id, history.activations, ACTIVATIONS_ARTIFACT)
     tracker.finish(run_id, final)
     return final
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _failed(tracker: Tracker, key: RunKey, run_id: str | None, reason: str) -> RunResult:

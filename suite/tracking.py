@@ -67,6 +67,8 @@ BULK_POINTS_LIMIT = 25_000  # ... and answers at most this many points
 DATABASE_RUNS_PER_QUERY = 500  # run ids bound per query: well under sqlite's variable limit
 
 
+# no "View run ... at: URL" lines on stdout each time a run on a tracking server ends
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO lines on every start
 logging.getLogger("alembic").setLevel(logging.WARNING)
 
