@@ -8,6 +8,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import subprocess
 import tempfile
 
 os.environ["SUITE_OFFLINE"] = "1"  # never try Keras' download; fall back to the bundled subset
@@ -18,7 +19,7 @@ os.environ.pop("SUITE_MNIST_PATH", None)
 os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="keras-home-")
 atexit.register(shutil.rmtree, os.environ["KERAS_HOME"], ignore_errors=True)
 
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
@@ -165,3 +166,68 @@ def report_dir(report_store: ReportStore, tmp_path_factory: pytest.TempPathFacto
     )
     assert paths.folder == out
     return out
+
+
+class MlflowServer:
+    """A real `mlflow server` (started with `overfit server`) on a free loopback port, over a
+    sqlite store and an artifact folder in `root`; it can be killed and started again on the
+    same port and store."""
+
+    def __init__(self, root: Path, template: Path) -> None:
+        import socket
+
+        self.root = root
+        self.db = root / "server.db"
+        shutil.copyfile(template, self.db)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self, timeout: float = 90.0) -> None:
+        import sys
+        import time
+        import urllib.request
+
+        self.starts += 1
+        log = open(self.root / f"server-{self.starts}.log", "wb")  # noqa: SIM115 - the server's
+        command = [sys.executable, "-m", "suite", "server", "--port", str(self.port)]
+        command += ["--backend-store-uri", f"sqlite:///{self.db}"]
+        command += ["--artifacts-destination", str(self.root / "artifacts")]
+        # its own process group: kill() ends the server's workers with it
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: see {log.name}")
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError(f"mlflow server not up after {timeout} s: see {log.name}")
+
+    def kill(self) -> None:
+        """SIGKILL the server and its workers (a crash: nothing is flushed or closed)."""
+        import signal
+
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+        self.process = None
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path, _store_template: Path) -> Iterator[MlflowServer]:
+    """A running tracking server for this test, killed at its end."""
+    server = MlflowServer(tmp_path, _store_template)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()

@@ -1,0 +1,173 @@
+"""Claims against a real sqlite MLflow store: a run is trained by one claimant only, an
+abandoned run is taken back, and a run finished meanwhile is not trained again."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from suite import tracking
+from suite.runner import ELSEWHERE, SKIPPED, run_study
+from suite.spec import Cell, load_study
+from suite.tracking import HEARTBEAT_TAG, OWNER_TAG, ClaimLost, Tracker
+
+
+@pytest.fixture
+def tracker(tracking_uri: str) -> Tracker:
+    return Tracker(tracking_uri)
+
+
+@pytest.fixture
+def cell(write_study: Callable[[str], Path], tiny_study: str) -> Cell:
+    return load_study(write_study(tiny_study)).cells[0]
+
+
+def claim(
+    tracker: Tracker, experiment_id: str, cell: Cell, token: str, seed: int = 0
+) -> tracking.Claim:
+    return tracker.claim(experiment_id, "tiny", cell, seed, "test", token)
+
+
+def test_a_finished_run_is_not_claimed_again_unless_rerun(tracker: Tracker, cell: Cell) -> None:
+    experiment_id = tracker.experiment_id("tiny")
+    assert experiment_id is not None
+    won = claim(tracker, experiment_id, cell, "a")
+    assert won.outcome == "won" and won.run_id
+    tracker.finish(won.run_id, {"final_test_accuracy": 0.5})
+
+    again = claim(tracker, experiment_id, cell, "b")
+    assert (again.outcome, again.run_id) == ("finished", won.run_id)
+    assert again.metrics["final_test_accuracy"] == 0.5
+    forced = tracker.claim(experiment_id, "tiny", cell, 0, "test", "b", rerun=True)
+    assert forced.outcome == "won" and forced.run_id != won.run_id
+
+
+def test_a_live_claim_holds_and_an_abandoned_one_is_taken_back(
+    tracker: Tracker, cell: Cell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    experiment_id = tracker.experiment_id("tiny")
+    assert experiment_id is not None
+    client = MlflowClient(tracker.uri)
+    first = claim(tracker, experiment_id, cell, "a")
+    assert first.outcome == "won" and first.run_id
+
+    held = claim(tracker, experiment_id, cell, "b")  # the owner (this process) lives
+    assert (held.outcome, held.run_id) == ("held", first.run_id)
+
+    # its owner, a process that has exited
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    host = tracking.owner().rpartition(":")[0]
+    client.set_tag(first.run_id, OWNER_TAG, f"{host}:{int(dead.stdout)}")
+    second = claim(tracker, experiment_id, cell, "b")
+    assert second.outcome == "won" and second.run_id
+    assert client.get_run(first.run_id).info.status == "KILLED"
+    assert "is gone" in client.get_run(first.run_id).data.tags["failure_reason"]
+    with pytest.raises(ClaimLost):  # the first owner, had it lived, could not finish it
+        tracker.finish(first.run_id, {"final_test_accuracy": 0.1})
+    assert client.get_run(first.run_id).info.status == "KILLED"
+
+    # an owner on another machine, silent for longer than the claim timeout
+    monkeypatch.setenv("SUITE_CLAIM_TIMEOUT", "30")
+    client.set_tag(second.run_id, OWNER_TAG, "elsewhere:1")
+    client.set_tag(second.run_id, HEARTBEAT_TAG, f"{time.time() - 20:.3f}")
+    assert claim(tracker, experiment_id, cell, "c").outcome == "held"
+    client.set_tag(second.run_id, HEARTBEAT_TAG, f"{time.time() - 40:.3f}")
+    third = claim(tracker, experiment_id, cell, "c")
+    assert third.outcome == "won"
+    reason = client.get_run(second.run_id).data.tags["failure_reason"]
+    assert reason.startswith("abandoned: no heartbeat from its owner for 4")
+
+    # an earlier attempt of the same invocation (a retried task) is taken back at once
+    fourth = claim(tracker, experiment_id, cell, "c")
+    assert fourth.outcome == "won"
+    assert client.get_run(str(third.run_id)).info.status == "KILLED"
+
+
+def test_the_heartbeat_keeps_a_claim_alive(
+    tracker: Tracker, cell: Cell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SUITE_CLAIM_TIMEOUT", "0.8")  # a beat every 0.2 s
+    experiment_id = tracker.experiment_id("tiny")
+    assert experiment_id is not None
+    won = claim(tracker, experiment_id, cell, "a")
+    assert won.run_id
+    client = MlflowClient(tracker.uri)
+    client.set_tag(won.run_id, OWNER_TAG, "elsewhere:1")  # only the heartbeat says it lives
+    beats = set()
+    for _ in range(10):
+        time.sleep(0.2)
+        beats.add(client.get_run(won.run_id).data.tags[HEARTBEAT_TAG])
+        assert claim(tracker, experiment_id, cell, "b").outcome == "held"
+    assert len(beats) >= 4
+    tracker.fail(won.run_id, "test over")  # ends the beat
+    time.sleep(0.5)
+    beat = client.get_run(won.run_id).data.tags[HEARTBEAT_TAG]
+    time.sleep(0.5)
+    assert client.get_run(won.run_id).data.tags[HEARTBEAT_TAG] == beat
+
+
+def test_racing_claims_win_at_most_once(tracker: Tracker, cell: Cell, tracking_uri: str) -> None:
+    experiment_id = tracker.experiment_id("tiny")
+    assert experiment_id is not None
+    seeds = range(6)
+    wins: list[tuple[int, str]] = []
+    start = threading.Barrier(4)
+
+    def claimant(token: str) -> None:
+        mine = Tracker(tracking_uri)  # a client of its own, as another invocation has
+        mine.client.search_experiments()
+        start.wait()
+        for seed in seeds:
+            got = mine.claim(experiment_id, "tiny", cell, seed, "test", token)
+            if got.outcome == "won":
+                wins.append((seed, token))
+
+    threads = [threading.Thread(target=claimant, args=(f"t{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    won_seeds = [seed for seed, _ in wins]
+    assert len(won_seeds) == len(set(won_seeds)), f"a key won twice: {wins}"
+    running = [r for r in tracker.runs(experiment_id) if r.status == "RUNNING"]
+    assert sorted((r.seed, r.tags["claim"]) for r in running) == sorted(wins)
+
+
+def test_a_run_finished_by_another_invocation_is_skipped(
+    write_study: Callable[[str], Path], tracker: Tracker, tiny_study: str
+) -> None:
+    study = load_study(write_study(tiny_study))
+    experiment_id = tracker.experiment_id("tiny")
+    assert experiment_id is not None
+    cell = study.cells[1]
+    # another invocation holds (cell 1, seed 1) when this one plans, and finishes it later
+    other = claim(tracker, experiment_id, cell, "other", seed=1)
+    assert other.run_id
+
+    def finish_later() -> None:
+        time.sleep(3)
+        Tracker(tracker.uri).finish(str(other.run_id), {"final_train_accuracy": 1.0})
+
+    thread = threading.Thread(target=finish_later)
+    thread.start()
+    result = run_study(study, tracker)
+    thread.join()
+    assert result.ok and result.count("finished") == 3
+    [elsewhere] = [r for r in result.results if r.status == SKIPPED]
+    assert (elsewhere.key.cell.hash, elsewhere.key.seed, elsewhere.run_id) == (
+        cell.hash,
+        1,
+        other.run_id,
+    )
+    assert elsewhere.reason == ELSEWHERE
+    statuses = sorted(r.status for r in tracker.runs(experiment_id))
+    assert statuses == ["FINISHED"] * 4
