@@ -209,9 +209,15 @@ class Tracker:
                 return str(experiment.experiment_id)
             if not create:
                 return None
-            return str(
-                self.client.create_experiment(study, artifact_location=artifact_root(self.uri))
-            )
+            try:
+                return str(
+                    self.client.create_experiment(study, artifact_location=artifact_root(self.uri))
+                )
+            except MlflowException as err:
+                if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                # another invocation created it a moment ago
+                return self.experiment_id(study, create=False)
         except MlflowException as err:
             raise TrackingError(f"tracking store {self.uri}: {_first_line(err)}") from None
 
