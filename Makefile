@@ -10,7 +10,7 @@ MARK ?= not slow
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run ui report test test-full bench lint clean
+.PHONY: help setup setup-ray run ui server report test test-full bench lint clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+setup-ray: setup ## Add the optional Ray extra (overfit run --executor ray)
+	$(BIN)/python -m pip install --quiet -e '.[ray]'
+
 run: setup ## Run a study (default: the headline overfitting study), then write its report
 	@status=0; $(OVERFIT) run experiments/$(STUDY).yaml $(ARGS) || status=$$?; \
 	sets=$$(echo '$(ARGS)' | grep -oE -- '--set[ =][^ ]+' | tr '\n' ' '); \
@@ -35,6 +38,9 @@ run: setup ## Run a study (default: the headline overfitting study), then write 
 
 ui: setup ## Serve the MLflow UI over the local store on http://127.0.0.1:5000
 	$(OVERFIT) ui
+
+server: setup ## Serve a tracking server on http://127.0.0.1:5000 over the local store (for several invocations or machines)
+	$(OVERFIT) server
 
 report: setup ## Write reports/<study>/ from what MLflow holds (STUDY=name)
 	$(OVERFIT) report $(STUDY)

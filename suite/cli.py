@@ -71,7 +71,7 @@ UriOpt = Annotated[
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -312,12 +312,12 @@ def run(
         from suite import ray_executor
         from suite.store import resolve_uri
 
-        if not ray_executor.available():
-            fail(ray_executor.MISSING)
         try:
             ray_executor.check_store(resolve_uri(tracking_uri), ray_executor.address(ray_address))
         except ValueError as e:
             fail(str(e))
+        if not ray_executor.available():
+            fail(ray_executor.MISSING)
     with user_errors():
         spec = load(study, set_)
         if only:

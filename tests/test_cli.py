@@ -69,13 +69,43 @@ def test_bad_options_are_one_line_errors(
         (["--set", "train.epoch=3"], "--set train.epoch: unknown key (did you mean 'epochs'?)"),
         (["--only", "basline"], "--only: no cell 'basline' (did you mean 'baseline'?)"),
         (["--seeds", "x"], "--seeds"),
-        (["--executor", "ray"], "--executor: expected local or process, got 'ray'"),
+        (["--executor", "dask"], "--executor: expected local, process, ray, got 'dask'"),
+        (["--ray-address", "auto"], "--ray-address: only with --executor ray"),
+        (
+            ["--executor", "ray", "--ray-address", "10.0.0.5:6379"],
+            "the cluster's workers cannot reach",
+        ),
         (["--executor", "local", "--workers", "2"], "--workers 2: the local executor trains"),
         (["--workers", "0"], "--workers"),
     ]:
         done = overfit("run", str(study), *args, cwd=tmp_path)
         assert done.returncode != 0 and expected in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_ray_executor_without_ray_says_how_to_install_it(
+    write_study: Callable[[str], Path], tmp_path: Path, tiny_study: str
+) -> None:
+    # Ray hidden from the subprocess, as on a default install
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['ray'] = None\n")
+    env = {**os.environ, "PYTHONPATH": str(hide), "SUITE_OFFLINE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "suite", "run", str(write_study(tiny_study)), "--executor", "ray"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: --executor ray needs Ray, an optional extra: pip install '.[ray]' "
+        "(in a clone: pip install -e '.[ray]')"
+    ]
     assert not (tmp_path / "mlflow.db").exists()
 
 

@@ -193,9 +193,11 @@ def test_a_server_restarted_mid_study_loses_no_finished_run(
     mlflow_server.start()  # the same store, the same port
     code, out = finish(invocation)  # its calls waited out the outage, or it failed some runs
     assert code in (0, 1), out
+    print(f"\nthe invocation the server's crash hit: exit {code}, {out.strip().splitlines()[-2]}")
 
     rerun_code, rerun_out = finish(overfit(study, mlflow_server.uri, "--workers", "2"))
     assert rerun_code == 0, rerun_out
+    print(f"its rerun: {rerun_out.strip().splitlines()[-2]}")
     assert_exactly_once(mlflow_server.uri)
     after = {run_id: status for _, _, status, run_id in runs(mlflow_server.uri)}
     assert {after[r] for r in finished_before} == {"FINISHED"}
