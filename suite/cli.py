@@ -491,8 +491,12 @@ def server(
             f"--backend-store-uri: expected sqlite:///path.db or postgresql://user:pass@host/db, "
             f"got {backend_store_uri!r}"
         )
-    if scheme == "postgresql" and not _importable("psycopg2"):
-        fail("--backend-store-uri postgresql://...: install the driver: pip install '.[postgres]'")
+    driver = backend_store_uri.partition(":")[0].partition("+")[2] or "psycopg"
+    if scheme == "postgresql" and not _importable(driver):
+        fail(
+            f"--backend-store-uri {scheme}: its driver ({driver}) is not installed: "
+            "pip install '.[postgres]'"
+        )
     destination = artifacts_destination
     if "://" not in destination:
         destination = str(Path(destination).resolve())

@@ -171,7 +171,7 @@ class Tracker:
 
     def __init__(self, uri: str | None = None) -> None:
         self.uri = resolve_uri(uri)
-        scheme = urlparse(self.uri).scheme
+        scheme = urlparse(self.uri).scheme.partition("+")[0]  # postgresql+psycopg2://...
         if scheme not in ("sqlite", "http", "https", "file", "postgresql", "mysql", "databricks"):
             raise TrackingError(
                 f"--tracking-uri: unsupported URI {self.uri!r}; use sqlite:///path/to/mlflow.db, "
@@ -181,7 +181,10 @@ class Tracker:
     @functools.cached_property
     def client(self) -> MlflowClient:
         """Made on first use: for sqlite, that creates the database file. Its calls wait out
-        a database another process holds locked (see `_Patient`)."""
+        a database another process holds locked (see `_Patient`). A tracking server that
+        does not answer is a one-line error here, not minutes of MLflow's retries."""
+        if self.uri.startswith(("http://", "https://")):
+            _check_answers(self.uri)
         return cast(MlflowClient, _Patient(MlflowClient(tracking_uri=self.uri)))
 
     @functools.cached_property
@@ -727,6 +730,24 @@ class EpochLogger:
             self.tracker.log_epochs(self.run_id, self.buffer)
             self.buffer = []
         self.last_flush = time.monotonic()
+
+
+def _check_answers(uri: str, timeout: float = 10.0) -> None:
+    """Raise TrackingError when nothing answers HTTP at `uri` (any HTTP answer will do)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        pass  # something answered: MLflow's own calls tell the rest
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingError(
+            f"no tracking server answers at {uri} ({reason}); start one (overfit server) or "
+            "check --tracking-uri / MLFLOW_TRACKING_URI"
+        ) from None
 
 
 def _record(run: Run) -> RunRecord:
