@@ -237,7 +237,7 @@ def test_a_ray_worker_killed_mid_task_is_retried(
     write_study: Callable[..., Path], mlflow_server: MlflowServer, killer: list
 ) -> None:
     pytest.importorskip("ray")
-    study = study_file(write_study, 150)
+    study = study_file(write_study, 300)
     invocation = overfit(study, mlflow_server.uri, "--executor", "ray")
     killer.append(invocation)
     client = MlflowClient(mlflow_server.uri)
