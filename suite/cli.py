@@ -516,8 +516,11 @@ def server(
         soft_wrap=True,
         highlight=False,
     )
+    # MLflow's job runner (GenAI scorers, trace roll-ups: none of them used here) is 8 more
+    # processes of ~240 MB each; set MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true to have it
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
     try:
-        code = subprocess.call(command)
+        code = subprocess.call(command, env=env)
     except KeyboardInterrupt:
         code = 0
     raise typer.Exit(code)
