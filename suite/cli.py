@@ -473,6 +473,13 @@ def server(
         str, typer.Option(help="Address to bind; 0.0.0.0 serves other machines too.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
+    allowed_hosts: Annotated[
+        str | None,
+        typer.Option(
+            help="Host headers the server accepts, comma-separated [default: MLflow's: "
+            "localhost and private addresses]; give the DNS name clients use."
+        ),
+    ] = None,
     server_workers: Annotated[
         int | None,
         typer.Option(
@@ -504,6 +511,8 @@ def server(
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri]
     command += ["--serve-artifacts", "--artifacts-destination", destination]
     command += ["--host", host, "--port", str(port), "--workers", str(workers_)]
+    if allowed_hosts:
+        command += ["--allowed-hosts", allowed_hosts]
     address = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     out.print(
         f"tracking server for {backend_store_uri} (artifacts in {destination}) at "

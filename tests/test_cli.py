@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -65,7 +66,11 @@ def test_bad_options_are_one_line_errors(
     write_study: Callable[[str], Path], tmp_path: Path, tiny_study: str
 ) -> None:
     study = write_study(tiny_study)
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        silent = f"http://127.0.0.1:{probe.getsockname()[1]}"
     for args, expected in [
+        (["--tracking-uri", silent], f"no tracking server answers at {silent}"),
         (["--set", "train.epoch=3"], "--set train.epoch: unknown key (did you mean 'epochs'?)"),
         (["--only", "basline"], "--only: no cell 'basline' (did you mean 'baseline'?)"),
         (["--seeds", "x"], "--seeds"),
