@@ -14,6 +14,9 @@ Rows (each a fresh measurement on this machine, now):
   work (`bench/naive_fit.py`): process start to exit, each.
 - the headline study (7 cells x 3 seeds) end to end through `overfit run`, then `overfit
   report`: with the default worker count and with one worker; each worker's peak memory.
+- the same study as Ray tasks (`--executor ray`, a Ray started here; skipped without the
+  `ray` extra) and in the process pool against a real tracking server (`overfit server` on a
+  loopback port); their per-epoch metrics are compared with the default run's, point by point.
 - the report over a synthetic 200-run x 200-epoch store (`bench/report_bench.py`).
 
 Data: `../shared/data/mnist.npz` when it is there (the official 10,000-image test set), else
@@ -22,7 +25,7 @@ Timings on a shared machine drift by tens of percent from minute to minute: comp
 ratios, which are measured side by side. The table prints and is written with everything else
 to `bench/results/bench-<time>.json`.
 
-Usage: python bench/bench.py [--skip study1,naive,report,...] (BENCH_EPOCHS=N for short runs)
+Usage: python bench/bench.py [--skip study1,ray,server,naive,report,...] (BENCH_EPOCHS=N for short runs)
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ import report_bench  # noqa: E402
 from suite.tracking import git_commit  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "mnist.npz"
-SECTIONS = ("inprocess", "logging", "cli", "naive", "study", "study1", "report")
+SECTIONS = ("inprocess", "logging", "cli", "naive", "study", "study1", "ray", "server", "report")
 TRIES = 3
 HEADLINE_RUNS = 21  # the headline study: 7 cells x 3 seeds
 
@@ -252,6 +255,108 @@ def _peak_mb(pid: int) -> float:
 STARTED = time.perf_counter()
 
 
+def study_args(epochs: int, data_set: list[str]) -> list[str]:
+    return ["--set", f"train.epochs={epochs}", *data_set]
+
+
+def scale_out(
+    record: dict[str, Any], skip: set[str], work: Path, env: dict[str, str], run: list[str]
+) -> None:
+    """The headline study as Ray tasks and against a tracking server; each run's per-epoch
+    metrics against the default run's (`work/study/mlflow.db`)."""
+    import importlib.util
+
+    from suite.metrics import EPOCH_METRICS
+
+    stores: dict[str, str] = {}
+    if "ray" not in skip and importlib.util.find_spec("ray") is None:
+        print("bench: ray is not installed (make setup-ray): the Ray row is skipped")
+        skip = skip | {"ray"}
+    if "ray" not in skip:
+        step("headline study as Ray tasks (a Ray started here), run only")
+        folder = work / "ray"
+        folder.mkdir()
+        seconds, output, _ = timed([*run, "--executor", "ray"], env, folder)
+        record["ray"] = {"run_seconds": seconds, "summary": _summary(output)}
+        stores["ray"] = f"sqlite:///{folder / 'mlflow.db'}"
+    if "server" not in skip:
+        step("headline study, default workers, against a tracking server, run only")
+        folder = work / "server"
+        folder.mkdir()
+        with _server(folder, env) as uri:
+            seconds, output, _ = timed([*run, "--tracking-uri", uri], env, folder)
+            record["server"] = {"run_seconds": seconds, "summary": _summary(output)}
+            stores["server"] = uri
+            if (work / "study" / "mlflow.db").is_file():
+                stores["study"] = f"sqlite:///{work / 'study' / 'mlflow.db'}"
+                record["identical"] = _compare(stores, list(EPOCH_METRICS))
+    if "server" in skip and stores and (work / "study" / "mlflow.db").is_file():
+        stores["study"] = f"sqlite:///{work / 'study' / 'mlflow.db'}"
+        record["identical"] = _compare(stores, list(EPOCH_METRICS))
+
+
+def _summary(output: str) -> str:
+    return next((x for x in output.splitlines() if " finished, " in x), "")
+
+
+class _server:
+    """`overfit server` on a free loopback port over a fresh store in `folder`."""
+
+    def __init__(self, folder: Path, env: dict[str, str]) -> None:
+        self.folder, self.env = folder, env
+
+    def __enter__(self) -> str:
+        import socket
+        import urllib.request
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        command = [sys.executable, "-m", "suite", "server", "--port", str(port)]
+        command += ["--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}"]
+        command += ["--artifacts-destination", str(self.folder / "artifacts")]
+        log = open(self.folder / "server.log", "wb")  # noqa: SIM115 - the server's, until exit
+        self.process = subprocess.Popen(
+            command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        uri = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                    return uri
+            except OSError:
+                time.sleep(0.2)
+        sys.exit(f"bench: the tracking server did not start: {self.folder / 'server.log'}")
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(timeout=60)
+
+
+def _compare(stores: dict[str, str], metrics: list[str]) -> dict[str, Any]:
+    """Every store's per-epoch metrics against the default run's: identical, point by point?"""
+    from suite.tracking import Tracker
+
+    def points(uri: str) -> dict[tuple[str, int, str], list[tuple[int, float]]]:
+        tracker = Tracker(uri)
+        experiment_id = tracker.experiment_id("overfitting", create=False)
+        assert experiment_id is not None
+        records = {r.run_id: r for r in tracker.runs(experiment_id) if r.status == "FINISHED"}
+        out: dict[tuple[str, int, str], list[tuple[int, float]]] = {}
+        for run_id, metric, step_, value in tracker.histories(list(records), metrics, 200):
+            record = records[run_id]
+            out.setdefault((record.cell_hash, record.seed, metric), []).append((step_, value))
+        return {k: sorted(v) for k, v in out.items()}
+
+    reference = points(stores.pop("study"))
+    found: dict[str, Any] = {"points": sum(len(v) for v in reference.values())}
+    for name, uri in stores.items():
+        found[name] = points(uri) == reference
+    return found
+
+
 def step(what: str) -> None:
     print(f"[{time.perf_counter() - STARTED:6.0f} s] {what}", flush=True)
 
@@ -313,7 +418,7 @@ def main() -> None:
             step(f"headline study, {'1 worker' if workers else 'default workers'}, run + report")
             folder = work / section
             folder.mkdir()
-            command = [*overfit, "run", study, "--set", f"train.epochs={epochs}", *data_set]
+            command = [*overfit, "run", study, *study_args(epochs, data_set)]
             command += ["--workers", str(workers)] if workers else []
             run_seconds, output, peaks = timed(command, env, folder)
             report = [*overfit, "report", study, "--set", f"train.epochs={epochs}", *data_set]
@@ -327,6 +432,7 @@ def main() -> None:
                 # the worker processes (the small helper processes multiprocessing starts aside)
                 "worker_peak_mb": sorted((p for p in peaks.values() if p > 100), reverse=True),
             }
+        scale_out(record, skip, work, env, [*overfit, "run", study, *study_args(epochs, data_set)])
     if "report" not in skip:
         step("report over a synthetic 200-run store")
         record["report"] = report_bench.main()
@@ -437,6 +543,29 @@ def table(record: dict[str, Any]) -> list[tuple[str, str, str]]:
     if record.get("study") and record.get("study1"):
         ratio = record["study1"]["run_seconds"] / record["study"]["run_seconds"]
         rows.append(("  default workers vs 1 worker (run)", f"{ratio:.2f}x", "faster"))
+    pool = record.get("study")
+    if record.get("ray"):
+        seconds = record["ray"]["run_seconds"]
+        note = f"{seconds / pool['run_seconds']:.2f}x the process pool's run" if pool else ""
+        rows.append(("headline study as Ray tasks (local Ray), run", f"{seconds:.1f} s", note))
+    if record.get("server"):
+        seconds = record["server"]["run_seconds"]
+        note = f"{seconds / pool['run_seconds']:.2f}x the run into sqlite" if pool else ""
+        rows.append(
+            ("headline study, workers, into a tracking server, run", f"{seconds:.1f} s", note)
+        )
+    identical = record.get("identical")
+    if identical:
+        same = [name for name in ("ray", "server") if identical.get(name)]
+        differ = [name for name in ("ray", "server") if name in identical and not identical[name]]
+        rows.append(
+            (
+                "  per-epoch metrics identical to the process pool's",
+                "yes" if not differ else "NO",
+                f"{identical['points']} points; same: {', '.join(same) or '-'}"
+                + (f"; differ: {', '.join(differ)}" if differ else ""),
+            )
+        )
     report = record.get("report")
     if report:
         rows.append(

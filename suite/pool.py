@@ -5,19 +5,20 @@ TensorFlow once, pins its thread count, and then trains run after run: the data 
 once per worker and each compiled program is reused by every later run of its shape (see
 `suite.train`). Workers never import MLflow: they send what a run does (started, data sizes,
 each epoch's metrics, the end with its history) over one queue, in order, and the parent logs
-it: it creates each run when its worker starts it, streams its epochs to the store, and ends
-it. One process writes the store, so a sqlite store sees no competing writers; the workers'
-start-up (importing TensorFlow) runs while the parent imports MLflow and plans.
+it: it claims each run (`suite.tracking.Tracker.claim`) when a worker is free for it, then
+hands it over, streams its epochs to the store and ends it. One process writes the store, so
+a sqlite store sees no competing writers; the workers' start-up (importing TensorFlow) runs
+while the parent imports MLflow and plans.
 
 A run's history does not depend on the worker that trains it nor on its thread count: the
 same seeds give the same per-epoch metrics with 1 worker or N.
 
 Ctrl-C (or SIGTERM) in the parent: the workers stop their runs at the next epoch boundary, the
-parent marks them KILLED, queued runs are dropped, and the parent raises KeyboardInterrupt; a
-second Ctrl-C stops at once (a later invocation marks what was left RUNNING as KILLED). A
-worker that dies (killed, out of memory) breaks the pool: its run is FAILED with that reason;
-the pool's shutdown stops the other workers' runs (KILLED), and those, with the runs not yet
-started, go to a new pool.
+parent marks them KILLED, claimed runs no worker started are withdrawn, and the parent raises
+KeyboardInterrupt; a second Ctrl-C stops at once (a later invocation takes what was left
+RUNNING back: its owner is gone). A worker that dies (killed, out of memory) breaks the pool:
+its run is FAILED with that reason; the pool's shutdown stops the other workers' runs
+(KILLED), and those are claimed again in a new pool.
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 
 The runner is display-agnostic: it reports progress to an `Observer` (the CLI's rich display,
 or nothing in tests) and returns a `StudyResult` that tests and the CLI read. Runs train in
-this process (`local`) or in worker processes (`process`, see `suite.pool`); either way this
-process logs them.
+this process (`local`), in worker processes (`process`, see `suite.pool`), which this process
+logs, or as Ray tasks (`ray`, see `suite.ray_executor`), which log themselves. Whichever trains
+a run claims it in the store first (`Claims`), so invocations sharing a store train each run
+once.
 """
 
 from __future__ import annotations
