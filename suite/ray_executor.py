@@ -185,7 +185,13 @@ def run_on_ray(
         KeyboardInterrupt: after a stop request, once the running tasks marked their runs.
     """
     import ray
-    from ray.exceptions import GetTimeoutError, RayError, TaskCancelledError
+    from ray.exceptions import (
+        GetTimeoutError,
+        NodeDiedError,
+        RayError,
+        TaskCancelledError,
+        WorkerCrashedError,
+    )
     from ray.util.queue import Queue
 
     from suite.runner import FAILED, RunResult
@@ -222,8 +228,14 @@ def run_on_ray(
             out = ray.get(ref)
         except TaskCancelledError:
             return
-        except RayError as err:  # its worker died MAX_RETRIES + 1 times, or a task error
-            reason = WORKER_DIED if "died" in str(err).lower() else _first_line(err)
+        except (WorkerCrashedError, NodeDiedError):  # on every attempt Ray made
+            reason = WORKER_DIED
+            _end_orphans(tracker, claims, key, reason)
+            claims.ended(RunResult(key, FAILED, reason=reason))
+            return
+        except RayError as err:  # the task raised (a store it could not reach, say)
+            cause = getattr(err, "cause", None) or err
+            reason = f"{type(cause).__name__}: {_first_line(cause)}"
             _end_orphans(tracker, claims, key, reason)
             claims.ended(RunResult(key, FAILED, reason=reason))
             return
