@@ -30,10 +30,12 @@ import queue
 import resource
 import signal
 import sys
+import time
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from suite.data import Source, resolve_source
@@ -107,16 +109,17 @@ def _init_worker(threads: int, events: Any, stop: Any) -> None:
     _worker.update(events=events, stop=shared)
 
 
-def _work(key: RunKey, source: Source) -> None:
-    """Train one run, reporting it on the event queue; its last event is `done`."""
+def _work(key: RunKey, source: Source) -> bool:
+    """Train one run, reporting it on the event queue; its last event is `done`. False if
+    it never started (a stop request came first): then it reported nothing."""
     from suite import data
     from suite.train import Diverged, train
 
     events, stop = _worker["events"], _worker["stop"]
     if stop.event.is_set():
-        return  # queued before a stop request, too late to cancel: never started
+        return False  # queued before a stop request, too late to cancel: never started
     ident = (key.cell.hash, key.seed)
-    events.put(("started", *ident))
+    events.put(("started", *ident, os.getpid()))
     cfg = key.cell.config
     outcome: dict[str, Any]
     try:
@@ -139,6 +142,7 @@ def _work(key: RunKey, source: Source) -> None:
         outcome = {"status": "failed", "reason": f"{type(err).__name__}: {err}"}
     outcome["peak_memory_mb"] = peak_memory_mb()
     events.put(("done", *ident, outcome))
+    return True
 
 
 # --- in the parent ------------------------------------------------------------------------
@@ -151,6 +155,7 @@ class _Flight:
     key: RunKey
     run_id: str  # claimed before it went to a worker
     started: bool = False
+    pid: int | None = None  # of the worker that started it
     logger: Any = None  # the run's EpochLogger
     result: Any = None  # its RunResult, once it ended
     withdrawn: bool = False  # claimed, never started, given back
@@ -236,8 +241,12 @@ class _Round:
 
         flight = _Flight(key, run_id=run_id, logger=EpochLogger(self.tracker, run_id))
         self.flights[(key.cell.hash, key.seed)] = flight
-        # the data each run reads is resolved here, once: workers read the same file
-        future = self.pool.submit(_work, key, resolve_source(key.cell.config.data.path))
+        try:
+            # the data each run reads is resolved here, once: workers read the same file
+            future = self.pool.submit(_work, key, resolve_source(key.cell.config.data.path))
+        except (BrokenProcessPool, RuntimeError):  # it broke while idle: withdrawn, retried
+            self.broken = True
+            return
         self.futures[future] = flight
 
     def busy(self) -> int:
@@ -251,8 +260,7 @@ class _Round:
     def relay(self, claims: Any, block: float = 0.0) -> bool:
         """Log and show what the workers reported since the last call; False if nothing came
         (waiting up to `block` seconds for the first event)."""
-        from suite.runner import FINISHED, KILLED, LOST, RunResult, _failed, _record
-        from suite.tracking import ClaimLost
+        from suite.runner import FAILED, RunResult
 
         observer = claims.observer
         got = False
@@ -267,41 +275,56 @@ class _Round:
                 return got
             got = True
             kind, flight = event[0], self.flights[(event[1], event[2])]
-            key = flight.key
             if flight.result is not None:
                 continue
             if kind == "started":
-                flight.started = True
-                observer.run_started(key, claims.started, len(claims.order))
+                flight.started, flight.pid = True, event[3]
+                observer.run_started(flight.key, claims.started, len(claims.order))
                 claims.started += 1
-            elif kind == "sizes":
-                self.tracker.set_tags(
-                    flight.run_id, {f"n_{part}": str(n) for part, n in event[3].items()}
+                continue
+            try:
+                self._logged(claims, flight, kind, event)
+            except Exception as err:  # noqa: BLE001 - the store failed this run: the rest go on
+                reason = f"tracking store: {type(err).__name__}: {_first_line(err)}"
+                with contextlib.suppress(Exception):
+                    self.tracker.fail(flight.run_id, reason)
+                self.tracker.heartbeat.release(flight.run_id)
+                self._end(
+                    claims, flight, RunResult(flight.key, FAILED, flight.run_id, reason=reason)
                 )
-            elif kind == "epoch":
-                flight.logger(event[3], event[4])
-                observer.epoch_done(key, event[3], key.cell.config.train.epochs, event[4])
+
+    def _logged(self, claims: Any, flight: _Flight, kind: str, event: tuple[Any, ...]) -> None:
+        """Log one event of a started run."""
+        from suite.runner import FINISHED, KILLED, LOST, RunResult, _failed, _record
+        from suite.tracking import ClaimLost
+
+        observer, key = claims.observer, flight.key
+        if kind == "sizes":
+            self.tracker.set_tags(
+                flight.run_id, {f"n_{part}": str(n) for part, n in event[3].items()}
+            )
+        elif kind == "epoch":
+            flight.logger(event[3], event[4])
+            observer.epoch_done(key, event[3], key.cell.config.train.epochs, event[4])
+        else:
+            outcome = event[3]
+            flight.logger.flush()
+            memory = outcome["peak_memory_mb"]
+            if outcome["status"] == "finished":
+                try:
+                    final = _record(self.tracker, flight.run_id, outcome["history"])
+                    result = RunResult(key, FINISHED, flight.run_id, final, peak_memory_mb=memory)
+                except ClaimLost as err:
+                    result = RunResult(key, LOST, flight.run_id, reason=str(err))
+            elif outcome["status"] == "killed":
+                self.tracker.fail(flight.run_id, "interrupted", "KILLED")
+                result = RunResult(
+                    key, KILLED, flight.run_id, reason="interrupted", peak_memory_mb=memory
+                )
             else:
-                outcome = event[3]
-                flight.logger.flush()
-                memory = outcome["peak_memory_mb"]
-                if outcome["status"] == "finished":
-                    try:
-                        final = _record(self.tracker, flight.run_id, outcome["history"])
-                        result = RunResult(
-                            key, FINISHED, flight.run_id, final, peak_memory_mb=memory
-                        )
-                    except ClaimLost as err:
-                        result = RunResult(key, LOST, flight.run_id, reason=str(err))
-                elif outcome["status"] == "killed":
-                    self.tracker.fail(flight.run_id, "interrupted", "KILLED")
-                    result = RunResult(
-                        key, KILLED, flight.run_id, reason="interrupted", peak_memory_mb=memory
-                    )
-                else:
-                    failed = _failed(self.tracker, key, flight.run_id, outcome["reason"])
-                    result = replace(failed, peak_memory_mb=memory)
-                self._end(claims, flight, result)
+                failed = _failed(self.tracker, key, flight.run_id, outcome["reason"])
+                result = replace(failed, peak_memory_mb=memory)
+            self._end(claims, flight, result)
 
     def _end(self, claims: Any, flight: _Flight, result: Any) -> None:
         flight.result = result
@@ -323,7 +346,7 @@ def run_in_pool(
     Raises:
         KeyboardInterrupt: after a stop request, once the runs in progress are marked KILLED.
     """
-    from suite.runner import FAILED, KILLED, RunResult
+    from suite.runner import KILLED
 
     while not claims.done():
         left = len(claims.waiting) + len(claims.held)
@@ -341,7 +364,7 @@ def run_in_pool(
                     round_.submit(*taken)
                 pending = {f for f in round_.futures if not f.done()}
                 if not pending:
-                    round_.relay(claims)
+                    round_.relay(claims, block=0.05)  # events of returned workers, on their way
                     if stop.requested or round_.broken or claims.done():
                         break
                     if not claims.waiting:  # only runs held elsewhere: look again later
@@ -352,16 +375,13 @@ def run_in_pool(
                 for future in done:
                     if not future.cancelled() and isinstance(future.exception(), BrokenProcessPool):
                         round_.broken = True
-            # every worker has returned: what they reported is on its way; take it all
-            while round_.open() and round_.relay(claims, block=5.0):
-                pass
-            for flight in round_.open():  # its worker died before it could say how it ended
-                tracker.fail(flight.run_id, WORKER_DIED)
-                died = RunResult(flight.key, FAILED, flight.run_id, reason=WORKER_DIED)
-                round_._end(claims, flight, died)
+            _drain(round_, claims, tracker)
         except BaseException:
-            # a store error, a second Ctrl-C: stop the workers' runs, do not wait for them
+            # a store error, a second Ctrl-C: stop the workers' runs, do not wait for them;
+            # their runs stop beating, so another invocation takes them back in time
             round_.close(stopping=True)
+            for flight in round_.flights.values():
+                tracker.heartbeat.release(flight.run_id)
             _withdraw_unstarted(round_, tracker, claims, requeue=False)
             raise
         round_.close(stopping=stop.requested)
@@ -377,6 +397,70 @@ def run_in_pool(
             # a pool that broke before any run ended for good (a worker failing at start-up)
             # would break again: stop here; otherwise every round ends some runs, so this ends
             claims.give_up(WORKER_DIED)
+
+
+DRAIN_SECONDS = 120.0  # how long runs a broken pool stopped get to say they stopped
+
+
+def _drain(round_: _Round, claims: Any, tracker: Any) -> None:
+    """Every future has returned: take what the workers reported (it travels apart from the
+    futures' results, and may come after them), then end what no worker can report."""
+    from suite.runner import FAILED, RunResult
+
+    outcome = {}
+    for future, flight in round_.futures.items():
+        if future.cancelled():
+            outcome[id(flight)] = "cancelled"
+        elif future.exception() is None:
+            outcome[id(flight)] = "started" if future.result() else "not started"
+        else:
+            outcome[id(flight)] = future.exception()
+
+    def reporting(flight: _Flight) -> bool:
+        """Its `done` event may still come: its worker said it would, or lives on."""
+        if flight.result is not None or flight.withdrawn:
+            return False
+        if outcome.get(id(flight)) == "started":
+            return True
+        return flight.started and flight.pid is not None and _running(flight.pid)
+
+    deadline = time.monotonic() + DRAIN_SECONDS
+    while any(reporting(f) for f in round_.flights.values()) and time.monotonic() < deadline:
+        round_.relay(claims, block=1.0)
+    for flight in round_.flights.values():
+        if flight.result is not None or flight.withdrawn:
+            continue
+        failure = outcome.get(id(flight))
+        if flight.started or failure == "started":  # its worker died mid-run
+            reason = WORKER_DIED
+        elif isinstance(failure, BaseException) and not isinstance(failure, BrokenProcessPool):
+            reason = f"{type(failure).__name__}: {_first_line(failure)}"  # could not be sent
+        else:
+            continue  # never started: withdrawn and claimed again
+        with contextlib.suppress(Exception):
+            tracker.fail(flight.run_id, reason)
+        tracker.heartbeat.release(flight.run_id)
+        round_._end(claims, flight, RunResult(flight.key, FAILED, flight.run_id, reason=reason))
+
+
+def _running(pid: int) -> bool:
+    """True while process `pid` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _withdraw_unstarted(round_: _Round, tracker: Any, claims: Any, requeue: bool) -> None:

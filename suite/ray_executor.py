@@ -126,11 +126,25 @@ def _task(
     data_source = key.cell.data_source or "unknown"
     claim = tracker.claim(experiment_id, study, key.cell, key.seed, data_source, token, rerun)
     if claim.outcome != "won":  # finished or held elsewhere
-        return {"claim": claim.outcome, "run_id": claim.run_id, "final": claim.metrics}
+        return {
+            "claim": claim.outcome,
+            "run_id": claim.run_id,
+            "final": claim.metrics,
+            "token": claim.token,
+        }
     assert claim.run_id is not None
     ident = (key.cell.hash, key.seed)
-    _send(events, ("started", *ident))
-    result = train_claimed(key, claim.run_id, tracker, _Relay(events, ident), _NoStop())
+    try:
+        _send(events, ("started", *ident))
+        result = train_claimed(key, claim.run_id, tracker, _Relay(events, ident), _NoStop())
+    except BaseException:
+        # cancelled (ray.cancel raises KeyboardInterrupt anywhere in here): this worker
+        # lives on, and so would the run's heartbeat, holding the run for good
+        with contextlib.suppress(Exception):
+            if tracker.still_running(claim.run_id):
+                tracker.fail(claim.run_id, "interrupted", "KILLED")
+        tracker.heartbeat.release(claim.run_id)
+        raise
     return {
         "claim": "won",
         "status": result.status,
@@ -195,12 +209,24 @@ def run_on_ray(
     from ray.util.queue import Queue
 
     from suite.runner import FAILED, RunResult
+    from suite.tracking import TrackingError
 
     check_store(tracker.uri, cluster)
     connect(cluster)
-    cpus = float(ray.cluster_resources().get("CPU", 1))
-    room = max(1, int(cpus // cpus_per_run))
-    room = min(room, workers) if workers else room
+    # ray.init() without an address joins a cluster `ray start` began on this machine
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    if len(nodes) > 1:
+        try:
+            check_store(tracker.uri, f"this machine's Ray ({len(nodes)} nodes)")
+        except ValueError as err:
+            raise TrackingError(str(err)) from None
+
+    def room() -> int:
+        """Tasks at once: the cluster's CPUs now (an autoscaler may add some), or fewer."""
+        cpus = float(ray.cluster_resources().get("CPU", 1))
+        fits = max(1, int(cpus // cpus_per_run))
+        return min(fits, workers) if workers else fits
+
     threads = max(1, int(cpus_per_run))
     task = ray.remote(num_cpus=cpus_per_run, max_retries=MAX_RETRIES)(_task)
     events = Queue(actor_options={"num_cpus": 0})
@@ -226,7 +252,8 @@ def run_on_ray(
     def collect(ref: Any, key: RunKey) -> None:
         try:
             out = ray.get(ref)
-        except TaskCancelledError:
+        except TaskCancelledError:  # Ctrl-C: the task marked its run, unless cut short
+            _end_orphans(tracker, claims, key, "interrupted", "KILLED")
             return
         except (WorkerCrashedError, NodeDiedError):  # on every attempt Ray made
             reason = WORKER_DIED
@@ -240,7 +267,7 @@ def run_on_ray(
             claims.ended(RunResult(key, FAILED, reason=reason))
             return
         if out["claim"] != "won":
-            claims.settled(key, out["claim"], out["run_id"], out["final"])
+            claims.settled(key, out["claim"], out["run_id"], out["final"], out["token"])
             return
         claims.ended(
             RunResult(
@@ -254,8 +281,11 @@ def run_on_ray(
         )
 
     try:
+        capacity, looked = room(), time.monotonic()
         while not claims.done() or flights:
-            while not stop.requested and len(flights) < room:
+            if time.monotonic() - looked > 10:
+                capacity, looked = room(), time.monotonic()
+            while not stop.requested and len(flights) < capacity:
                 key = claims.next_key()
                 if key is None:
                     break
@@ -287,7 +317,7 @@ def run_on_ray(
             for ref in list(flights):
                 with contextlib.suppress(GetTimeoutError, RayError):
                     ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
-                flights.pop(ref)
+                _end_orphans(tracker, claims, flights.pop(ref), "interrupted", "KILLED")
             raise KeyboardInterrupt
     finally:
         relay()
@@ -296,14 +326,17 @@ def run_on_ray(
         ray.kill(events.actor)  # type: ignore[arg-type]
 
 
-def _end_orphans(tracker: Any, claims: Any, key: RunKey, reason: str) -> None:
-    """End the RUNNING runs this invocation's tasks left of `key` (their worker died)."""
+def _end_orphans(
+    tracker: Any, claims: Any, key: RunKey, reason: str, status: str = "FAILED"
+) -> None:
+    """End the RUNNING runs this invocation's tasks left of `key` (their worker died, or
+    a cancel cut one short)."""
     from suite.tracking import TOKEN_TAG
 
     try:
         for record in tracker.key_runs(claims.experiment_id, key.cell.hash, key.seed):
             if record.status == "RUNNING" and record.tags.get(TOKEN_TAG) == claims.token:
-                tracker.fail(record.run_id, reason)
+                tracker.fail(record.run_id, reason, status)
     except Exception:  # noqa: BLE001 - a later claim takes them as abandoned
         pass
 

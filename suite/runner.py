@@ -210,14 +210,23 @@ class Claims:
             if claim.outcome == "won":
                 assert claim.run_id is not None
                 return key, claim.run_id
-            self.settled(key, claim.outcome, claim.run_id, claim.metrics)
+            self.settled(key, claim.outcome, claim.run_id, claim.metrics, claim.token)
         return None
 
     def settled(
-        self, key: RunKey, outcome: str, run_id: str | None, metrics: dict[str, float]
+        self,
+        key: RunKey,
+        outcome: str,
+        run_id: str | None,
+        metrics: dict[str, float],
+        token: str | None = None,
     ) -> None:
-        """A claim that was not won: `finished` elsewhere, or `held` (look again later)."""
-        if outcome == "finished":
+        """A claim that was not won: `finished` (elsewhere, or by this invocation's own
+        earlier attempt: a task whose worker died after finishing it), or `held` (look
+        again later)."""
+        if outcome == "finished" and token == self.token:
+            self.ended(RunResult(key, FINISHED, run_id, metrics))
+        elif outcome == "finished":
             self.ended(RunResult(key, SKIPPED, run_id, metrics, ELSEWHERE))
         else:
             at = time.monotonic() + POLL_SECONDS * random.uniform(0.5, 1.5)

@@ -55,6 +55,8 @@ FAILURE_TAG = "failure_reason"
 OWNER_TAG = "owner"  # host:pid of the process that logs the run
 TOKEN_TAG = "claim"  # the token of the invocation that claimed it
 HEARTBEAT_TAG = "heartbeat"  # unix time of its owner's latest sign of life
+MACHINE_TAG = "owner_machine"  # boot id and pid namespace: where the owner's pid means something
+TIMEOUT_TAG = "claim_timeout"  # the owner's claim timeout, which paces its heartbeat
 CLAIM_TIMEOUT = 120.0  # seconds without a heartbeat after which a RUNNING run is abandoned
 RUN_KIND_TAG = "run_kind"
 REPORT_ARTIFACT_PATH = "report"
@@ -113,20 +115,26 @@ class RunRecord:
 
     def abandoned(self, now: float | None = None) -> str | None:
         """Why this RUNNING run has nobody training it any more, or None while its owner
-        lives: a pid on this host that is gone, or no heartbeat for `claim_timeout()`
-        seconds, or no owner at all (a run logged before claims existed)."""
+        lives: its pid is gone from this machine (same boot, same pid namespace), or no
+        heartbeat for its owner's claim timeout, or no owner at all (a run logged before
+        claims existed)."""
         if OWNER_TAG not in self.tags:
             return "it has no owner tag (logged before claims existed)"
         host, _, pid = self.tags[OWNER_TAG].rpartition(":")
-        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+        here = self.tags.get(MACHINE_TAG, "") == machine() and host == socket.gethostname()
+        if here and pid.isdigit() and not _alive(int(pid)):
             return f"its owner (pid {pid} on {host}) is gone"
         now = time.time() if now is None else now
         try:
             beat = float(self.tags[HEARTBEAT_TAG])
         except (KeyError, ValueError):
             beat = self.start_time / 1000  # its first heartbeat is its creation
+        try:  # the owner's timeout paces its beat: judge it by that, not by the reader's
+            timeout = float(self.tags[TIMEOUT_TAG])
+        except (KeyError, ValueError):
+            timeout = claim_timeout()
         silent = now - beat
-        if silent > claim_timeout():
+        if silent > timeout:
             return f"no heartbeat from its owner for {silent:.0f} s"
         return None
 
@@ -140,6 +148,7 @@ class Claim:
     outcome: str
     run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    token: str | None = None  # of the invocation that finished it
     holder: str | None = None
 
 
@@ -154,6 +163,17 @@ def claim_timeout() -> float:
 def owner() -> str:
     """This process, as the `owner` tag names it."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@functools.cache
+def machine() -> str:
+    """This boot of this machine and this pid namespace: two processes that agree on it
+    (and on the host name) see the same pids. Empty where Linux's /proc does not say."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""
 
 
 def _alive(pid: int) -> bool:
@@ -414,7 +434,13 @@ class Tracker:
         settled = self._settle(experiment_id, cell.hash, seed, token, rerun, mine=None)
         if settled is not None:
             return settled
-        tags = {OWNER_TAG: owner(), TOKEN_TAG: token, HEARTBEAT_TAG: f"{time.time():.3f}"}
+        tags = {
+            OWNER_TAG: owner(),
+            MACHINE_TAG: machine(),
+            TOKEN_TAG: token,
+            HEARTBEAT_TAG: f"{time.time():.3f}",
+            TIMEOUT_TAG: f"{claim_timeout():g}",
+        }
         run_id = self._create(experiment_id, study, cell, seed, data_source, tags)
         settled = self._settle(experiment_id, cell.hash, seed, token, rerun, mine=run_id)
         if settled is not None:
@@ -437,12 +463,10 @@ class Tracker:
         rerun: bool,
         mine: str | None,
     ) -> Claim | None:
-        """What the key's other runs leave to `claim`: None if nothing stops it."""
+        """What the key's other runs leave to `claim`: None if nothing stops it. RUNNING
+        runs nobody trains any more are ended on the way, whatever the outcome."""
         others = [r for r in self.key_runs(experiment_id, cell_hash, seed) if r.run_id != mine]
-        finished = [r for r in others if r.status == "FINISHED"]
-        if finished and not rerun:
-            latest = max(finished, key=lambda r: r.start_time)
-            return Claim("finished", latest.run_id, latest.metrics)
+        live = []
         for record in others:
             if record.status != "RUNNING":
                 continue
@@ -452,8 +476,15 @@ class Tracker:
             else:
                 why = record.abandoned()
             if why is None:
-                return Claim("held", record.run_id, holder=record.tags.get(OWNER_TAG))
-            self.fail(record.run_id, f"abandoned: {why}", "KILLED")
+                live.append(record)
+            else:
+                self.fail(record.run_id, f"abandoned: {why}", "KILLED")
+        finished = [r for r in others if r.status == "FINISHED"]
+        if finished and not rerun:
+            latest = max(finished, key=lambda r: r.start_time)
+            return Claim("finished", latest.run_id, latest.metrics, latest.tags.get(TOKEN_TAG))
+        if live:
+            return Claim("held", live[0].run_id, holder=live[0].tags.get(OWNER_TAG))
         return None
 
     def withdraw(self, run_id: str) -> None:
@@ -700,6 +731,9 @@ class Heartbeat:
             with self.lock:
                 held = sorted(self.held)
             for run_id in held:
+                with self.lock:
+                    if run_id not in self.held:  # ended meanwhile
+                        continue
                 # an unreachable store: the next beat tries again
                 with contextlib.suppress(Exception):
                     self.tracker.client.set_tag(run_id, HEARTBEAT_TAG, f"{time.time():.3f}")

@@ -14,9 +14,16 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from suite import tracking
-from suite.runner import ELSEWHERE, SKIPPED, run_study
+from suite.runner import ELSEWHERE, FINISHED, SKIPPED, Claims, Silent, run_study
 from suite.spec import Cell, load_study
-from suite.tracking import HEARTBEAT_TAG, OWNER_TAG, ClaimLost, Tracker
+from suite.tracking import (
+    HEARTBEAT_TAG,
+    MACHINE_TAG,
+    OWNER_TAG,
+    TIMEOUT_TAG,
+    ClaimLost,
+    Tracker,
+)
 
 
 @pytest.fixture
@@ -75,8 +82,10 @@ def test_a_live_claim_holds_and_an_abandoned_one_is_taken_back(
         tracker.finish(first.run_id, {"final_test_accuracy": 0.1})
     assert client.get_run(first.run_id).info.status == "KILLED"
 
-    # an owner on another machine, silent for longer than the claim timeout
-    monkeypatch.setenv("SUITE_CLAIM_TIMEOUT", "30")
+    # an owner on another machine, silent for longer than its claim timeout (judged by the
+    # owner's timeout, which paced its heartbeat, not by the reader's)
+    monkeypatch.setenv("SUITE_CLAIM_TIMEOUT", "5")
+    client.set_tag(second.run_id, TIMEOUT_TAG, "30")
     client.set_tag(second.run_id, OWNER_TAG, "elsewhere:1")
     client.set_tag(second.run_id, HEARTBEAT_TAG, f"{time.time() - 20:.3f}")
     assert claim(tracker, experiment_id, cell, "c").outcome == "held"
@@ -90,6 +99,52 @@ def test_a_live_claim_holds_and_an_abandoned_one_is_taken_back(
     fourth = claim(tracker, experiment_id, cell, "c")
     assert fourth.outcome == "won"
     assert client.get_run(str(third.run_id)).info.status == "KILLED"
+
+
+def test_a_pid_means_something_only_on_the_same_machine(tracker: Tracker, cell: Cell) -> None:
+    experiment_id = tracker.experiment_id("tiny")
+    assert experiment_id is not None
+    client = MlflowClient(tracker.uri)
+    first = claim(tracker, experiment_id, cell, "a")
+    assert first.run_id
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    host = tracking.owner().rpartition(":")[0]
+    client.set_tag(first.run_id, OWNER_TAG, f"{host}:{int(dead.stdout)}")
+    # the same host name, another pid namespace (a container): that pid is not ours to check
+    client.set_tag(first.run_id, MACHINE_TAG, "another-boot/pid:[4026531836]")
+    assert claim(tracker, experiment_id, cell, "b").outcome == "held"
+    client.set_tag(first.run_id, MACHINE_TAG, tracking.machine())
+    assert claim(tracker, experiment_id, cell, "b").outcome == "won"
+
+
+def test_an_abandoned_run_of_a_finished_key_is_ended_too(tracker: Tracker, cell: Cell) -> None:
+    experiment_id = tracker.experiment_id("tiny")
+    assert experiment_id is not None
+    orphan = tracker.start_run(experiment_id, "tiny", cell, 0, "test")  # no owner: abandoned
+    done = claim(tracker, experiment_id, cell, "a")
+    assert done.run_id
+    tracker.finish(done.run_id, {"final_test_accuracy": 0.5})
+    assert claim(tracker, experiment_id, cell, "b").outcome == "finished"
+    assert MlflowClient(tracker.uri).get_run(orphan).info.status == "KILLED"
+
+
+def test_a_run_this_invocation_finished_counts_as_finished_not_skipped(
+    tracker: Tracker, write_study: Callable[[str], Path], tiny_study: str
+) -> None:
+    # a Ray task whose worker died after finishing its run: the retry finds it FINISHED
+    study = load_study(write_study(tiny_study))
+    key = study.runs()[0]
+    experiment_id = tracker.experiment_id("tiny")
+    assert experiment_id is not None
+    claims = Claims([key], tracker, experiment_id, "tiny", False, Silent())
+    won = claim(tracker, experiment_id, key.cell, claims.token, seed=key.seed)
+    assert won.run_id
+    tracker.finish(won.run_id, {"final_test_accuracy": 0.5})
+    assert claims.take() is None and claims.done()
+    [result] = claims.in_order()
+    assert (result.status, result.run_id) == (FINISHED, won.run_id)
 
 
 def test_the_heartbeat_keeps_a_claim_alive(
