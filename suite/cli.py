@@ -48,6 +48,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain: "[default: ...]" and ".[ray]" as written
     help="Declarative Keras overfitting studies, tracked in MLflow, compared in reports.",
 )
 # piped output is not cut to 80 columns: tables go to logs and files whole
