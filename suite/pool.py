@@ -261,6 +261,7 @@ class _Round:
         """Log and show what the workers reported since the last call; False if nothing came
         (waiting up to `block` seconds for the first event)."""
         from suite.runner import FAILED, RunResult
+        from suite.tracking import first_line
 
         observer = claims.observer
         got = False
@@ -285,7 +286,7 @@ class _Round:
             try:
                 self._logged(claims, flight, kind, event)
             except Exception as err:  # noqa: BLE001 - the store failed this run: the rest go on
-                reason = f"tracking store: {type(err).__name__}: {_first_line(err)}"
+                reason = f"tracking store: {type(err).__name__}: {first_line(err)}"
                 with contextlib.suppress(Exception):
                     self.tracker.fail(flight.run_id, reason)
                 self.tracker.heartbeat.release(flight.run_id)
@@ -406,6 +407,7 @@ def _drain(round_: _Round, claims: Any, tracker: Any) -> None:
     """Every future has returned: take what the workers reported (it travels apart from the
     futures' results, and may come after them), then end what no worker can report."""
     from suite.runner import FAILED, RunResult
+    from suite.tracking import first_line
 
     outcome = {}
     for future, flight in round_.futures.items():
@@ -434,7 +436,7 @@ def _drain(round_: _Round, claims: Any, tracker: Any) -> None:
         if flight.started or failure == "started":  # its worker died mid-run
             reason = WORKER_DIED
         elif isinstance(failure, BaseException) and not isinstance(failure, BrokenProcessPool):
-            reason = f"{type(failure).__name__}: {_first_line(failure)}"  # could not be sent
+            reason = f"{type(failure).__name__}: {first_line(failure)}"  # could not be sent
         else:
             continue  # never started: withdrawn and claimed again
         with contextlib.suppress(Exception):
@@ -456,11 +458,6 @@ def _running(pid: int) -> bool:
             return False
         return True
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _withdraw_unstarted(round_: _Round, tracker: Any, claims: Any, requeue: bool) -> None:

@@ -209,7 +209,7 @@ def run_on_ray(
     from ray.util.queue import Queue
 
     from suite.runner import FAILED, RunResult
-    from suite.tracking import TrackingError
+    from suite.tracking import TrackingError, first_line
 
     check_store(tracker.uri, cluster)
     connect(cluster)
@@ -262,7 +262,7 @@ def run_on_ray(
             return
         except RayError as err:  # the task raised (a store it could not reach, say)
             cause = getattr(err, "cause", None) or err
-            reason = f"{type(cause).__name__}: {_first_line(cause)}"
+            reason = f"{type(cause).__name__}: {first_line(cause)}"
             _end_orphans(tracker, claims, key, reason)
             claims.ended(RunResult(key, FAILED, reason=reason))
             return
@@ -339,8 +339,3 @@ def _end_orphans(
                 tracker.fail(record.run_id, reason, status)
     except Exception:  # noqa: BLE001 - a later claim takes them as abandoned
         pass
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

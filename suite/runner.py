@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING, Protocol
 
 from suite.pool import EXECUTORS, default_workers, peak_memory_mb, run_in_pool
 from suite.spec import RunKey, Study
-from suite.tracking import ACTIVATIONS_ARTIFACT, ClaimLost, EpochLogger, RunRecord, Tracker
+from suite.tracking import (
+    ACTIVATIONS_ARTIFACT,
+    ClaimLost,
+    EpochLogger,
+    RunRecord,
+    Tracker,
+    first_line,
+)
 
 if TYPE_CHECKING:
     from suite.train import History
@@ -205,7 +212,7 @@ class Claims:
                     self.rerun,
                 )
             except Exception as err:  # noqa: BLE001 - that run fails, the study goes on
-                self.ended(RunResult(key, FAILED, reason=f"could not claim: {_first_line(err)}"))
+                self.ended(RunResult(key, FAILED, reason=f"could not claim: {first_line(err)}"))
                 continue
             if claim.outcome == "won":
                 assert claim.run_id is not None
@@ -441,11 +448,6 @@ def _record(tracker: Tracker, run_id: str, history: History) -> dict[str, float]
         tracker.log_dict(run_id, history.activations, ACTIVATIONS_ARTIFACT)
     tracker.finish(run_id, final)
     return final
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _failed(tracker: Tracker, key: RunKey, run_id: str | None, reason: str) -> RunResult:

@@ -242,7 +242,7 @@ class Tracker:
                 # another invocation created it a moment ago
                 return self.experiment_id(study, create=False)
         except MlflowException as err:
-            raise TrackingError(f"tracking store {self.uri}: {_first_line(err)}") from None
+            raise TrackingError(f"tracking store {self.uri}: {first_line(err)}") from None
 
     def studies(self) -> list[tuple[str, str]]:
         """(experiment id, name) of every active experiment but MLflow's `Default`."""
@@ -367,10 +367,10 @@ class Tracker:
         cell: Cell,
         seed: int,
         data_source: str,
-        claim_tags: dict[str, str] | None = None,
     ) -> str:
-        """Create a RUNNING run with its tags, flattened params and `config.yaml` artifact."""
-        run_id = self._create(experiment_id, study, cell, seed, data_source, claim_tags)
+        """Create a RUNNING run with its tags, flattened params and `config.yaml` artifact
+        (unclaimed: `claim` is how the runner starts runs)."""
+        run_id = self._create(experiment_id, study, cell, seed, data_source)
         self._describe(run_id, cell, seed)
         return run_id
 
@@ -410,7 +410,7 @@ class Tracker:
             self.client.log_text(run_id, cell.config.to_yaml(), "config.yaml")
         except BaseException as err:
             # never leave a half-made run RUNNING: it would look like work in progress
-            self.fail(run_id, f"could not start: {type(err).__name__}: {_first_line(err)}")
+            self.fail(run_id, f"could not start: {type(err).__name__}: {first_line(err)}")
             raise
 
     def claim(
@@ -519,7 +519,7 @@ class Tracker:
             # ended at once: a failed upload never leaves a run that looks in progress
             self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
         except MlflowException as err:
-            raise TrackingError(f"tracking store {self.uri}: {_first_line(err)}") from None
+            raise TrackingError(f"tracking store {self.uri}: {first_line(err)}") from None
         return run_id
 
     def log_report(self, run_id: str, folder: Path, summary: str) -> None:
@@ -533,7 +533,7 @@ class Tracker:
             self.set_tags(run_id, tags)
             self.client.log_artifacts(run_id, str(folder), REPORT_ARTIFACT_PATH)
         except MlflowException as err:
-            raise TrackingError(f"tracking store {self.uri}: {_first_line(err)}") from None
+            raise TrackingError(f"tracking store {self.uri}: {first_line(err)}") from None
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
@@ -810,6 +810,7 @@ def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
         yield items[i : i + size]
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """An error's message, first line only (its class name when it has none)."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
