@@ -33,10 +33,10 @@ run: setup ## Run a study (default: the headline overfitting study), then write 
 	sets=$$(echo '$(ARGS)' | grep -oE -- '--set[ =][^ ]+' | tr '\n' ' '); \
 	if [ $$status -le 1 ]; then $(OVERFIT) report $(STUDY) $$sets || status=$$?; else exit $$status; fi; \
 	echo; echo "report:  reports/$(STUDY)/index.html  (open it in a browser)"; \
-	echo "runs:    make ui  -> http://127.0.0.1:5000  (Group by -> tag 'cell' compares cells)"; \
+	echo "runs:    make ui  (prints the study's address: its runs with their final accuracies; Views -> cells: mean over seeds)"; \
 	exit $$status
 
-ui: setup ## Serve the MLflow UI over the local store on http://127.0.0.1:5000
+ui: setup ## Serve the MLflow UI over the local store on http://127.0.0.1:5000; prints each study's address
 	$(OVERFIT) ui
 
 server: setup ## Serve a tracking server on http://127.0.0.1:5000 over the local store (for several invocations or machines)

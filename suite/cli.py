@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -261,7 +261,10 @@ def run(
     study: StudyArg,
     set_: SetOpt = None,
     seeds: Annotated[
-        str | None, typer.Option(help="Seeds to run: N (0..N-1) or a list 0,1,2.")
+        str | None,
+        typer.Option(
+            help="Seeds to run: one (0), a list (0,1,2) or a range (0-4) [default: the study's]."
+        ),
     ] = None,
     only: Annotated[
         str | None, typer.Option(help="Cells to run: names, variants or hash prefixes, a,b.")
@@ -396,6 +399,17 @@ def _progress() -> Iterator[Progress]:
         raise typer.Exit(130) from None
 
 
+UiUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ui-url",
+        help="The MLflow UI the report's run links point at, http(s)://host[:port] "
+        "[default: the tracking server when the store is one, else http://127.0.0.1:5000, "
+        "where `overfit ui` serves].",
+    ),
+]
+
+
 @app.command()
 def report(
     study: StudyArg,
@@ -404,25 +418,38 @@ def report(
     ] = None,
     tracking_uri: UriOpt = None,
     set_: SetOpt = None,
+    ui_url: UiUrlOpt = None,
 ) -> None:
     """Write the study's comparison report (HTML + Markdown) from what MLflow holds.
 
+    A study name finds its file where the store records it, else in experiments/.
     Give the same --set overrides the study ran with, so its cells match the stored runs.
     """
+    notice = None
     with user_errors():
-        from suite.report import write_report
+        from suite.report import check_ui_url, locate, write_report
         from suite.tracking import Tracker
 
+        if ui_url is not None:
+            ui_url = check_ui_url(ui_url)
+        tracker = Tracker(tracking_uri)
         name = study
         spec = None
-        path = study_path(study)
-        if Path(study).suffix in (".yaml", ".yml") and not path.is_file():
-            raise SpecError(f"{study}: no such study file")
-        if path.is_file():
+        given = Path(study)
+        path: Path | None = given
+        if given.suffix in (".yaml", ".yml") or given.is_file():
+            if not given.is_file():
+                raise SpecError(f"{study}: no such study file")
+        else:  # a study name: the file the store records, else experiments/<name>.yaml
+            found = locate(study, tracker)
+            path, notice = found.path, found.notice
+        if path is not None:
             spec = load_study(path, parse_overrides(set_ or []), check_data=False)
             name = spec.name
         with err.status(f"writing the report of {name}: reading MLflow, drawing figures"):
-            paths = write_report(name, Tracker(tracking_uri), out_dir, spec)
+            paths = write_report(name, tracker, out_dir, spec, ui_url=ui_url)
+    if notice:
+        err.print(f"[yellow]warning:[/] {escape(notice)}", highlight=False, soft_wrap=True)
     out.print(f"report: {paths.html}", soft_wrap=True, highlight=False)
     out.print(f"        {paths.markdown}", soft_wrap=True, highlight=False)
     if paths.run_id:
@@ -439,20 +466,146 @@ def ui(
     port: Annotated[int, typer.Option(help="Port for the MLflow UI.")] = 5000,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
 ) -> None:
-    """Serve the MLflow UI over the same store `run` writes to."""
-    from suite.store import resolve_uri
+    """Serve the MLflow UI over the same store `run` writes to, and print the address of each
+    study's runs table (their final accuracies shown, best test accuracy first)."""
+    from suite.store import resolve_uri, sqlite_file
 
     uri = resolve_uri(tracking_uri)
-    if uri.startswith(("http://", "https://")):
-        out.print(f"the store is a tracking server: open {uri}")
+    if not uri.startswith(("http://", "https://")):
+        _check_port(host, port)  # before seconds of imports
+    with user_errors():
+        from suite.tracking import Tracker, prepare_store
+
+        if uri.startswith(("http://", "https://")):
+            out.print(f"the store is a tracking server, whose UI is {uri}", highlight=False)
+            _print_studies(Tracker(uri), uri)
+            return
+        if sqlite_file(uri) is not None:
+            prepare_store(uri)  # made or migrated under a lock, not by MLflow's server
+        tracker = Tracker(uri)
+        base = f"http://{_address(host)}:{port}"
+        command, env = mlflow_command("ui", uri, host, port, 1, "--uvicorn-opts", "--no-access-log")
+        out.print(f"starting the MLflow UI for {uri} at {base}", soft_wrap=True, highlight=False)
+        studies: list[tuple[str, str]] = []
+
+        def starting() -> None:  # while the server imports MLflow
+            studies.extend(tracker.studies())
+            for _, name in studies:
+                tracker.experiment_id(name, create=False)  # gives older studies the saved views
+
+        def ready(seconds: float) -> None:
+            out.print(f"MLflow UI ready at {base} after {seconds:.0f} s  (Ctrl-C stops it)")
+            _print_studies(tracker, base, studies)
+
+        _serve(command, env, host, port, ready, starting)
+
+
+def _print_studies(tracker: Any, base: str, studies: list[tuple[str, str]] | None = None) -> None:
+    """Each study's runs-table address in the UI at `base`, and how to see cells side by side."""
+    from suite.tracking import runs_url
+
+    if studies is None:
+        studies = tracker.studies()
+        for _, name in studies:
+            tracker.experiment_id(name, create=False)  # gives older studies the saved views
+    if not studies:
+        out.print(f"no studies in {tracker.uri} yet: overfit run STUDY, then open {base}")
         return
-    out.print(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl-C stops it)")
-    out.print("compare cells: experiment page -> Group by -> tag `cell`")
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
-    command += ["--host", host, "--port", str(port)]
+    out.print("the runs of each study, with their final accuracies:")
+    width = max(len(name) for _, name in studies)
+    for experiment_id, name in studies:
+        out.print(
+            f"  {name:<{width}}  {runs_url(base, experiment_id)}", soft_wrap=True, highlight=False
+        )
+    out.print(
+        "cells side by side (mean over seeds): menu Views, top right -> cells: mean over seeds",
+        soft_wrap=True,
+        highlight=False,
+    )
+
+
+def mlflow_command(
+    kind: str, store: str, host: str, port: int, workers: int, *options: str
+) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of `mlflow ui` or `mlflow server` (`kind`), lean:
+    `workers` server processes and MLflow's job runner off. The runner (GenAI scorers, trace
+    roll-ups: none of them used here) is 8 more processes of ~240 MB each, and its start
+    doubles the wait for the first answer; MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true has it."""
+    command = [sys.executable, "-m", "mlflow", kind, "--backend-store-uri", store]
+    command += ["--host", host, "--port", str(port), "--workers", str(workers), *options]
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    # each server process warns of a deprecation inside MLflow, which no user can act on
+    quiet = "ignore:starlette.middleware.wsgi is deprecated"
+    env["PYTHONWARNINGS"] = ",".join(filter(None, [env.get("PYTHONWARNINGS"), quiet]))
+    return command, env
+
+
+def _address(host: str) -> str:
+    """Where this machine reaches a server bound to `host`."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def _check_port(host: str, port: int) -> None:
+    """A port already taken (or an address not of this machine) is a one-line error."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                fail(
+                    f"port {port} on {host} is in use (another MLflow UI or server?): stop "
+                    "it, or choose another port with --port N"
+                )
+            fail(f"cannot listen on {host}:{port}: {e.strerror or e}")
+
+
+def _serve(
+    command: list[str],
+    env: dict[str, str],
+    host: str,
+    port: int,
+    ready: Callable[[float], None],
+    starting: Callable[[], None] | None = None,
+) -> NoReturn:
+    """Run an MLflow server until it ends or Ctrl-C: `starting()` as it starts, `ready(seconds)`
+    once it answers."""
+    import urllib.error
+    import urllib.request
+
+    _check_port(host, port)  # again: it may have been taken meanwhile
+    health = f"http://{_address(host)}:{port}/health"
+    started = time.monotonic()
+    process = subprocess.Popen(command, env=env)
     try:
-        code = subprocess.call(command)
-    except KeyboardInterrupt:
+        if starting is not None:
+            try:
+                starting()
+            except BaseException:
+                process.terminate()
+                process.wait()
+                raise
+        while process.poll() is None:
+            try:
+                with urllib.request.urlopen(health, timeout=2):
+                    break
+            except urllib.error.HTTPError:
+                break  # it answers
+            except OSError:
+                time.sleep(0.5)
+        if process.poll() is None:
+            ready(time.monotonic() - started)
+        code = process.wait()
+    except KeyboardInterrupt:  # the server had the terminal's Ctrl-C too
+        try:
+            process.wait(timeout=15)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            process.terminate()
+            process.wait()
         code = 0
     raise typer.Exit(code)
 
@@ -505,16 +658,21 @@ def server(
             f"--backend-store-uri {scheme}: its driver ({driver}) is not installed: "
             "pip install '.[postgres]'"
         )
+    _check_port(host, port)
+    if scheme == "sqlite":
+        with user_errors():
+            from suite.tracking import prepare_store
+
+            prepare_store(backend_store_uri)  # made or migrated under a lock, not by MLflow
     destination = artifacts_destination
     if "://" not in destination:
         destination = str(Path(destination).resolve())
-    workers_ = server_workers or (1 if scheme == "sqlite" else 4)
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri]
-    command += ["--serve-artifacts", "--artifacts-destination", destination]
-    command += ["--host", host, "--port", str(port), "--workers", str(workers_)]
+    options = ["--serve-artifacts", "--artifacts-destination", destination]
     if allowed_hosts:
-        command += ["--allowed-hosts", allowed_hosts]
-    address = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        options += ["--allowed-hosts", allowed_hosts]
+    workers_ = server_workers or (1 if scheme == "sqlite" else 4)
+    command, env = mlflow_command("server", backend_store_uri, host, port, workers_, *options)
+    address = _address(host)
     out.print(
         f"tracking server for {backend_store_uri} (artifacts in {destination}) at "
         f"http://{address}:{port}  (Ctrl-C stops it)",
@@ -526,14 +684,11 @@ def server(
         soft_wrap=True,
         highlight=False,
     )
-    # MLflow's job runner (GenAI scorers, trace roll-ups: none of them used here) is 8 more
-    # processes of ~240 MB each; set MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true to have it
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
-    try:
-        code = subprocess.call(command, env=env)
-    except KeyboardInterrupt:
-        code = 0
-    raise typer.Exit(code)
+
+    def ready(seconds: float) -> None:
+        out.print(f"ready after {seconds:.0f} s", highlight=False)
+
+    _serve(command, env, host, port, ready)
 
 
 def _importable(module: str) -> bool:

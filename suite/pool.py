@@ -10,8 +10,12 @@ hands it over, streams its epochs to the store and ends it. One process writes t
 a sqlite store sees no competing writers; the workers' start-up (importing TensorFlow) runs
 while the parent imports MLflow and plans.
 
-A run's history does not depend on the worker that trains it nor on its thread count: the
-same seeds give the same per-epoch metrics with 1 worker or N.
+A run's history does not depend on the worker that trains it nor on the runs it trained
+before. It may depend, in the last bits, on the worker's thread count (`--workers 1` trains in
+the calling process with every CPU, each of N workers with its share): a matmul's sums may be
+rounded in another order (see `suite.train.pin_threads`). The same seeds then give the same
+accuracies and losses equal to rounding in short runs, drifting apart slowly over long ones;
+with the same thread count, the same bits.
 
 Ctrl-C (or SIGTERM) in the parent: the workers stop their runs at the next epoch boundary, the
 parent marks them KILLED, claimed runs no worker started are withdrawn, and the parent raises

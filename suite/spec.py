@@ -528,18 +528,26 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
-    """`--seeds 0,1,2` (a list) or `--seeds 3` (the first three seeds)."""
-    try:
-        parts = [int(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise SpecError(f"--seeds: expected N or a list like 0,1,2, got {text!r}") from None
-    if not parts or any(p < 0 for p in parts):
-        raise SpecError(f"--seeds: expected N or a list like 0,1,2, got {text!r}")
-    if "," not in text:
-        if parts[0] == 0:
-            raise SpecError("--seeds: the count must be at least 1")
-        return tuple(range(parts[0]))
-    return tuple(parts)
+    """`--seeds 0` (seed 0), `--seeds 0,1,2` (a list), `--seeds 0-4` (a range, both ends
+    included); ranges and single seeds mix: `0-2,7`. Order kept, repeats dropped."""
+    usage = f"--seeds: expected a seed, a list or a range (0 | 0,1,2 | 0-4), got {text!r}"
+    seeds: dict[int, None] = {}  # ordered, no repeats
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
+        if match is None:
+            raise SpecError(usage)
+        first = int(match[1])
+        last = int(match[2]) if match[2] is not None else first
+        if last < first:
+            raise SpecError(f"--seeds: the range {part!r} ends before it starts")
+        if last - first >= 10_000:
+            raise SpecError(f"--seeds: the range {part!r} holds over 10,000 seeds")
+        seeds.update(dict.fromkeys(range(first, last + 1)))
+    if not seeds:
+        raise SpecError(usage)
+    return tuple(seeds)
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -1,13 +1,53 @@
-"""Where the tracking store is, worked out without importing MLflow (seconds to import)."""
+"""Where the tracking store is, and a local sqlite store made safely before anyone uses it.
+
+Owns: the tracking URI's resolution, the local artifact root, and the life of a sqlite store's
+file before MLflow opens it (`prepare`). Must not touch runs or experiments: that is
+`suite.tracking`. MLflow is imported only when a store is built (it takes seconds to import).
+
+Why `prepare` exists: MLflow creates a missing sqlite store on first use and migrates its schema
+in dozens of steps. Two processes doing that at once (two `overfit run`, or `overfit run` beside
+`mlflow ui` or a script calling `mlflow.search_runs`) interleave their migrations and can leave
+the file half-migrated for good (`table _alembic_tmp_tags already exists`). So every entry point
+of the suite that opens a sqlite store calls `prepare(uri)` first:
+
+- a store at the schema this MLflow expects is used as it is (one read-only look, no lock);
+- otherwise an inter-process lock on `<db>.lock` is taken (filelock), and under it
+  - a missing store is built and migrated under a temporary name beside it, then linked into
+    place in one step that fails if the name exists meanwhile: no reader ever meets a half-made
+    store, and a store another client made first is never overwritten;
+  - a store another client is still building is waited for while it changes;
+  - a store left half-made (by a crashed client) that holds no run is moved aside to
+    `<db>.broken-<time>` and built anew; one that holds runs is an error saying how to repair it.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+LOCK_TIMEOUT = 120.0  # seconds to wait for another process building the same store
+QUIET_SECONDS = 5.0  # a half-made store unchanged this long is nobody's work in progress
+SETTLE_TIMEOUT = 120.0  # at most this long waiting for another client's migration
 
-__all__ = ["DEFAULT_URI", "artifact_root", "resolve_uri", "sqlite_file"]
+__all__ = [
+    "DEFAULT_URI",
+    "StoreError",
+    "artifact_root",
+    "prepare",
+    "resolve_uri",
+    "sqlite_file",
+]
+
+
+class StoreError(RuntimeError):
+    """A local store that cannot be made ready; the message is one line."""
 
 
 def resolve_uri(uri: str | None = None) -> str:
@@ -24,3 +64,178 @@ def artifact_root(uri: str) -> str | None:
     """For a local sqlite store, artifacts live in `mlartifacts/` beside the database file."""
     db = sqlite_file(uri)
     return None if db is None else (db.resolve().parent / "mlartifacts").as_uri()
+
+
+@dataclass(frozen=True)
+class _Look:
+    """What a read-only look at a sqlite file found."""
+
+    exists: bool
+    tables: frozenset[str] = frozenset()
+    version: str | None = None
+    runs: int = 0
+    signature: tuple[object, ...] = ()  # changes while someone writes the file
+
+    def leftovers(self) -> list[str]:
+        return sorted(t for t in self.tables if t.startswith("_alembic_tmp_"))
+
+
+def prepare(uri: str, lock_timeout: float = LOCK_TIMEOUT) -> None:
+    """Make a local sqlite store ready for MLflow (see the module's docstring); any other
+    store is left to MLflow. Safe to call from any number of processes at once.
+
+    Raises:
+        StoreError: the store is half-made and holds runs, has another MLflow's schema, is
+            not a database, or another process held its lock for `lock_timeout` seconds.
+    """
+    db = sqlite_file(uri)
+    if db is None or db.name == ":memory:":
+        return
+    head = _head_revision()
+    if _ready(_look(db), head):
+        return
+    from filelock import FileLock, Timeout
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(f"{db}.lock")
+    try:
+        with lock.acquire(timeout=lock_timeout):
+            _make_ready(db, uri, head)
+    except Timeout:
+        raise StoreError(
+            f"{db}: another process has held {db}.lock for {lock_timeout:.0f} s while making "
+            f"the store; is an overfit or mlflow process hung? (`fuser {db}.lock` names it)"
+        ) from None
+
+
+def _make_ready(db: Path, uri: str, head: str) -> None:
+    """Under the store's lock: build, wait for, repair or refuse the store."""
+    look = _settled(db, head)
+    if _ready(look, head):
+        return
+    if look.exists:
+        problem = _problem(look, head)
+        if look.runs:
+            raise StoreError(
+                f"{db}: {problem}, and it holds {look.runs} runs; back it up, then "
+                f"`mlflow db upgrade {uri}`{_drop_hint(look)}"
+            )
+        aside = db.with_name(f"{db.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(db, aside)
+        _warn(f"{db}: {problem} and held no runs; moved aside to {aside.name}, made anew")
+    _build(db)
+
+
+def _build(db: Path) -> None:
+    """A new store, migrated under a temporary name, then linked into place."""
+    temporary = db.with_name(f"{db.name}.new-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        import logging
+
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        for name in ("mlflow", "alembic"):  # no INFO lines for each migration step
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+        store = SqlAlchemyStore(f"sqlite:///{temporary}", str(db.parent / "mlartifacts"))
+        store.engine.dispose()  # every connection to the temporary name closed
+        # fails if another client made `db` meanwhile: theirs stays, and the next look judges it
+        with contextlib.suppress(FileExistsError):
+            os.link(temporary, db)
+    finally:
+        for leftover in (temporary, Path(f"{temporary}-journal")):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+
+
+def _settled(db: Path, head: str) -> _Look:
+    """The store once nobody is changing it: a half-made store is looked at again while its
+    file changes (another client migrating it), for at most `SETTLE_TIMEOUT` seconds."""
+    look = _look(db)
+    if not look.exists or _ready(look, head):
+        return look
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    quiet_since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        again = _look(db)
+        if not again.exists or _ready(again, head):
+            return again
+        if again.signature != look.signature:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= QUIET_SECONDS:
+            return again
+        look = again
+    return look
+
+
+def _ready(look: _Look, head: str) -> bool:
+    return look.exists and look.version == head and not look.leftovers()
+
+
+def _problem(look: _Look, head: str) -> str:
+    if look.leftovers():
+        return f"a schema migration stopped half-way (table {look.leftovers()[0]} left over)"
+    if not look.tables:
+        return "the file holds no MLflow tables"
+    if look.version is None:
+        return "its MLflow tables have no schema version (a migration stopped half-way)"
+    return f"its schema version is {look.version}, not this MLflow's {head}"
+
+
+def _drop_hint(look: _Look) -> str:
+    if not look.leftovers():
+        return ""
+    tables = ", ".join(look.leftovers())
+    return f" (first drop the leftover {tables} once you have checked it holds no data)"
+
+
+def _look(db: Path) -> _Look:
+    """A read-only look at the file: tables, schema version, runs, and what changes."""
+    try:
+        stat = db.stat()
+    except FileNotFoundError:
+        return _Look(exists=False)
+    journal = Path(f"{db}-journal")
+    signature: tuple[object, ...] = (stat.st_size, stat.st_mtime_ns, journal.exists())
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)) as c:
+            tables = frozenset(
+                name for (name,) in c.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            )
+            version = None
+            if "alembic_version" in tables:
+                row = c.execute("SELECT version_num FROM alembic_version").fetchone()
+                version = row[0] if row else None
+            runs = c.execute("SELECT count(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+    except sqlite3.DatabaseError as err:
+        if "locked" in str(err):  # a writer holds it: a look as "changing"
+            return _Look(exists=True, signature=(*signature, time.monotonic()))
+        raise StoreError(f"{db}: not an MLflow sqlite store ({err})") from None
+    return _Look(True, tables, version, runs, (*signature, tables, version))
+
+
+@functools.cache
+def _head_revision() -> str:
+    """The schema revision this MLflow's migrations end at, read from its migration scripts
+    (alembic's own reader; MLflow itself is not imported)."""
+    import importlib.util
+    import logging
+
+    from alembic.script import ScriptDirectory
+
+    spec = importlib.util.find_spec("mlflow")
+    if spec is None or not spec.submodule_search_locations:
+        raise StoreError("MLflow is not installed")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "store" / "db_migrations"
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    heads = ScriptDirectory(str(folder)).get_heads()
+    if len(heads) != 1:
+        raise StoreError(f"MLflow's migration scripts end in {len(heads)} heads, not one")
+    return str(heads[0])
+
+
+def _warn(message: str) -> None:
+    import warnings
+
+    warnings.warn(message, stacklevel=3)

@@ -49,16 +49,20 @@ from mlflow.tracking import MlflowClient
 import suite
 from suite.images import confusion_png
 from suite.spec import Cell
-from suite.store import artifact_root, resolve_uri, sqlite_file
+from suite.store import StoreError, artifact_root, prepare, resolve_uri, sqlite_file
 
 FAILURE_TAG = "failure_reason"
 OWNER_TAG = "owner"  # host:pid of the process that logs the run
-TOKEN_TAG = "claim"  # the token of the invocation that claimed it
+TOKEN_TAG = "invocation"  # the token of the `overfit run` that claimed (and trained) it
 HEARTBEAT_TAG = "heartbeat"  # unix time of its owner's latest sign of life
 MACHINE_TAG = "owner_machine"  # boot id and pid namespace: where the owner's pid means something
 TIMEOUT_TAG = "claim_timeout"  # the owner's claim timeout, which paces its heartbeat
+# what only a RUNNING run needs: deleted when it ends, so a finished run's tags, the UI's
+# columns and its Group-by menu show what the run is, not how it was held
+LEASE_TAGS = (OWNER_TAG, MACHINE_TAG, HEARTBEAT_TAG, TIMEOUT_TAG)
 CLAIM_TIMEOUT = 120.0  # seconds without a heartbeat after which a RUNNING run is abandoned
 RUN_KIND_TAG = "run_kind"
+STUDY_FILE_TAG = "study_file"  # experiment tag: the absolute path of the study's YAML
 REPORT_ARTIFACT_PATH = "report"
 CONFUSION_ARTIFACT = "confusion_matrix"
 ACTIVATIONS_ARTIFACT = "activations.json"  # with train.log_activations
@@ -67,6 +71,75 @@ MAX_PARAMS_PER_BATCH = 100
 MAX_RUNS_PER_BULK = 100  # a tracking server's bulk history endpoint takes at most 100 runs
 BULK_POINTS_LIMIT = 25_000  # ... and answers at most this many points
 DATABASE_RUNS_PER_QUERY = 500  # run ids bound per query: well under sqlite's variable limit
+# gaps and the accuracies they are the difference of (train - test), logged consistently
+GAP_METRICS = {
+    "gap": ("train_accuracy", "test_accuracy"),
+    "final_gap": ("final_train_accuracy", "final_test_accuracy"),
+}
+
+# The MLflow UI over a study's experiment (checked against MLflow 3.17's UI bundle).
+# `mlflow.experimentKind` is MLflow's own tag for what an experiment is for; the UI's kind
+# selector writes it. MLflow 3.17 no longer opens an experiment on it: its page follows the
+# sidebar's GenAI / Model training switch (kept per browser, GenAI at first), or the address's
+# `workflowType=machine_learning`. Set all the same, so the experiment says what it is.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # the UI's "Machine learning"; else genai_development
+# A saved view of the runs page is an experiment tag `mlflow.sharedViewState.<id>` (the UI's
+# "Views" menu lists them; `viewStateShareKey=<id>` in the address opens one). Each study
+# gets two: its runs with their final accuracies, best test accuracy first, and the same
+# grouped by cell (each cell's row: the mean over its seeds).
+UI_VIEW_TAG = "mlflow.sharedViewState."
+UI_RUNS_VIEW = "overfit-runs"
+UI_CELLS_VIEW = "overfit-cells"
+UI_COLUMNS = ("final_train_accuracy", "final_test_accuracy", "final_gap")
+_UI_COLUMN_KEYS = [f"metrics.`{name}`" for name in UI_COLUMNS]
+_UI_STATE: dict[str, Any] = {
+    "selectedColumns": _UI_COLUMN_KEYS,
+    "columnOrder": _UI_COLUMN_KEYS,
+    "columnWidths": dict(zip(_UI_COLUMN_KEYS, (155, 165, 100), strict=True)),  # names whole
+    "orderByKey": "metrics.`final_test_accuracy`",
+    "orderByAsc": False,
+}
+UI_EXPERIMENT_TAGS = {
+    EXPERIMENT_KIND_TAG: EXPERIMENT_KIND,
+    **{
+        UI_VIEW_TAG + view: json.dumps(
+            # fixed times: the tag's value changes only when the view does (the menu lists
+            # the newest first: the runs view above the cells view)
+            {"name": name, "createdAt": created, "updatedAt": created, "state": json.dumps(state)}
+        )
+        for view, name, created, state in (
+            (UI_RUNS_VIEW, "runs: final accuracies", 1_767_225_660_000, _UI_STATE),
+            (
+                UI_CELLS_VIEW,
+                "cells: mean over seeds",
+                1_767_225_600_000,
+                {
+                    **_UI_STATE,
+                    # its column first, wide enough for "Group: <cell name>"
+                    "columnOrder": ["attributes.`Run Name`", *_UI_COLUMN_KEYS],
+                    "columnWidths": {"attributes.`Run Name`": 240, **_UI_STATE["columnWidths"]},
+                    "groupBy": {
+                        "aggregateFunction": "average",
+                        "groupByKeys": [{"mode": "tag", "groupByData": "cell"}],
+                    },
+                    "runsHiddenMode": "SHOW_ALL",  # the charts draw every cell's mean
+                },
+            ),
+        )
+    },
+}
+
+
+def runs_url(ui_base: str, experiment_id: str, view: str = UI_RUNS_VIEW) -> str:
+    """The address of a study's runs table in the MLflow UI at `ui_base` (http://host:port),
+    showing the saved view `view` (`UI_RUNS_VIEW` or `UI_CELLS_VIEW`): the experiment's
+    page would open on MLflow's GenAI overview in a browser that has not switched to Model
+    training. The view exists once `Tracker.experiment_id` has seen the study."""
+    return (
+        f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs"
+        f"?viewStateShareKey={view}&workflowType=machine_learning"
+    )
 
 
 # no "View run ... at: URL" lines on stdout each time a run on a tracking server ends
@@ -205,6 +278,7 @@ class Tracker:
         does not answer is a one-line error here, not minutes of MLflow's retries."""
         if self.uri.startswith(("http://", "https://")):
             _check_answers(self.uri)
+        prepare_store(self.uri)
         return cast(MlflowClient, _Patient(MlflowClient(tracking_uri=self.uri)))
 
     @functools.cached_property
@@ -229,12 +303,22 @@ class Tracker:
                         f"experiment {study!r} is deleted in {self.uri}; restore or purge it "
                         "(mlflow experiments restore / mlflow gc)"
                     )
+                # the UI's tags (see UI_EXPERIMENT_TAGS) on experiments made before them, or
+                # with older views; a kind someone chose in the UI stays
+                for key, value in UI_EXPERIMENT_TAGS.items():
+                    have = experiment.tags.get(key)
+                    if have is None or (key.startswith(UI_VIEW_TAG) and have != value):
+                        # a store that refuses (permissions) leaves the UI less handy, no more
+                        with contextlib.suppress(MlflowException):
+                            self.client.set_experiment_tag(experiment.experiment_id, key, value)
                 return str(experiment.experiment_id)
             if not create:
                 return None
             try:
                 return str(
-                    self.client.create_experiment(study, artifact_location=artifact_root(self.uri))
+                    self.client.create_experiment(
+                        study, artifact_location=artifact_root(self.uri), tags=UI_EXPERIMENT_TAGS
+                    )
                 )
             except MlflowException as err:
                 if err.error_code != "RESOURCE_ALREADY_EXISTS":
@@ -243,6 +327,16 @@ class Tracker:
                 return self.experiment_id(study, create=False)
         except MlflowException as err:
             raise TrackingError(f"tracking store {self.uri}: {first_line(err)}") from None
+
+    def note_study_file(self, experiment_id: str, path: Path) -> None:
+        """Record where the study's YAML is (experiment tag `STUDY_FILE_TAG`, the latest
+        invocation's): the report reads the file from there when it is not in experiments/."""
+        self.client.set_experiment_tag(experiment_id, STUDY_FILE_TAG, str(path.resolve()))
+
+    def study_file(self, experiment_id: str) -> Path | None:
+        """The study's YAML as its latest `overfit run` recorded it (None if never)."""
+        recorded = self.client.get_experiment(experiment_id).tags.get(STUDY_FILE_TAG)
+        return Path(recorded) if recorded else None
 
     def studies(self) -> list[tuple[str, str]]:
         """(experiment id, name) of every active experiment but MLflow's `Default`."""
@@ -541,12 +635,39 @@ class Tracker:
     def log_epochs(self, run_id: str, rows: Iterable[tuple[int, dict[str, float]]]) -> None:
         """Send per-epoch metrics (step = epoch, from 1) in as few requests as the API allows.
 
+        Values are logged as the shortest decimals of their float32 (see `shortest`), and a
+        gap as the difference of the two accuracies so logged (0.07, not 0.06999999 as the
+        float32 difference would show). Each row's dict is updated to the values logged, so
+        its holder has what the store has.
+
         A database store takes finite values as one bulk insert (see `_database_log`); a
         tracking server, or a batch holding NaN or infinity, goes through `log_batch`.
         """
+        import numpy
+
+        tiny = float(numpy.finfo(numpy.float32).tiny)  # the smallest normal float32
+
+        def shortest(value: float) -> float:
+            """The shortest decimal that reads back as the value's float32, which is what the
+            UI shows: 0.1135, not 0.11349999904632568. Lossless for Keras' metrics (float32);
+            the few computed in float64 (the gap of two of them, seconds, macro F1) keep the
+            7 significant digits of float32. Values beyond float32's normal range stay."""
+            with numpy.errstate(over="ignore", under="ignore"):
+                single = numpy.float32(value)
+            if value == 0 or (math.isfinite(single) and abs(single) >= tiny):
+                return float(str(single))
+            return float(value)
+
+        rows = list(rows)
+        for _, values in rows:
+            for name, value in values.items():
+                values[name] = shortest(value)
+            for gap, (train, test) in GAP_METRICS.items():
+                if gap in values and train in values and test in values:
+                    values[gap] = shortest(values[train] - values[test])
         now = int(time.time() * 1000)
         metrics = [
-            Metric(name, float(value), now, epoch)
+            Metric(name, value, now, epoch)
             for epoch, values in rows
             for name, value in values.items()
         ]
@@ -644,12 +765,23 @@ class Tracker:
             raise ClaimLost(f"run {run_id} was ended by another invocation while it trained")
         self.log_epochs(run_id, [(0, final)])
         self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+        self._drop_lease(run_id)
 
     def fail(self, run_id: str, reason: str, status: str = "FAILED") -> None:
         """End a run as FAILED (or KILLED) with its reason as a tag."""
         self.heartbeat.release(run_id)
         self.client.log_batch(run_id, tags=[RunTag(FAILURE_TAG, reason[:5000])])
         self.client.set_terminated(run_id, status)
+        self._drop_lease(run_id)
+
+    def _drop_lease(self, run_id: str) -> None:
+        """Delete an ended run's `LEASE_TAGS` (after it ended: a RUNNING run without an owner
+        would look abandoned). Only tidiness: a tag left by a failed call is harmless."""
+        tags = self.client.get_run(run_id).data.tags
+        for name in LEASE_TAGS:
+            if name in tags:
+                with contextlib.suppress(MlflowException):
+                    self.client.delete_tag(run_id, name)
 
 
 LOCKED_RETRY_SECONDS = 120.0  # how long a call waits out a locked sqlite database in all
@@ -731,12 +863,14 @@ class Heartbeat:
             with self.lock:
                 held = sorted(self.held)
             for run_id in held:
+                # under the lock: a run released meanwhile has ended, and a beat written after
+                # its end would bring back the tag its end deleted
                 with self.lock:
-                    if run_id not in self.held:  # ended meanwhile
+                    if run_id not in self.held:
                         continue
-                # an unreachable store: the next beat tries again
-                with contextlib.suppress(Exception):
-                    self.tracker.client.set_tag(run_id, HEARTBEAT_TAG, f"{time.time():.3f}")
+                    # an unreachable store: the next beat tries again
+                    with contextlib.suppress(Exception):
+                        self.tracker.client.set_tag(run_id, HEARTBEAT_TAG, f"{time.time():.3f}")
 
 
 class EpochLogger:
@@ -764,6 +898,19 @@ class EpochLogger:
             self.tracker.log_epochs(self.run_id, self.buffer)
             self.buffer = []
         self.last_flush = time.monotonic()
+
+
+def prepare_store(uri: str) -> None:
+    """Make a local sqlite store ready before MLflow opens it (`suite.store.prepare`: built
+    under a lock and moved into place whole); other stores are left to MLflow.
+
+    Raises:
+        TrackingError: the store cannot be made ready (the message says how to repair it).
+    """
+    try:
+        prepare(uri)
+    except StoreError as err:
+        raise TrackingError(str(err)) from None
 
 
 def _check_answers(uri: str, timeout: float = 10.0) -> None:

@@ -17,7 +17,10 @@ An epoch is `ceil(train_size / batch_size)` updates, or `train.steps_per_epoch` 
 textbook's `np.random.choice`); with `shuffle` an epoch is one pass over a fresh permutation
 (Keras' `fit`), or with `steps_per_epoch` its share of a stream of such passes. The index
 sequence is drawn up front from `numpy.random.default_rng(seed)`, so the same spec and seed give
-the same batches, and, on the same machine, the same history.
+the same batches and, with the same TensorFlow thread count on the same CPU, the same history to
+the bit. With another thread count or CPU the sums inside a matmul may be rounded differently
+(see `pin_threads`): accuracies then match in short runs and losses agree to rounding, and over
+hundreds of epochs training carries the difference on.
 """
 
 from __future__ import annotations
@@ -171,8 +174,16 @@ def batch_order(
 def pin_threads(threads: int) -> None:
     """Use `threads` CPU threads for TensorFlow's ops; call before the first op runs.
 
-    A run's results do not depend on it: each matmul output sums in the same order whatever
-    the thread count (checked by `tests/test_pool.py` with 1 and 2 workers).
+    The order in which a matmul sums its products may depend on the thread count (and on the
+    CPU: its cache sizes and vector width choose the kernels' blocking), so a run's history
+    is bit-for-bit reproducible only with the same thread count on the same kind of CPU. With
+    another one the last bits of the losses may differ; `tests/test_pool.py` (1 against 2
+    workers, 12 epochs) allows 1e-5 relative and wants the accuracies equal. Over a long run
+    the difference grows as training carries it on: on the headline study's 200 epochs, 1
+    against 2 threads with TensorFlow's Eigen kernels, the logged losses drifted apart by up to
+    1% (relative, late, where they are small) and single epochs' test accuracies by up to
+    0.0075, far less than the spread between seeds. (With oneDNN on the development machine's
+    AVX-512 CPU, 1 and 2 threads gave the same bits.)
     """
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)

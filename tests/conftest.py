@@ -19,10 +19,10 @@ os.environ.pop("SUITE_MNIST_PATH", None)
 os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="keras-home-")
 atexit.register(shutil.rmtree, os.environ["KERAS_HOME"], ignore_errors=True)
 
-from collections.abc import Callable, Iterator  # noqa: E402
+from collections.abc import Callable, Iterator, Mapping  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import TYPE_CHECKING  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -231,3 +231,71 @@ def mlflow_server(tmp_path: Path, _store_template: Path) -> Iterator[MlflowServe
         yield server
     finally:
         server.kill()
+
+
+# --- the same runs trained twice: what must match, and how closely --------------------------
+
+# A matmul's sums run in an order set by TensorFlow's thread count and by the CPU's kernels
+# (their blocking, their vector width). The same run with another thread count (1 worker or
+# N: `--workers 1` trains in the calling process with every CPU, each of N workers with its
+# share; a Ray task with `--cpus-per-run`) or on another CPU may round differently in the last
+# bits, and training carries that on. Measured on the tests' 12-epoch studies, 1 against 2
+# threads (TensorFlow's Eigen kernels) and AVX2 against AVX-512 kernels (oneDNN): losses,
+# penalties and weight norms within 3.3e-7 relative, accuracies equal. (A batch-norm net
+# trained with Adam is the exception: see `tests/test_pool.py`.) The same thread count running
+# the same program on the same CPU gives the same bits: tests of that compare with `==`.
+FLOAT_REL = 1e-5  # 30x the largest difference measured
+FLOAT_ABS = 1e-6  # for values at or near 0 (a penalty of 0.0)
+WALL_CLOCK = ("train_seconds",)  # never the same twice: not compared
+
+
+def counted(metric: str) -> bool:
+    """A metric computed from counts over whole sets (accuracies, gaps, the best epoch, the
+    confusion matrix's macro scores): equal whenever the predictions are."""
+    return "accuracy" in metric or "gap" in metric or metric.endswith(("_epoch", "_macro"))
+
+
+def _points(value: Any) -> list[tuple[Any, float]]:
+    values = value if isinstance(value, list) else [value]
+    return [v if isinstance(v, tuple) else (None, v) for v in values]
+
+
+def assert_same_metrics(
+    expected: Mapping[Any, Any], actual: Mapping[Any, Any], ignore: tuple[str, ...] = WALL_CLOCK
+) -> float:
+    """The metrics of the same runs trained again with another thread count, in other
+    processes, by another executor or logged to another store: the same keys and steps,
+    `counted` metrics equal, every other one (losses, `reg_loss`, `weight_norm`) within
+    `FLOAT_REL` relative or `FLOAT_ABS`. Returns the largest relative difference seen.
+
+    Keys are metric names or tuples ending with one; values a number, or a list of numbers
+    or of (step, value) points.
+    """
+    import math
+
+    def name(key: Any) -> str:
+        return key[-1] if isinstance(key, tuple) else key
+
+    expected = {k: v for k, v in expected.items() if name(k) not in ignore}
+    actual = {k: v for k, v in actual.items() if name(k) not in ignore}
+    only = sorted(map(str, set(expected) ^ set(actual)))
+    assert not only, f"logged by one side only: {only[:10]}"
+    bad, worst = [], 0.0
+    for key, value in expected.items():
+        want, got = _points(value), _points(actual[key])
+        assert [s for s, _ in want] == [s for s, _ in got], f"{key}: other steps"
+        for (step, a), (_, b) in zip(want, got, strict=True):
+            if math.isnan(a) and math.isnan(b):
+                continue
+            if counted(name(key)):
+                same = a == b
+            else:
+                same = math.isclose(a, b, rel_tol=FLOAT_REL, abs_tol=FLOAT_ABS)
+                worst = max(worst, abs(a - b) / max(abs(a), abs(b), FLOAT_ABS))
+            if not same:
+                bad.append(f"{key} step {step}: {a!r} against {b!r}")
+    assert not bad, (
+        f"{len(bad)} points differ (counted metrics must be equal, the others within "
+        f"rel {FLOAT_REL} or abs {FLOAT_ABS}):\n  " + "\n  ".join(bad[:10])
+    )
+    return worst

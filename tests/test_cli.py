@@ -185,10 +185,12 @@ def test_same_spec_and_seed_give_identical_histories_across_processes(
     write_study: Callable[[str], Path], tmp_path: Path, tiny_study: str, tracking_uri: str
 ) -> None:
     study = write_study(tiny_study + "  dropout: {model: {dropout: 0.2}}\n")
-    args = ["run", str(study), "--only", "dropout", "--seeds", "1", "--tracking-uri", tracking_uri]
+    args = ["run", str(study), "--only", "dropout", "--seeds", "0", "--tracking-uri", tracking_uri]
     assert overfit(*args, cwd=tmp_path).returncode == 0
     assert overfit(*args, "--rerun", cwd=tmp_path).returncode == 0
 
+    # both invocations train it the same way (one worker with every CPU's threads), so to the
+    # bit; another thread count may round differently (see conftest.assert_same_metrics)
     tracker = Tracker(tracking_uri)
     experiment_id = tracker.experiment_id("tiny", create=False)
     assert experiment_id is not None
@@ -215,3 +217,97 @@ def test_list_and_report_on_an_empty_folder_create_nothing(tmp_path: Path) -> No
     assert unknown.returncode != 0 and "no studies in" in unknown.stderr
     assert "Traceback" not in listed.stderr + missing.stderr + unknown.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+# -- overfit report: the study file found from the store, --ui-url ------------------------------
+
+UI_STUDY = """\
+name: cures
+description: Weight decay against a baseline, written far from the report.
+base:
+  data: {train_size: 300}
+  model: {hidden: [8]}
+  train: {epochs: 2}
+seeds: [0, 1]
+variants:
+  baseline: {}
+  weight_decay: {model: {weight_decay: 0.1}}
+"""
+
+
+def _finished_store(uri: str, study_file: Path, tag: bool) -> None:
+    """`UI_STUDY`'s 4 runs, FINISHED without training; with `tag`, the store records the
+    study file as `overfit run` does."""
+    from suite.spec import load_study
+
+    study = load_study(study_file, check_data=False)
+    tracker = Tracker(uri)
+    experiment_id = tracker.experiment_id(study.name)
+    assert experiment_id is not None
+    if tag:  # as `overfit run` does
+        tracker.note_study_file(experiment_id, study_file)
+    for cell, (train, test) in zip(study.cells, [(1.0, 0.75), (0.92, 0.74)], strict=True):
+        for seed in study.seeds:
+            run_id = tracker.start_run(experiment_id, study.name, cell, seed, "bundled")
+            values = {"train_accuracy": train, "test_accuracy": test, "gap": train - test}
+            tracker.log_epochs(run_id, [(1, values), (2, values)])
+            final = {"final_train_accuracy": train, "final_test_accuracy": test + seed / 100}
+            tracker.finish(run_id, {**final, "final_gap": train - test - seed / 100})
+
+
+def test_report_by_name_finds_the_study_file_from_the_store_anywhere(
+    tmp_path: Path, tracking_uri: str
+) -> None:
+    import re
+
+    study_file = tmp_path / "lab" / "cures.yaml"
+    study_file.parent.mkdir()
+    study_file.write_text(UI_STUDY)
+    _finished_store(tracking_uri, study_file, tag=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    done = overfit(
+        "report", "cures", "--tracking-uri", tracking_uri, "--ui-url", "http://ui.lab:8080",
+        cwd=elsewhere,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stderr
+    markdown = (elsewhere / "reports" / "cures" / "report.md").read_text()
+    assert "Weight decay against a baseline, written far from the report." in markdown
+    assert f"study file: {study_file.resolve()}" in markdown
+    assert "[baseline/seed0](http://ui.lab:8080/#/experiments/" in markdown
+    assert re.search(
+        r"<http://ui\.lab:8080/#/experiments/\d+/runs\?\S*workflowType=machine_learning>", markdown
+    )
+
+
+def test_report_without_a_study_file_warns_in_one_line(tmp_path: Path, tracking_uri: str) -> None:
+    study_file = tmp_path / "lab" / "cures.yaml"
+    study_file.parent.mkdir()
+    study_file.write_text(UI_STUDY)
+    _finished_store(tracking_uri, study_file, tag=False)  # runs made before the tag existed
+
+    done = overfit("report", "cures", "--tracking-uri", tracking_uri, cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, done.stderr
+    assert "no study file for 'cures'" in warnings[0] and "experiments/cures.yaml" in warnings[0]
+    markdown = (tmp_path / "reports" / "cures" / "report.md").read_text()
+    assert "> No study file for 'cures'" in markdown
+    assert "Weight decay against a baseline" not in markdown
+
+
+@pytest.mark.parametrize("url", ["localhost:5000", "http://ui.lab:99999"])
+def test_report_with_a_bad_ui_url_is_a_one_line_error(
+    url: str, tmp_path: Path, tracking_uri: str
+) -> None:
+    done = overfit("report", "cures", "--tracking-uri", tracking_uri, "--ui-url", url, cwd=tmp_path)
+
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: --ui-url:") and url in line
+    assert not (tmp_path / "reports").exists()

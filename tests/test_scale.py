@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import MlflowServer
+from conftest import MlflowServer, assert_same_metrics
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
@@ -212,7 +212,9 @@ def test_the_process_pool_logs_to_a_server_what_it_logs_to_sqlite(
     assert run_study(study, Tracker(mlflow_server.uri), workers=2, executor="process").ok
     local, served = histories(tracking_uri), histories(mlflow_server.uri)
     assert len(local) == KEYS * len(EPOCH_METRICS)
-    assert served == local
+    # one worker in this process with every CPU, two with one thread each: the same
+    # accuracies, losses within rounding
+    assert_same_metrics(local, served)
     # artifacts went through the server (proxied), into its artifact folder
     assert list((mlflow_server.root / "artifacts").rglob("config.yaml"))
 
@@ -230,7 +232,8 @@ def test_ray_tasks_log_to_a_server_what_the_local_executor_logs(
     assert code == 0, out
     assert f"{KEYS} finished" in out
     assert_exactly_once(mlflow_server.uri)
-    assert histories(mlflow_server.uri) == histories(tracking_uri)
+    # a Ray task has one thread (`--cpus-per-run 1`), the local run every CPU
+    assert_same_metrics(histories(tracking_uri), histories(mlflow_server.uri))
 
 
 def test_a_ray_worker_killed_mid_task_is_retried(

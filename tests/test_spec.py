@@ -196,13 +196,25 @@ def test_bad_override_names_the_set_key(write_study) -> None:
 
 @pytest.mark.parametrize(
     ("text", "seeds"),
-    [("3", (0, 1, 2)), ("1", (0,)), ("0,4", (0, 4)), ("7,", (7,)), (" 2 , 5 ", (2, 5))],
+    [
+        ("0", (0,)),
+        ("3", (3,)),
+        ("0,4", (0, 4)),
+        ("7,", (7,)),
+        (" 2 , 5 ", (2, 5)),
+        ("0-4", (0, 1, 2, 3, 4)),
+        ("2 - 3", (2, 3)),
+        ("5,0-2,1", (5, 0, 1, 2)),
+        ("4-4", (4,)),
+    ],
 )
 def test_parse_seeds(text: str, seeds: tuple[int, ...]) -> None:
     assert parse_seeds(text) == seeds
 
 
-@pytest.mark.parametrize("text", ["", "x", "1,x", "-1", "0", "1,-2", "1.5"])
+@pytest.mark.parametrize(
+    "text", ["", ",", "x", "1,x", "-1", "1,-2", "1.5", "4-2", "0-", "0-2-4", "0-99999"]
+)
 def test_parse_seeds_rejects(text: str) -> None:
     with pytest.raises(SpecError, match="--seeds"):
         parse_seeds(text)

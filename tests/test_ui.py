@@ -1,4 +1,6 @@
-"""`overfit ui` serves the runs of the store `overfit run` wrote: a real MLflow server on loopback."""
+"""`overfit ui` serves the runs of the store `overfit run` wrote: a real MLflow server on loopback,
+started lean, each study's experiment tagged for the UI, metrics logged as the UI shows them.
+(The UI itself, in Chromium: tests/test_browser.py.)"""
 
 from __future__ import annotations
 
@@ -13,12 +15,24 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+import suite.tracking
+from suite import cli
 from suite.metrics import EPOCH_METRICS
 from suite.runner import run_study
 from suite.spec import load_study
-from suite.tracking import Tracker
+from suite.tracking import (
+    EXPERIMENT_KIND_TAG,
+    UI_CELLS_VIEW,
+    UI_EXPERIMENT_TAGS,
+    UI_RUNS_VIEW,
+    UI_VIEW_TAG,
+    Tracker,
+    runs_url,
+)
 
 TINY = """
 name: tiny-ui
@@ -93,3 +107,159 @@ def test_ui_serves_the_study_runs(
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
+
+
+def test_ui_and_server_start_mlflow_lean_over_a_prepared_store(
+    monkeypatch: pytest.MonkeyPatch, tracking_uri: str, tmp_path: Path
+) -> None:
+    """One helper makes both command lines: one server process (`ui` always, `server` for
+    sqlite), MLflow's job runner off; the sqlite store is prepared first; `ui` prints each
+    study's runs address once the server answers."""
+    experiment_id = Tracker(tracking_uri).experiment_id("tiny-ui")
+    assert experiment_id is not None
+    started: list[tuple[list[str], dict[str, str]]] = []
+    events: list[str] = []  # prepare and serve, in order
+
+    def serve(
+        command: list[str],
+        env: dict[str, str],
+        host: str,
+        port: int,
+        ready: Callable[[float], None],
+        starting: Callable[[], None] | None = None,
+    ) -> None:
+        started.append((command, env))
+        events.append(f"serve {command[3]}")
+        if starting is not None:
+            starting()
+        ready(9.0)
+
+    prepare = suite.tracking.prepare_store
+
+    def prepare_and_note(uri: str) -> None:
+        events.append("prepare" if uri == tracking_uri else uri)
+        prepare(uri)
+
+    monkeypatch.setattr(cli, "_serve", serve)
+    monkeypatch.setattr(suite.tracking, "prepare_store", prepare_and_note)
+    runner = CliRunner()
+    port = free_port()
+    ui = runner.invoke(cli.app, ["ui", "--tracking-uri", tracking_uri, "--port", str(port)])
+    assert ui.exit_code == 0, ui.output
+    server = runner.invoke(
+        cli.app,
+        ["server", "--backend-store-uri", tracking_uri, "--port", str(free_port())]
+        + ["--artifacts-destination", str(tmp_path / "artifacts")],
+    )
+    assert server.exit_code == 0, server.output
+
+    # the store made ready (Tracker does it too) before each server starts
+    assert events.index("prepare") < events.index("serve ui")
+    assert events[events.index("serve ui") :][-2:] == ["prepare", "serve server"]
+    (ui_command, ui_env), (server_command, server_env) = started
+    assert ui_command[1:5] == ["-m", "mlflow", "ui", "--backend-store-uri"]
+    assert server_command[1:5] == ["-m", "mlflow", "server", "--backend-store-uri"]
+    for command, env in started:
+        assert command[command.index("--workers") + 1] == "1"
+        assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    assert "--no-access-log" in ui_command  # the addresses stay on screen as pages load
+    assert f"tiny-ui  {runs_url(f'http://127.0.0.1:{port}', experiment_id)}" in ui.output
+    assert f"ready at http://127.0.0.1:{port} after 9 s" in ui.output
+
+
+def test_ui_on_a_port_in_use_is_one_line(tracking_uri: str, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "suite", "ui", "--tracking-uri", tracking_uri]
+            + ["--port", str(port)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: port {port} on 127.0.0.1 is in use (another MLflow UI or server?): stop it, "
+        "or choose another port with --port N"
+    )
+    assert not result.stdout
+
+
+def test_study_experiments_carry_the_ui_tags(tracking_uri: str) -> None:
+    """A new study's experiment gets MLflow's experiment kind and the two saved views of the
+    runs page; an older one gets them when opened, with a kind someone chose kept and a stale
+    view replaced."""
+    tracker = Tracker(tracking_uri)
+    new = tracker.experiment_id("new-study")
+    assert new is not None
+    tags = tracker.client.get_experiment(new).tags
+    assert tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    views = {
+        key[len(UI_VIEW_TAG) :]: json.loads(value)
+        for key, value in tags.items()
+        if key.startswith(UI_VIEW_TAG)
+    }
+    assert sorted(views) == sorted([UI_RUNS_VIEW, UI_CELLS_VIEW])
+    columns = ["metrics.`final_train_accuracy`", "metrics.`final_test_accuracy`"]
+    columns += ["metrics.`final_gap`"]
+    for view in views.values():  # the envelope MLflow's "Views" menu reads
+        assert isinstance(view["name"], str) and isinstance(view["createdAt"], int)
+        state = json.loads(view["state"])
+        assert state["selectedColumns"] == columns
+        assert (state["orderByKey"], state["orderByAsc"]) == (columns[1], False)
+    cells = json.loads(views[UI_CELLS_VIEW]["state"])["groupBy"]
+    assert cells["groupByKeys"] == [{"mode": "tag", "groupByData": "cell"}]
+
+    old = tracker.client.create_experiment(
+        "old-study",
+        tags={EXPERIMENT_KIND_TAG: "genai_development", UI_VIEW_TAG + UI_RUNS_VIEW: "{}"},
+    )
+    assert tracker.experiment_id("old-study") == old
+    tags = tracker.client.get_experiment(old).tags
+    assert tags[EXPERIMENT_KIND_TAG] == "genai_development"
+    for key, value in UI_EXPERIMENT_TAGS.items():
+        if key.startswith(UI_VIEW_TAG):
+            assert tags[key] == value
+
+    assert runs_url("http://host:5000/", new) == (
+        f"http://host:5000/#/experiments/{new}/runs"
+        "?viewStateShareKey=overfit-runs&workflowType=machine_learning"
+    )
+
+
+def test_metrics_are_logged_as_the_short_decimals_of_their_float32(tracking_uri: str) -> None:
+    tracker = Tracker(tracking_uri)
+    experiment_id = tracker.experiment_id("short")
+    assert experiment_id is not None
+    run_id = tracker.client.create_run(experiment_id).info.run_id
+
+    def f32(value: float) -> float:
+        return float(np.float32(value))
+
+    row = {
+        "train_accuracy": f32(0.25),  # 0.25 exactly
+        "test_accuracy": f32(0.18),  # 0.18000000715255737
+        "gap": f32(0.25) - f32(0.18),  # 0.06999999284744263
+        "test_loss": f32(0.1135),  # 0.11349999904632568
+        "weight_norm": f32(12.3456789),
+        "train_seconds": 1.2345678912,  # float64
+        "reg_loss": 0.0,
+    }
+    keras = dict(row)
+    tracker.log_epochs(run_id, [(1, row)])
+    logged = tracker.client.get_run(run_id).data.metrics
+    assert logged == {
+        "train_accuracy": 0.25,
+        "test_accuracy": 0.18,
+        "gap": 0.07,  # the difference of the two accuracies logged
+        "test_loss": 0.1135,
+        "weight_norm": 12.345679,
+        "train_seconds": 1.2345679,
+        "reg_loss": 0.0,
+    }
+    assert row == logged  # the caller holds what the store holds
+    for name in ("train_accuracy", "test_accuracy", "test_loss", "weight_norm"):
+        assert np.float32(logged[name]) == np.float32(keras[name])  # lossless for float32

@@ -10,13 +10,19 @@
 then logs the folder as the `report/` artifacts of the study's report run, so the MLflow UI
 offers it beside the runs.
 
-Sections: the headline table (95% intervals over seeds, best cell first by `report.sort`),
+The report opens with the study's answer in words (`finding`): which cell narrows the gap
+against the baseline and at what cost in test accuracy, by the 95% intervals of the versus
+baseline section; a cell whose test accuracy stays near chance is flagged "does not learn"
+and never named for its small gap. Then the headline table (95% intervals over seeds, best
+cell first by `report.sort`),
 versus baseline (Welch differences and one sentence per cell), the study's own figures
 (`report.figures`: curves grouped by settings, final metrics against a setting, a search's
 scatter, activation histograms, confusion matrices), learning curves, the final gap chart, the
-reference check, failed runs, every run linked to the UI, provenance. The stages are separate
-modules: `load` (MLflow -> DataFrames), `aggregate` (every derived number), `groups` (cells by
-setting), `figures` and `extra` (PNG bytes), `render` (jinja2 templates in `templates/`).
+reference check, failed runs, every run linked to the UI (`--ui-url`), provenance. The stages
+are separate modules: `source` (finding the study file), `load` (MLflow -> DataFrames),
+`aggregate` (every derived number), `finding` (the answer in words), `groups` (cells by
+setting), `colours` (the one palette), `figures` and `extra` (PNG bytes), `links` (URLs of the
+UI), `render` (jinja2 templates in `templates/`).
 """
 
 from __future__ import annotations
@@ -31,8 +37,10 @@ import numpy as np
 import pandas as pd
 
 from suite.metrics import STEP_METRICS
-from suite.report import aggregate, extra, figures, groups, load, render
+from suite.report import aggregate, colours, extra, figures, finding, groups, links, load, render
+from suite.report.links import UI_DEFAULT, check_ui_url
 from suite.report.load import ReportError
+from suite.report.source import StudyFile, locate, missing_notice, recorded
 from suite.spec import (
     GROUP_FIELDS,
     ActivationsFigure,
@@ -47,10 +55,17 @@ from suite.spec import (
 )
 from suite.tracking import ACTIVATIONS_ARTIFACT, CONFUSION_ARTIFACT, Tracker
 
-__all__ = ["ReportError", "ReportPaths", "write_report"]
+__all__ = [
+    "UI_DEFAULT",
+    "ReportError",
+    "ReportPaths",
+    "StudyFile",
+    "check_ui_url",
+    "locate",
+    "write_report",
+]
 
 HTML, MARKDOWN, FINAL_GAP_PNG = "index.html", "report.md", "final_gap.png"
-UI_DEFAULT = "http://127.0.0.1:5000"  # where `overfit ui` serves a local store
 
 
 @dataclass(frozen=True)
@@ -69,6 +84,7 @@ def write_report(
     out: Path | None = None,
     spec: Study | None = None,
     log_to_mlflow: bool = True,
+    ui_url: str | None = None,
 ) -> ReportPaths:
     """Write a study's comparison report from what the tracking store holds.
 
@@ -80,14 +96,19 @@ def write_report(
             cell complete, names the baseline and the views (`report:`), and brings the
             description and `reference:` ranges.
         log_to_mlflow: also attach the report to the study's report run in the store.
+        ui_url: the MLflow UI the run links point at (`http(s)://host[:port]`); default: the
+            tracking server when the store is one, else `overfit ui`'s http://127.0.0.1:5000.
 
     Returns:
         The paths of the HTML page, the Markdown document, their folder and the report run.
 
     Raises:
-        ReportError: the store is empty, has no such study, or the study has no FINISHED run.
+        ReportError: the store is empty, has no such study, or the study has no FINISHED run;
+            or `ui_url` is not an http(s) address.
     """
     settings = spec.report if spec is not None else ReportSpec()
+    if ui_url is not None:
+        check_ui_url(ui_url)  # before any work
     runs = load.load_runs(study, tracker)
     cells = aggregate.cell_rows(runs.runs, spec)
     used = aggregate.finished_runs(runs.runs)
@@ -118,7 +139,12 @@ def write_report(
 
     folder = Path(out) if out is not None else Path("reports") / study
     folder.mkdir(parents=True, exist_ok=True)
-    colours = figures.palette(cells)
+    palette = figures.palette(cells)
+    if len(cells) > len(colours.PALETTE):
+        notes.append(
+            f"{len(cells)} cells: beyond {len(colours.PALETTE)} the figures' colours are hues "
+            "evenly spaced around the wheel, and neighbours are close; read names, not colours."
+        )
     failures = _failure_notes(runs.runs, cells)
     # settings of every cell with runs, a finished run's first (a failed run may lack n_train)
     known = pd.concat([used, runs.runs], ignore_index=True)
@@ -133,12 +159,12 @@ def write_report(
             f"{extra.metric_label(settings.sort)}."
         )
     for view in views:
-        png = figures.curves_figure(view, curves, view_cells, colours, study, settings.columns)
+        png = figures.curves_figure(view, curves, view_cells, palette, study, settings.columns)
         if png is not None:
             shown.append(
                 _figure(folder, f"{view.name}.png", png, view.title, view.caption, "curves")
             )
-    png = figures.final_gap_figure(used, view_cells, colours, study)
+    png = figures.final_gap_figure(used, view_cells, palette, study)
     if png is not None:
         caption = (
             "Final gap per cell: each point is one seed's last-epoch train − test accuracy; "
@@ -147,10 +173,12 @@ def write_report(
         shown.append(_figure(folder, FINAL_GAP_PNG, png, "final gap per cell", caption, "final"))
 
     run_id = None
-    ui = runs.uri.rstrip("/") if runs.uri.startswith(("http://", "https://")) else UI_DEFAULT
+    ui = links.ui_address(ui_url, runs.uri)
     if log_to_mlflow:
         run_id = tracker.report_run(runs.experiment_id, study)
     labels = {c.cell_hash: c.label for c in cells}
+    eid = runs.experiment_id
+    tagged = recorded(tracker, eid, runs.runs) if spec is None else None
     context = render.Context(
         study=study,
         description=(spec.description.strip() if spec else ""),
@@ -158,24 +186,27 @@ def write_report(
         columns=aggregate.table_columns(
             cells, any(isinstance(f, ConfusionFigure) for f in settings.figures)
         ),
-        best_test=aggregate.best(cells, "final_test_accuracy"),
-        least_gap=aggregate.best(cells, "final_gap", lowest=True),
+        # a cell that learns has the best test accuracy, unless none does
+        best_test=aggregate.best(cells, "final_test_accuracy", learning=False),
+        least_gap=aggregate.least_gap(cells),
         baseline=baseline,
         comparisons=comparisons,
         references=aggregate.reference_checks(table),
         figures=shown,
-        failed=_run_links(
-            aggregate.failed_runs(runs.runs).sort_values(["cell", "seed"]), labels, ui, runs
+        failed=links.run_links(
+            aggregate.failed_runs(runs.runs).sort_values(["cell", "seed"]), labels, ui, eid
         ),
-        runs=_run_links(runs.runs.sort_values(["cell", "seed", "start_time"]), labels, ui, runs),
+        runs=links.run_links(
+            runs.runs.sort_values(["cell", "seed", "start_time"]), labels, ui, eid
+        ),
         provenance=_provenance(runs, used, spec),
         notes=notes,
+        finding=finding.summarise(table, baseline, comparisons),
+        study_notice=None if spec is not None else _capitalised(missing_notice(study, tagged)),
         ui=ui,
         ui_is_local=ui == UI_DEFAULT,
-        experiment_url=f"{ui}/#/experiments/{runs.experiment_id}",
-        report_run_url=(
-            f"{ui}/#/experiments/{runs.experiment_id}/runs/{run_id}" if run_id else None
-        ),
+        experiment_url=links.experiment_url(ui, eid),
+        report_run_url=links.run_url(ui, eid, run_id) if run_id else None,
         sort=settings.sort,
         sort_label=extra.metric_label(settings.sort),
         best_sorted=(
@@ -380,26 +411,14 @@ def _figure(
     return render.Figure(name, uri, alt, caption, section)
 
 
-def _run_links(
-    rows: pd.DataFrame, labels: dict[str, str], ui: str, runs: load.StudyRuns
-) -> list[render.RunLink]:
-    return [
-        render.RunLink(
-            cell=labels.get(r["cell_hash"], r["cell"]),
-            seed=None if pd.isna(r["seed"]) else int(r["seed"]),
-            status=r["status"],
-            reason=r[load.FAILURE_TAG] or "",
-            run_id=r["run_id"],
-            url=f"{ui}/#/experiments/{runs.experiment_id}/runs/{r['run_id']}",
-        )
-        for r in rows.to_dict("records")
-    ]
+def _capitalised(text: str) -> str:
+    return text[:1].upper() + text[1:] + "."
 
 
 def _summary(study: str, context: render.Context) -> str:
     """The report run's description in the MLflow UI (Markdown)."""
     lines = [f"Report of study `{study}`: open `report/index.html` in the artifacts."]
-    lines += [f"- {c.sentence}" for c in context.comparisons]
+    lines += [f"- {line}" for line in context.finding.lines]
     return "\n".join(lines)
 
 
@@ -449,7 +468,9 @@ def _provenance(
     counts = ", ".join(f"{n} {s}" for s, n in status.items())
     items = [("tracking URI", runs.uri), ("MLflow experiment", runs.experiment_id)]
     if spec is not None and spec.path is not None:
-        items.append(("study file", str(spec.path)))
+        items.append(("study file", str(Path(spec.path).resolve())))
+    elif spec is None:
+        items.append(("study file", "not found (see the top of the report)"))
     sizes = used["n_train"].fillna("?") + " / " + used["n_val"].fillna("?")
     sizes = sizes + " / " + used["n_test"].fillna("?")
     items += [

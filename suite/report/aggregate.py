@@ -60,6 +60,15 @@ PER_CLASS_COLUMNS = (
 )
 RANK_BY = "final_test_accuracy"  # the table lists the best cell first
 LOWER_IS_BETTER = ("final_gap",)  # ranked smallest first
+# A cell "does not learn" when its mean final test accuracy is below chance (1 / classes) plus
+# this margin: 0.15 for MNIST's 10 digits. Its small gap is no cure (train and test are both at
+# chance), so it is flagged, ranked last and never named or starred for its gap.
+CHANCE_MARGIN = 0.05
+# the gap star goes to a cell that keeps its test accuracy: within this of the best cell's
+# (a cell that barely learns has a small gap too, and is no cure)
+GAP_STAR_TEST_MARGIN = 0.05
+DATASET_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10}
+DEFAULT_CLASSES = 10  # a dataset not listed above (classes are not logged): digits
 
 
 @dataclass(frozen=True)
@@ -157,6 +166,21 @@ class CellRow:
     running: int
     stats: dict[str, Stat] = field(default_factory=dict)
     reference: dict[str, tuple[float, float]] = field(default_factory=dict)
+    chance: float = math.nan  # 1 / number of classes of the cell's data (NaN: unknown)
+
+    @property
+    def learns(self) -> bool:
+        """False when the mean final test accuracy is below chance + `CHANCE_MARGIN` (a cell
+        without test accuracy, or of unknown chance, is given the benefit of the doubt)."""
+        stat = self.stats.get("final_test_accuracy")
+        if stat is None or math.isnan(stat.mean) or math.isnan(self.chance):
+            return True
+        return stat.mean >= self.chance + CHANCE_MARGIN
+
+    @property
+    def figure_label(self) -> str:
+        """The label in figures: flagged when the cell does not learn."""
+        return self.label if self.learns else f"{self.label} (does not learn)"
 
     @property
     def missing(self) -> int:
@@ -247,6 +271,7 @@ def cell_rows(runs: pd.DataFrame, study: Study | None = None) -> list[CellRow]:
                 failed=int((failed["cell_hash"] == cell_hash).sum()),
                 running=int((running["cell_hash"] == cell_hash).sum()),
                 stats=stats,
+                chance=chance_level(mine),
                 reference=(
                     _reference(study, name, variants.get(cell_hash))
                     if cell_hash in in_study
@@ -257,14 +282,26 @@ def cell_rows(runs: pd.DataFrame, study: Study | None = None) -> list[CellRow]:
     return rows
 
 
+def chance_level(runs: pd.DataFrame) -> float:
+    """1 / number of classes of the runs' data (`data.dataset` in their params; NaN without
+    runs). Classes are not logged: a dataset missing from `DATASET_CLASSES` counts 10."""
+    if "params" not in runs or not len(runs):
+        return math.nan
+    datasets = {(p or {}).get("data.dataset") for p in runs["params"]}
+    classes = max(DATASET_CLASSES.get(str(d), DEFAULT_CLASSES) for d in datasets)
+    return 1.0 / classes
+
+
 def ranked(rows: Sequence[CellRow], by: str = RANK_BY) -> list[CellRow]:
-    """Table order: best mean `by` first (highest; smallest for a gap); cells without it last."""
+    """Table order: best mean `by` first (highest; smallest for a gap); cells that do not
+    learn after those that do (a gap at chance is no result), cells without `by` last."""
     sign = 1.0 if by in LOWER_IS_BETTER else -1.0
 
-    def key(row: CellRow) -> tuple[bool, float, int]:
+    def key(row: CellRow) -> tuple[bool, bool, float, int]:
         stat = row.stats.get(by)
         mean = stat.mean if stat is not None else math.nan
-        return (math.isnan(mean), sign * mean if not math.isnan(mean) else 0.0, row.order)
+        value = sign * mean if not math.isnan(mean) else 0.0
+        return (math.isnan(mean), not row.learns, value, row.order)
 
     return sorted(rows, key=key)
 
@@ -278,13 +315,35 @@ def table_columns(rows: Sequence[CellRow], per_class: bool = False) -> list[Colu
     return [*TABLE_COLUMNS[:3], *extra, *TABLE_COLUMNS[3:]]
 
 
-def best(rows: Sequence[CellRow], metric: str, lowest: bool = False) -> CellRow | None:
-    """The cell with the best mean `metric`, the first in `rows` on a tie (None: no values)."""
-    have = [r for r in rows if metric in r.stats and not math.isnan(r.stats[metric].mean)]
+def best(
+    rows: Sequence[CellRow], metric: str, lowest: bool = False, learning: bool = True
+) -> CellRow | None:
+    """The cell with the best mean `metric`, the first in `rows` on a tie (None: no values);
+    with `learning`, among the cells that learn only (a gap at chance is never the best)."""
+    have = [
+        r
+        for r in rows
+        if (r.learns or not learning) and metric in r.stats and not math.isnan(r.stats[metric].mean)
+    ]
     if not have:
         return None
     sign = 1.0 if lowest else -1.0
     return min(have, key=lambda r: sign * r.stats[metric].mean)
+
+
+def least_gap(rows: Sequence[CellRow]) -> CellRow | None:
+    """The cell with the smallest mean final gap among those that learn and whose mean final
+    test accuracy is within `GAP_STAR_TEST_MARGIN` of the best cell's."""
+    top = best(rows, "final_test_accuracy")
+    if top is None:
+        return None
+    floor = top.stats["final_test_accuracy"].mean - GAP_STAR_TEST_MARGIN
+    keeping = [
+        r
+        for r in rows
+        if "final_test_accuracy" in r.stats and r.stats["final_test_accuracy"].mean >= floor
+    ]
+    return best(keeping, "final_gap", lowest=True)
 
 
 def curves(histories: pd.DataFrame) -> pd.DataFrame:
@@ -333,8 +392,19 @@ def versus_baseline(
         mine = done[done["cell_hash"] == row.cell_hash]
         test = _difference(mine["final_test_accuracy"], base["final_test_accuracy"])
         gap = _difference(mine["final_gap"], base["final_gap"])
-        out.append(Comparison(row, test, gap, _sentence(row.label, test, gap)))
+        sentence = _sentence(row.label, test, gap) if row.learns else not_learning(row)
+        out.append(Comparison(row, test, gap, sentence))
     return out
+
+
+def not_learning(row: CellRow) -> str:
+    """The versus-baseline sentence of a cell that does not learn: `init_small does not learn:
+    final test accuracy 0.113, chance 0.100 (below chance + 0.05); its small gap is no cure.`"""
+    test = row.stats["final_test_accuracy"].mean
+    return (
+        f"{row.label} does not learn: final test accuracy {test:.3f}, chance {row.chance:.3f} "
+        f"(below chance + {CHANCE_MARGIN:.2f}); its small gap is no cure."
+    )
 
 
 def reference_checks(rows: Sequence[CellRow]) -> list[ReferenceCheck]:

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.artist import Artist
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
@@ -25,6 +24,7 @@ from matplotlib.ticker import NullFormatter, NullLocator
 from suite.metrics import STEP_METRICS
 from suite.report import groups
 from suite.report.aggregate import LOWER_IS_BETTER, CellRow
+from suite.report.colours import colours as qualitative
 from suite.report.figures import BAND_ALPHA, BAND_LABEL, _legend, _png, _style
 from suite.spec import ConfusionFigure, CurvesFigure, ScatterFigure, VersusFigure
 
@@ -450,7 +450,7 @@ def confusion(
 
 
 def _colours(n: int) -> list[Any]:
-    return list(sns.color_palette("colorblind" if n <= 10 else "husl", n))
+    return qualitative(n)  # the report's one palette (per-cell figures use it too)
 
 
 def _axis_label(key: str) -> str:

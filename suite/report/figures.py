@@ -28,6 +28,7 @@ from matplotlib.ticker import MaxNLocator, NullFormatter
 from matplotlib.typing import ColorType, LineStyleType
 
 from suite.report.aggregate import CellRow
+from suite.report.colours import colours as qualitative
 
 DPI = 150
 BAND_ALPHA = 0.18
@@ -125,10 +126,10 @@ VIEWS = {
 
 
 def palette(cells: Sequence[CellRow]) -> dict[str, ColorType]:
-    """One colour per cell, by study order, the same in every figure of a report."""
+    """One colour per cell, by study order, the same in every figure of a report
+    (`colours.PALETTE`: distinct hues for up to 12 cells)."""
     ordered = sorted(cells, key=lambda c: c.order)
-    colours = sns.color_palette("colorblind" if len(ordered) <= 10 else "husl", len(ordered))
-    return {c.cell_hash: colours[i] for i, c in enumerate(ordered)}
+    return dict(zip([c.cell_hash for c in ordered], qualitative(len(ordered)), strict=True))
 
 
 def curves_figure(
@@ -171,12 +172,12 @@ def curves_figure(
             cell_curves = mine[mine["cell_hash"] == cell.cell_hash]
             for metric, (style, _) in lines.items():
                 line = cell_curves[cell_curves["metric"] == metric].sort_values("epoch")
-                label = cell.label if not view.faceted else None
+                label = cell.figure_label if not view.faceted else None
                 alpha = BAND_ALPHA if view.faceted else BAND_ALPHA * min(1.0, 4 / len(shown))
                 _line_with_band(ax, line, colours[cell.cell_hash], style, label, view, alpha)
             if view.faceted:
                 seeds = f"{cell.done} seed" + ("s" if cell.done != 1 else "")
-                ax.set_title(f"{cell.label}  ({seeds})", fontsize="medium")
+                ax.set_title(f"{cell.figure_label}  ({seeds})", fontsize="medium")
         first = axes.flat[0]
         first.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
         if view.limits is not None:
@@ -228,7 +229,7 @@ def final_gap_figure(
         return None
     points = done[done["cell_hash"].isin([c.cell_hash for c in shown])].dropna(subset=["final_gap"])
     order = [c.cell_hash for c in shown]
-    labels = [c.label for c in shown]
+    labels = [c.figure_label for c in shown]
     with _style():
         figure = Figure(figsize=(8.5, 1.0 + 0.55 * len(shown)), layout="constrained")
         FigureCanvasAgg(figure)

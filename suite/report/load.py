@@ -27,6 +27,7 @@ TAGS = (
     "n_train",
     "n_val",
     "n_test",
+    "study_file",  # the study YAML the run was made from (absolute path)
 )
 # a run's last logged per-epoch value, under the name the report gives it
 LAST_VALUES = {"train_loss": "final_train_loss", "test_loss": "final_test_loss"}

@@ -14,6 +14,7 @@ from typing import Any
 import jinja2
 
 from suite.report.aggregate import (
+    CHANCE_MARGIN,
     CellRow,
     Column,
     Comparison,
@@ -21,6 +22,7 @@ from suite.report.aggregate import (
     ReferenceCheck,
     Stat,
 )
+from suite.report.finding import Finding
 
 TEMPLATES = Path(__file__).parent / "templates"
 VERDICTS = {
@@ -42,6 +44,7 @@ class RunLink:
     reason: str
     run_id: str
     url: str
+    name: str = ""  # the run's name in MLflow: `<cell>/seed<seed>`
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,10 @@ class Context:
     runs: list[RunLink]
     provenance: list[tuple[str, str]]
     notes: list[str] = field(default_factory=list)
+    finding: Finding = field(default_factory=lambda: Finding(""))  # the first lines
+    study_notice: str | None = None  # why the report has no study file, when it has none
     ui: str = ""
-    ui_is_local: bool = True  # links need `overfit ui` running
+    ui_is_local: bool = True  # links assume `overfit ui` at its default address
     experiment_url: str = ""
     report_run_url: str | None = None
     sort: str = "final_test_accuracy"  # what the table is ranked by
@@ -80,6 +85,7 @@ class Context:
     best_sorted: CellRow | None = None  # the best cell by `sort`, when that is not test accuracy
     setting_columns: list[str] = field(default_factory=list)  # grid / search keys shown
     settings: dict[str, dict[str, str]] = field(default_factory=dict)  # cell hash -> key -> value
+    chance_margin: float = CHANCE_MARGIN  # "does not learn": test accuracy below chance + this
 
 
 def environment() -> jinja2.Environment:
