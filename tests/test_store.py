@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from suite.store import StoreError, _head_revision, _look, prepare
+from suite.store import StoreError, _alembic_head, _head_revision, _look, _migrations, prepare
 
 PYTHON = sys.executable
 
@@ -148,3 +148,7 @@ def test_commands_on_a_broken_store_say_so_in_one_line(tmp_path: Path) -> None:
         assert done.stderr.strip().splitlines() == [
             "error: mlflow.db: not an MLflow sqlite store (file is not a database)"
         ], done.stderr
+
+
+def test_the_head_revision_read_as_text_is_alembics() -> None:
+    assert _head_revision() == _alembic_head(_migrations())
