@@ -1,25 +1,23 @@
-"""Everything MLflow: the store, experiments, runs, params, metrics, artifacts, resume look-ups.
+"""The tracking store through MLflow's client: experiments, runs, params, metrics, artifacts.
+
+Owns: a study's experiment (with the UI's saved views, `suite.ui_views`), creating a run of a
+(cell, seed) with its tags, params and `config.yaml`, ending it, logging its epochs and
+artifacts, and reading runs and histories back (the runner's resume, `list`, the report).
+Retries while a sqlite store is locked (tenacity).
+
+Must not: decide who trains a run (`suite.claims` claims runs, holds their leases and ends
+them), nor how a run ends (`suite.lifecycle`); the MLflow internals it uses for speed are all
+in `suite.mlflow_internals`.
 
 Layout (design.md): one experiment per study; one flat run per (cell, seed), named
 `<cell>/seed<seed>` and tagged `study`, `cell`, `cell_hash`, `variant`, `seed`, `data_source`,
-`suite_version` and `git_commit` (and, once its data is cut, `n_train`, `n_val`, `n_test`).
-The UI compares cells by grouping the runs on the `cell` tag
-(experiment page -> "Group by" -> tag `cell`), which shows every cell's seeds together with
-their mean. Flat runs (rather than a parent run per cell) keep resuming simple: a run is done
+`suite_version` and `git_commit` (and, once its data is cut, `n_train`, `n_val`, `n_test`);
+tag names are declared in `suite.names`. The UI compares cells by grouping the runs on the
+`cell` tag. Flat runs (rather than a parent run per cell) keep resuming simple: a run is done
 when a FINISHED run with its cell hash and seed exists.
 
-Per-epoch metrics are buffered and sent with `log_batch` (up to 1000 values a request), so a
-200-epoch run costs a few requests, not one per value.
-
-Claims (exactly once, however many invocations share a store): a run is trained only by the
-process that claimed it. `Tracker.claim` looks for the key's runs, creates a RUNNING run
-tagged with its owner (`host:pid`), its invocation's token and a heartbeat, then looks again:
-if another live RUNNING run or a FINISHED one of the same key is there, the new run is
-withdrawn (KILLED, then deleted) and the key is left to the other. Two claims racing on one
-key cannot both win: each looks after its own run exists, so the later look sees the other;
-both may withdraw, and try again a moment later. A RUNNING run whose owner is gone (a dead
-pid on this host, or no heartbeat for `claim_timeout()` seconds) is ended KILLED and its key
-claimed again. The owner's `Heartbeat` thread refreshes the heartbeat of every run it holds.
+Per-epoch metrics are buffered (`EpochLogger`) and sent in as few requests as the store allows,
+so a 200-epoch run costs a few requests, not one per value.
 """
 
 from __future__ import annotations
@@ -30,117 +28,53 @@ import json
 import logging
 import math
 import os
-import random
-import socket
 import subprocess
 import tempfile
-import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import urlparse
 
+import tenacity
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 import suite
+from suite import mlflow_internals
 from suite.images import confusion_png
+from suite.names import (
+    CELL_HASH_TAG,
+    CELL_TAG,
+    CONFUSION_ARTIFACT,
+    DATA_SOURCE_TAG,
+    FAILURE_TAG,
+    GIT_COMMIT_TAG,
+    REPORT_ARTIFACT_PATH,
+    RUN_KIND_TAG,
+    SEED_TAG,
+    STUDY_FILE_TAG,
+    STUDY_TAG,
+    SUITE_VERSION_TAG,
+    VARIANT_TAG,
+    Stored,
+)
 from suite.spec import Cell
 from suite.store import StoreError, artifact_root, prepare, resolve_uri, sqlite_file
+from suite.ui_views import UI_EXPERIMENT_TAGS, UI_VIEW_TAG
 
-FAILURE_TAG = "failure_reason"
-OWNER_TAG = "owner"  # host:pid of the process that logs the run
-TOKEN_TAG = "invocation"  # the token of the `overfit run` that claimed (and trained) it
-HEARTBEAT_TAG = "heartbeat"  # unix time of its owner's latest sign of life
-MACHINE_TAG = "owner_machine"  # boot id and pid namespace: where the owner's pid means something
-TIMEOUT_TAG = "claim_timeout"  # the owner's claim timeout, which paces its heartbeat
-# what only a RUNNING run needs: deleted when it ends, so a finished run's tags, the UI's
-# columns and its Group-by menu show what the run is, not how it was held
-LEASE_TAGS = (OWNER_TAG, MACHINE_TAG, HEARTBEAT_TAG, TIMEOUT_TAG)
-CLAIM_TIMEOUT = 120.0  # seconds without a heartbeat after which a RUNNING run is abandoned
-RUN_KIND_TAG = "run_kind"
-STUDY_FILE_TAG = "study_file"  # experiment tag: the absolute path of the study's YAML
-REPORT_ARTIFACT_PATH = "report"
-CONFUSION_ARTIFACT = "confusion_matrix"
-ACTIVATIONS_ARTIFACT = "activations.json"  # with train.log_activations
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 MAX_RUNS_PER_BULK = 100  # a tracking server's bulk history endpoint takes at most 100 runs
-BULK_POINTS_LIMIT = 25_000  # ... and answers at most this many points
-DATABASE_RUNS_PER_QUERY = 500  # run ids bound per query: well under sqlite's variable limit
+LOCKED_RETRY_SECONDS = 120.0  # how long a call waits out a locked sqlite database in all
 # gaps and the accuracies they are the difference of (train - test), logged consistently
 GAP_METRICS = {
     "gap": ("train_accuracy", "test_accuracy"),
     "final_gap": ("final_train_accuracy", "final_test_accuracy"),
 }
-
-# The MLflow UI over a study's experiment (checked against MLflow 3.17's UI bundle).
-# `mlflow.experimentKind` is MLflow's own tag for what an experiment is for; the UI's kind
-# selector writes it. MLflow 3.17 no longer opens an experiment on it: its page follows the
-# sidebar's GenAI / Model training switch (kept per browser, GenAI at first), or the address's
-# `workflowType=machine_learning`. Set all the same, so the experiment says what it is.
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"  # the UI's "Machine learning"; else genai_development
-# A saved view of the runs page is an experiment tag `mlflow.sharedViewState.<id>` (the UI's
-# "Views" menu lists them; `viewStateShareKey=<id>` in the address opens one). Each study
-# gets two: its runs with their final accuracies, best test accuracy first, and the same
-# grouped by cell (each cell's row: the mean over its seeds).
-UI_VIEW_TAG = "mlflow.sharedViewState."
-UI_RUNS_VIEW = "overfit-runs"
-UI_CELLS_VIEW = "overfit-cells"
-UI_COLUMNS = ("final_train_accuracy", "final_test_accuracy", "final_gap")
-_UI_COLUMN_KEYS = [f"metrics.`{name}`" for name in UI_COLUMNS]
-_UI_STATE: dict[str, Any] = {
-    "selectedColumns": _UI_COLUMN_KEYS,
-    "columnOrder": _UI_COLUMN_KEYS,
-    "columnWidths": dict(zip(_UI_COLUMN_KEYS, (155, 165, 100), strict=True)),  # names whole
-    "orderByKey": "metrics.`final_test_accuracy`",
-    "orderByAsc": False,
-}
-UI_EXPERIMENT_TAGS = {
-    EXPERIMENT_KIND_TAG: EXPERIMENT_KIND,
-    **{
-        UI_VIEW_TAG + view: json.dumps(
-            # fixed times: the tag's value changes only when the view does (the menu lists
-            # the newest first: the runs view above the cells view)
-            {"name": name, "createdAt": created, "updatedAt": created, "state": json.dumps(state)}
-        )
-        for view, name, created, state in (
-            (UI_RUNS_VIEW, "runs: final accuracies", 1_767_225_660_000, _UI_STATE),
-            (
-                UI_CELLS_VIEW,
-                "cells: mean over seeds",
-                1_767_225_600_000,
-                {
-                    **_UI_STATE,
-                    # its column first, wide enough for "Group: <cell name>"
-                    "columnOrder": ["attributes.`Run Name`", *_UI_COLUMN_KEYS],
-                    "columnWidths": {"attributes.`Run Name`": 240, **_UI_STATE["columnWidths"]},
-                    "groupBy": {
-                        "aggregateFunction": "average",
-                        "groupByKeys": [{"mode": "tag", "groupByData": "cell"}],
-                    },
-                    "runsHiddenMode": "SHOW_ALL",  # the charts draw every cell's mean
-                },
-            ),
-        )
-    },
-}
-
-
-def runs_url(ui_base: str, experiment_id: str, view: str = UI_RUNS_VIEW) -> str:
-    """The address of a study's runs table in the MLflow UI at `ui_base` (http://host:port),
-    showing the saved view `view` (`UI_RUNS_VIEW` or `UI_CELLS_VIEW`): the experiment's
-    page would open on MLflow's GenAI overview in a browser that has not switched to Model
-    training. The view exists once `Tracker.experiment_id` has seen the study."""
-    return (
-        f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs"
-        f"?viewStateShareKey={view}&workflowType=machine_learning"
-    )
-
+T = TypeVar("T")
 
 # no "View run ... at: URL" lines on stdout each time a run on a tracking server ends
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -186,78 +120,6 @@ class RunRecord:
     start_time: int  # milliseconds since the epoch
     tags: Mapping[str, str] = field(default_factory=dict)
 
-    def abandoned(self, now: float | None = None) -> str | None:
-        """Why this RUNNING run has nobody training it any more, or None while its owner
-        lives: its pid is gone from this machine (same boot, same pid namespace), or no
-        heartbeat for its owner's claim timeout, or no owner at all (a run logged before
-        claims existed)."""
-        if OWNER_TAG not in self.tags:
-            return "it has no owner tag (logged before claims existed)"
-        host, _, pid = self.tags[OWNER_TAG].rpartition(":")
-        here = self.tags.get(MACHINE_TAG, "") == machine() and host == socket.gethostname()
-        if here and pid.isdigit() and not _alive(int(pid)):
-            return f"its owner (pid {pid} on {host}) is gone"
-        now = time.time() if now is None else now
-        try:
-            beat = float(self.tags[HEARTBEAT_TAG])
-        except (KeyError, ValueError):
-            beat = self.start_time / 1000  # its first heartbeat is its creation
-        try:  # the owner's timeout paces its beat: judge it by that, not by the reader's
-            timeout = float(self.tags[TIMEOUT_TAG])
-        except (KeyError, ValueError):
-            timeout = claim_timeout()
-        silent = now - beat
-        if silent > timeout:
-            return f"no heartbeat from its owner for {silent:.0f} s"
-        return None
-
-
-@dataclass(frozen=True)
-class Claim:
-    """What `Tracker.claim` got: `won` (its run is `run_id`, RUNNING, ours to train),
-    `finished` (by someone else: `run_id` and its final `metrics`), or `held` (another
-    live invocation trains it now: try again later)."""
-
-    outcome: str
-    run_id: str | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    token: str | None = None  # of the invocation that finished it
-    holder: str | None = None
-
-
-def claim_timeout() -> float:
-    """`SUITE_CLAIM_TIMEOUT` seconds, else `CLAIM_TIMEOUT`."""
-    try:
-        return float(os.environ.get("SUITE_CLAIM_TIMEOUT") or CLAIM_TIMEOUT)
-    except ValueError:
-        return CLAIM_TIMEOUT
-
-
-def owner() -> str:
-    """This process, as the `owner` tag names it."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-@functools.cache
-def machine() -> str:
-    """This boot of this machine and this pid namespace: two processes that agree on it
-    (and on the host name) see the same pids. Empty where Linux's /proc does not say."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
-    except OSError:
-        return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: it exists
-        return True
-    return True
-
 
 class Tracker:
     """A study's view of one MLflow store."""
@@ -274,17 +136,12 @@ class Tracker:
     @functools.cached_property
     def client(self) -> MlflowClient:
         """Made on first use: for sqlite, that creates the database file. Its calls wait out
-        a database another process holds locked (see `_Patient`). A tracking server that
+        a database another process holds locked (see `patiently`). A tracking server that
         does not answer is a one-line error here, not minutes of MLflow's retries."""
         if self.uri.startswith(("http://", "https://")):
             _check_answers(self.uri)
         prepare_store(self.uri)
         return cast(MlflowClient, _Patient(MlflowClient(tracking_uri=self.uri)))
-
-    @functools.cached_property
-    def heartbeat(self) -> Heartbeat:
-        """Keeps the runs this process claimed alive (its thread starts on the first claim)."""
-        return Heartbeat(self)
 
     def exists(self) -> bool:
         """False for a local sqlite store whose file is not there yet (nothing to read)."""
@@ -356,7 +213,7 @@ class Tracker:
                 max_results=1000,
                 page_token=page_token,
             )
-            yield from (run for run in page if "cell_hash" in run.data.tags)
+            yield from (run for run in page if CELL_HASH_TAG in run.data.tags)
             page_token = page.token
             if not page_token:
                 return
@@ -369,7 +226,7 @@ class Tracker:
         """The active runs of one (cell, seed)."""
         found = self.client.search_runs(
             [experiment_id],
-            filter_string=f"tags.cell_hash = '{cell_hash}' and tags.seed = '{seed}'",
+            filter_string=f"tags.{CELL_HASH_TAG} = '{cell_hash}' and tags.{SEED_TAG} = '{seed}'",
             run_view_type=ViewType.ACTIVE_ONLY,
             max_results=1000,
         )
@@ -383,118 +240,76 @@ class Tracker:
         Read in bulk, not one request per run and metric: a database store answers a few
         column queries on its metrics table (no entity objects per point); a tracking server
         its bulk endpoint (the one its UI uses), sized so no answer is cut at its
-        25,000-point limit; any other store, run by run. `points_per_run` (about a run's
+        25,000-point limit (both in `suite.mlflow_internals`); any other store, run by run. `points_per_run` (about a run's
         epochs) sizes the server requests; an answer cut short anyway is read again run by run.
         Points of one run and metric come in logging order, so a step logged twice ends with
         its latest value.
         """
-        store = self.client._tracking_client.store  # bulk reads are not on MlflowClient
-        if hasattr(store, "ManagedSessionMaker"):
-            return self._database_bulk(store, list(run_ids), metrics)
-        per_request = max(1, min(MAX_RUNS_PER_BULK, BULK_POINTS_LIMIT // (points_per_run + 1)))
+        fast = mlflow_internals.read_histories(self.client, run_ids, metrics)
+        if fast is not None:
+            return fast
+        limit = mlflow_internals.BULK_POINTS_LIMIT
+        per_request = max(1, min(MAX_RUNS_PER_BULK, limit // (points_per_run + 1)))
+        server = self.uri.startswith(("http://", "https://"))
         out: list[tuple[str, str, int, float]] = []
         for metric in metrics:
             for chunk in _chunks(list(run_ids), per_request):
-                if self.uri.startswith(("http://", "https://")):
-                    out += self._server_bulk(store, chunk, metric)
-                else:
-                    out += self._one_by_one(chunk, metric)
-        return out
-
-    @staticmethod
-    def _database_bulk(
-        store: Any, run_ids: list[str], metrics: Sequence[str]
-    ) -> list[tuple[str, str, int, float]]:
-        """MLflow's own `metrics` table model, queried for columns: ~10x faster than
-        `get_metric_history_bulk`, which builds two objects per point."""
-        from mlflow.store.tracking.dbmodels.models import SqlMetric
-
-        out: list[tuple[str, str, int, float]] = []
-        with store.ManagedSessionMaker() as session:
-            for chunk in _chunks(run_ids, DATABASE_RUNS_PER_QUERY):
-                rows = (
-                    session.query(
-                        SqlMetric.run_uuid,
-                        SqlMetric.key,
-                        SqlMetric.step,
-                        SqlMetric.value,
-                        SqlMetric.is_nan,
-                    )
-                    .filter(SqlMetric.key.in_(list(metrics)), SqlMetric.run_uuid.in_(chunk))
-                    .order_by(
-                        SqlMetric.run_uuid, SqlMetric.key, SqlMetric.timestamp, SqlMetric.step
-                    )
-                    .all()
+                bulk = (
+                    mlflow_internals.server_histories(self.client, chunk, metric)
+                    if server
+                    else None
                 )
-                out += [
-                    (run, key, int(step), math.nan if is_nan else float(value))
-                    for run, key, step, value, is_nan in rows
-                ]
+                out += self._one_by_one(chunk, metric) if bulk is None else bulk
         return out
 
     def _one_by_one(self, run_ids: list[str], metric: str) -> list[tuple[str, str, int, float]]:
+        """The public API's reading: a request per run and metric."""
         return [
             (run_id, metric, p.step, p.value)
             for run_id in run_ids
             for p in self.client.get_metric_history(run_id, metric)
         ]
 
-    def _server_bulk(
-        self, store: Any, run_ids: list[str], metric: str
-    ) -> list[tuple[str, str, int, float]]:
-        from mlflow.utils.rest_utils import http_request, verify_rest_response
-
-        endpoint = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
-        params = {"run_id": run_ids, "metric_key": metric, "max_results": BULK_POINTS_LIMIT}
-        response = http_request(store.get_host_creds(), endpoint, "GET", params=params)
-        points = verify_rest_response(response, endpoint).json().get("metrics", [])
-        if len(points) >= BULK_POINTS_LIMIT:  # cut at the server's limit: ask run by run
-            return self._one_by_one(run_ids, metric)
-        return [(p["run_id"], metric, int(p["step"]), float(p["value"])) for p in points]
-
     # runs --------------------------------------------------------------------------------
 
     def start_run(
-        self,
-        experiment_id: str,
-        study: str,
-        cell: Cell,
-        seed: int,
-        data_source: str,
+        self, experiment_id: str, study: str, cell: Cell, seed: int, data_source: str
     ) -> str:
         """Create a RUNNING run with its tags, flattened params and `config.yaml` artifact
-        (unclaimed: `claim` is how the runner starts runs)."""
-        run_id = self._create(experiment_id, study, cell, seed, data_source)
-        self._describe(run_id, cell, seed)
+        (unclaimed: `suite.claims` is how the runner starts runs)."""
+        run_id = self.create_run(experiment_id, study, cell, seed, data_source)
+        self.describe(run_id, cell, seed)
         return run_id
 
-    def _create(
+    def create_run(
         self,
         experiment_id: str,
         study: str,
         cell: Cell,
         seed: int,
         data_source: str,
-        claim_tags: dict[str, str] | None = None,
+        extra_tags: dict[str, str] | None = None,
     ) -> str:
+        """Create a RUNNING run of (cell, seed) with its tags (and `extra_tags`), without its
+        params: `describe` logs those once the run is known to be wanted (`suite.claims`)."""
         tags = {
-            "study": study,
-            "cell": cell.name,
-            "cell_hash": cell.hash,
-            "variant": cell.variant,
-            "seed": str(seed),
-            "data_source": data_source,
-            "suite_version": suite.__version__,
-            **(claim_tags or {}),
+            STUDY_TAG: study,
+            CELL_TAG: cell.name,
+            CELL_HASH_TAG: cell.hash,
+            VARIANT_TAG: cell.variant,
+            SEED_TAG: str(seed),
+            DATA_SOURCE_TAG: data_source,
+            SUITE_VERSION_TAG: suite.__version__,
+            **(extra_tags or {}),
         }
         commit = git_commit()
         if commit:
-            tags["git_commit"] = commit
+            tags[GIT_COMMIT_TAG] = commit
             tags["mlflow.source.git.commit"] = commit
         run = self.client.create_run(experiment_id, tags=tags, run_name=f"{cell.name}/seed{seed}")
         return str(run.info.run_id)
 
-    def _describe(self, run_id: str, cell: Cell, seed: int) -> None:
+    def describe(self, run_id: str, cell: Cell, seed: int) -> None:
         """Log a new run's params and `config.yaml`; on failure, end it FAILED and raise."""
         params = [Param(k, _param_value(v)) for k, v in cell.config.flat().items()]
         params.append(Param("seed", str(seed)))
@@ -507,90 +322,9 @@ class Tracker:
             self.fail(run_id, f"could not start: {type(err).__name__}: {first_line(err)}")
             raise
 
-    def claim(
-        self,
-        experiment_id: str,
-        study: str,
-        cell: Cell,
-        seed: int,
-        data_source: str,
-        token: str,
-        rerun: bool = False,
-    ) -> Claim:
-        """Claim one (cell, seed) for this process to train (see the module's docstring).
-
-        A FINISHED run of the key leaves it `finished` (unless `rerun`); a live RUNNING run
-        leaves it `held`; RUNNING runs nobody trains any more are ended KILLED on the way,
-        and so is an earlier attempt of this same invocation (`token`): a retried task whose
-        worker died. A won claim's run has its params and config logged, and is held alive
-        by `heartbeat` until it ends.
-        """
-        settled = self._settle(experiment_id, cell.hash, seed, token, rerun, mine=None)
-        if settled is not None:
-            return settled
-        tags = {
-            OWNER_TAG: owner(),
-            MACHINE_TAG: machine(),
-            TOKEN_TAG: token,
-            HEARTBEAT_TAG: f"{time.time():.3f}",
-            TIMEOUT_TAG: f"{claim_timeout():g}",
-        }
-        run_id = self._create(experiment_id, study, cell, seed, data_source, tags)
-        settled = self._settle(experiment_id, cell.hash, seed, token, rerun, mine=run_id)
-        if settled is not None:
-            self.withdraw(run_id)  # a claim made at the same moment: at most one trains
-            return settled
-        self.heartbeat.hold(run_id)
-        try:
-            self._describe(run_id, cell, seed)
-        except BaseException:
-            self.heartbeat.release(run_id)
-            raise
-        return Claim("won", run_id)
-
-    def _settle(
-        self,
-        experiment_id: str,
-        cell_hash: str,
-        seed: int,
-        token: str,
-        rerun: bool,
-        mine: str | None,
-    ) -> Claim | None:
-        """What the key's other runs leave to `claim`: None if nothing stops it. RUNNING
-        runs nobody trains any more are ended on the way, whatever the outcome."""
-        others = [r for r in self.key_runs(experiment_id, cell_hash, seed) if r.run_id != mine]
-        live = []
-        for record in others:
-            if record.status != "RUNNING":
-                continue
-            why: str | None
-            if record.tags.get(TOKEN_TAG) == token:
-                why = "this invocation's earlier attempt, whose worker died"
-            else:
-                why = record.abandoned()
-            if why is None:
-                live.append(record)
-            else:
-                self.fail(record.run_id, f"abandoned: {why}", "KILLED")
-        finished = [r for r in others if r.status == "FINISHED"]
-        if finished and not rerun:
-            latest = max(finished, key=lambda r: r.start_time)
-            return Claim("finished", latest.run_id, latest.metrics, latest.tags.get(TOKEN_TAG))
-        if live:
-            return Claim("held", live[0].run_id, holder=live[0].tags.get(OWNER_TAG))
-        return None
-
-    def withdraw(self, run_id: str) -> None:
-        """Give back a claimed run that never trained: ended KILLED and deleted (the UI and
-        the report do not show deleted runs; `mlflow gc` purges them)."""
-        self.heartbeat.release(run_id)
-        self.client.set_terminated(run_id, "KILLED")
-        self.client.delete_run(run_id)
-
     def still_running(self, run_id: str) -> bool:
         """False when someone ended this run (a claim that took it as abandoned)."""
-        return str(self.client.get_run(run_id).info.status) == "RUNNING"
+        return str(self.client.get_run(run_id).info.status) == Stored.RUNNING
 
     def report_run(self, experiment_id: str, study: str) -> str:
         """The study's report run, made on first use.
@@ -608,7 +342,7 @@ class Tracker:
             )
             if found:
                 return str(found[0].info.run_id)
-            tags = {"study": study, RUN_KIND_TAG: "report", "mlflow.runName": "report"}
+            tags = {STUDY_TAG: study, RUN_KIND_TAG: "report", "mlflow.runName": "report"}
             run_id = str(self.client.create_run(experiment_id, tags=tags).info.run_id)
             # ended at once: a failed upload never leaves a run that looks in progress
             self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
@@ -640,7 +374,7 @@ class Tracker:
         float32 difference would show). Each row's dict is updated to the values logged, so
         its holder has what the store has.
 
-        A database store takes finite values as one bulk insert (see `_database_log`); a
+        A database store takes finite values as one bulk insert (`suite.mlflow_internals`); a
         tracking server, or a batch holding NaN or infinity, goes through `log_batch`.
         """
         import numpy
@@ -671,60 +405,10 @@ class Tracker:
             for epoch, values in rows
             for name, value in values.items()
         ]
-        store = self.client._tracking_client.store
-        if (
-            metrics
-            and hasattr(store, "_update_latest_metrics_if_necessary")
-            and all(math.isfinite(m.value) for m in metrics)
-        ):
-            _patiently(self._database_log, store, run_id, metrics)
+        if patiently(mlflow_internals.log_metrics, self.client, run_id, metrics):
             return
         for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=chunk)
-
-    @staticmethod
-    def _database_log(store: Any, run_id: str, metrics: list[Metric]) -> None:
-        """Insert metric rows into MLflow's own `metrics` table in one statement, and update
-        its `latest_metrics` with MLflow's own code. `log_batch` builds an ORM object per
-        value, which costs about 5% of a headline run; this costs a few milliseconds. One
-        transaction: all the rows, or none."""
-        from mlflow.store.tracking.dbmodels.models import SqlMetric
-        from sqlalchemy import insert
-
-        rows = [
-            {
-                "run_uuid": run_id,
-                "key": m.key,
-                "value": m.value,
-                "timestamp": m.timestamp,
-                "step": m.step,
-                "is_nan": False,
-            }
-            for m in metrics
-        ]
-        latest: dict[str, Metric] = {}
-        for m in metrics:
-            if m.key not in latest or (m.step, m.timestamp, m.value) > (
-                latest[m.key].step,
-                latest[m.key].timestamp,
-                latest[m.key].value,
-            ):
-                latest[m.key] = m
-        with store.ManagedSessionMaker(read_only=False) as session:
-            store._check_run_is_active(store._get_run(run_uuid=run_id, session=session))
-            session.execute(insert(SqlMetric.__table__), rows)
-            newest = [
-                SqlMetric(
-                    run_uuid=run_id,
-                    key=m.key,
-                    value=m.value,
-                    timestamp=m.timestamp,
-                    step=m.step,
-                    is_nan=False,
-                )
-                for m in latest.values()
-            ]
-            store._update_latest_metrics_if_necessary(newest, session)
 
     def log_confusion(self, run_id: str, matrix: Any) -> None:
         """The run's test-set confusion matrix as the artifacts `confusion_matrix.json` and
@@ -754,76 +438,29 @@ class Tracker:
         return document if isinstance(document, dict) else None
 
     def finish(self, run_id: str, final: dict[str, float]) -> None:
-        """Log the final metrics and end the run FINISHED.
-
-        Raises:
-            ClaimLost: another process took the run as abandoned and ended it meanwhile
-                (its owner was silent for longer than the claim timeout); it stays ended.
-        """
-        self.heartbeat.release(run_id)
-        if not self.still_running(run_id):
-            raise ClaimLost(f"run {run_id} was ended by another invocation while it trained")
+        """Log the final metrics (step 0) and end the run FINISHED."""
         self.log_epochs(run_id, [(0, final)])
         self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
-        self._drop_lease(run_id)
 
-    def fail(self, run_id: str, reason: str, status: str = "FAILED") -> None:
+    def fail(self, run_id: str, reason: str, status: str = Stored.FAILED) -> None:
         """End a run as FAILED (or KILLED) with its reason as a tag."""
-        self.heartbeat.release(run_id)
         self.client.log_batch(run_id, tags=[RunTag(FAILURE_TAG, reason[:5000])])
         self.client.set_terminated(run_id, status)
-        self._drop_lease(run_id)
 
-    def _drop_lease(self, run_id: str) -> None:
-        """Delete an ended run's `LEASE_TAGS` (after it ended: a RUNNING run without an owner
-        would look abandoned). Only tidiness: a tag left by a failed call is harmless."""
+    def withdraw(self, run_id: str) -> None:
+        """End a run that never trained KILLED and delete it (the UI and the report do not
+        show deleted runs; `mlflow gc` purges them)."""
+        self.client.set_terminated(run_id, Stored.KILLED)
+        self.client.delete_run(run_id)
+
+    def delete_tags(self, run_id: str, names: Sequence[str]) -> None:
+        """Delete those of `names` the run has. Only tidiness: a tag a failed call leaves
+        is harmless."""
         tags = self.client.get_run(run_id).data.tags
-        for name in LEASE_TAGS:
+        for name in names:
             if name in tags:
                 with contextlib.suppress(MlflowException):
                     self.client.delete_tag(run_id, name)
-
-
-LOCKED_RETRY_SECONDS = 120.0  # how long a call waits out a locked sqlite database in all
-
-
-class _Patient:
-    """An `MlflowClient` whose calls retry while a sqlite database is locked.
-
-    Several processes (`--workers`) write to one sqlite file; sqlite lets one write at a
-    time, and a writer that waits longer than its busy timeout (MLflow sets 20 s) gets
-    `database is locked`, its transaction rolled back. The call is then made again, after a growing,
-    jittered pause, until it succeeds or `LOCKED_RETRY_SECONDS` have passed. Any other error
-    is raised at once.
-    """
-
-    def __init__(self, client: MlflowClient) -> None:
-        self._client = client
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._client, name)
-        if not callable(attribute):
-            return attribute
-
-        @functools.wraps(attribute)
-        def patiently(*args: Any, **kwargs: Any) -> Any:
-            return _patiently(attribute, *args, **kwargs)
-
-        return patiently
-
-
-def _patiently(call: Any, *args: Any, **kwargs: Any) -> Any:
-    """`call(*args, **kwargs)`, made again while sqlite says `database is locked`."""
-    deadline = time.monotonic() + LOCKED_RETRY_SECONDS
-    pause = 0.05
-    while True:
-        try:
-            return call(*args, **kwargs)
-        except Exception as err:
-            if not _locked(err) or time.monotonic() > deadline:
-                raise
-        time.sleep(pause * random.uniform(0.5, 1.5))
-        pause = min(pause * 2, 2.0)
 
 
 def _locked(err: BaseException | None) -> bool:
@@ -835,42 +472,40 @@ def _locked(err: BaseException | None) -> bool:
     return False
 
 
-class Heartbeat:
-    """Refreshes the `heartbeat` tag of every run this process holds, from a daemon thread,
-    every quarter of the claim timeout: a run stays claimed while its owner lives, however
-    long a compile, an epoch or a worker's start-up takes."""
+# Several processes (`--workers`, other invocations) write to one sqlite file; sqlite lets one
+# write at a time, and a writer that waits longer than its busy timeout (MLflow sets 20 s) gets
+# `database is locked`, its transaction rolled back. The call is then made again after a
+# growing, jittered pause, until it succeeds or LOCKED_RETRY_SECONDS have passed; any other
+# error is raised at once.
+_retry_locked = tenacity.retry(
+    retry=tenacity.retry_if_exception(_locked),
+    wait=tenacity.wait_exponential_jitter(initial=0.05, max=2.0, jitter=0.05),
+    stop=tenacity.stop_after_delay(LOCKED_RETRY_SECONDS),
+    reraise=True,
+)
 
-    def __init__(self, tracker: Tracker) -> None:
-        self.tracker = tracker
-        self.held: set[str] = set()
-        self.lock = threading.Lock()
-        self.thread: threading.Thread | None = None
 
-    def hold(self, run_id: str) -> None:
-        with self.lock:
-            self.held.add(run_id)
-            if self.thread is None or not self.thread.is_alive():
-                self.thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
-                self.thread.start()
+def patiently(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`call(*args, **kwargs)`, made again while sqlite says `database is locked`."""
+    return cast(T, _retry_locked(call)(*args, **kwargs))
 
-    def release(self, run_id: str) -> None:
-        with self.lock:
-            self.held.discard(run_id)
 
-    def _beat(self) -> None:
-        while True:
-            time.sleep(claim_timeout() / 4)
-            with self.lock:
-                held = sorted(self.held)
-            for run_id in held:
-                # under the lock: a run released meanwhile has ended, and a beat written after
-                # its end would bring back the tag its end deleted
-                with self.lock:
-                    if run_id not in self.held:
-                        continue
-                    # an unreachable store: the next beat tries again
-                    with contextlib.suppress(Exception):
-                        self.tracker.client.set_tag(run_id, HEARTBEAT_TAG, f"{time.time():.3f}")
+class _Patient:
+    """An `MlflowClient` whose calls are made `patiently`."""
+
+    def __init__(self, client: MlflowClient) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        @functools.wraps(attribute)
+        def patient_call(*args: Any, **kwargs: Any) -> Any:
+            return patiently(attribute, *args, **kwargs)
+
+        return patient_call
 
 
 class EpochLogger:
@@ -934,9 +569,9 @@ def _check_answers(uri: str, timeout: float = 10.0) -> None:
 def _record(run: Run) -> RunRecord:
     return RunRecord(
         run_id=run.info.run_id,
-        cell=run.data.tags.get("cell", ""),
-        cell_hash=run.data.tags["cell_hash"],
-        seed=int(run.data.tags.get("seed", -1)),
+        cell=run.data.tags.get(CELL_TAG, ""),
+        cell_hash=run.data.tags[CELL_HASH_TAG],
+        seed=int(run.data.tags.get(SEED_TAG, -1)),
         status=run.info.status,
         metrics=dict(run.data.metrics),
         start_time=int(run.info.start_time or 0),

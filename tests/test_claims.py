@@ -3,6 +3,7 @@ abandoned run is taken back, and a run finished meanwhile is not trained again."
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import threading
@@ -13,19 +14,23 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from suite import tracking
-from suite.runner import ELSEWHERE, FINISHED, SKIPPED, Claims, Silent, run_study
-from suite.spec import Cell, load_study
-from suite.tracking import (
+from suite import claims as leasing
+from suite.claims import Claim, ClaimLost, Leases
+from suite.executors.base import ELSEWHERE, Claims
+from suite.lifecycle import Silent
+from suite.names import (
+    FINISHED,
     HEARTBEAT_TAG,
     LEASE_TAGS,
     MACHINE_TAG,
     OWNER_TAG,
+    SKIPPED,
     TIMEOUT_TAG,
     TOKEN_TAG,
-    ClaimLost,
-    Tracker,
 )
+from suite.runner import run_study
+from suite.spec import Cell, load_study
+from suite.tracking import Tracker
 
 
 @pytest.fixture
@@ -38,10 +43,14 @@ def cell(write_study: Callable[[str], Path], tiny_study: str) -> Cell:
     return load_study(write_study(tiny_study)).cells[0]
 
 
-def claim(
-    tracker: Tracker, experiment_id: str, cell: Cell, token: str, seed: int = 0
-) -> tracking.Claim:
-    return tracker.claim(experiment_id, "tiny", cell, seed, "test", token)
+@functools.cache
+def of(tracker: Tracker) -> Leases:
+    """The claims of the process `tracker` stands for (one heartbeat per tracker)."""
+    return Leases(tracker)
+
+
+def claim(tracker: Tracker, experiment_id: str, cell: Cell, token: str, seed: int = 0) -> Claim:
+    return of(tracker).claim(experiment_id, "tiny", cell, seed, "test", token)
 
 
 def test_a_finished_run_is_not_claimed_again_unless_rerun(tracker: Tracker, cell: Cell) -> None:
@@ -49,12 +58,12 @@ def test_a_finished_run_is_not_claimed_again_unless_rerun(tracker: Tracker, cell
     assert experiment_id is not None
     won = claim(tracker, experiment_id, cell, "a")
     assert won.outcome == "won" and won.run_id
-    tracker.finish(won.run_id, {"final_test_accuracy": 0.5})
+    of(tracker).finish(won.run_id, {"final_test_accuracy": 0.5})
 
     again = claim(tracker, experiment_id, cell, "b")
     assert (again.outcome, again.run_id) == ("finished", won.run_id)
     assert again.metrics["final_test_accuracy"] == 0.5
-    forced = tracker.claim(experiment_id, "tiny", cell, 0, "test", "b", rerun=True)
+    forced = of(tracker).claim(experiment_id, "tiny", cell, 0, "test", "b", rerun=True)
     assert forced.outcome == "won" and forced.run_id != won.run_id
 
 
@@ -74,14 +83,14 @@ def test_a_live_claim_holds_and_an_abandoned_one_is_taken_back(
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
-    host = tracking.owner().rpartition(":")[0]
+    host = leasing.owner().rpartition(":")[0]
     client.set_tag(first.run_id, OWNER_TAG, f"{host}:{int(dead.stdout)}")
     second = claim(tracker, experiment_id, cell, "b")
     assert second.outcome == "won" and second.run_id
     assert client.get_run(first.run_id).info.status == "KILLED"
     assert "is gone" in client.get_run(first.run_id).data.tags["failure_reason"]
     with pytest.raises(ClaimLost):  # the first owner, had it lived, could not finish it
-        tracker.finish(first.run_id, {"final_test_accuracy": 0.1})
+        of(tracker).finish(first.run_id, {"final_test_accuracy": 0.1})
     assert client.get_run(first.run_id).info.status == "KILLED"
 
     # an owner on another machine, silent for longer than its claim timeout (judged by the
@@ -112,12 +121,12 @@ def test_a_pid_means_something_only_on_the_same_machine(tracker: Tracker, cell: 
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
-    host = tracking.owner().rpartition(":")[0]
+    host = leasing.owner().rpartition(":")[0]
     client.set_tag(first.run_id, OWNER_TAG, f"{host}:{int(dead.stdout)}")
     # the same host name, another pid namespace (a container): that pid is not ours to check
     client.set_tag(first.run_id, MACHINE_TAG, "another-boot/pid:[4026531836]")
     assert claim(tracker, experiment_id, cell, "b").outcome == "held"
-    client.set_tag(first.run_id, MACHINE_TAG, tracking.machine())
+    client.set_tag(first.run_id, MACHINE_TAG, leasing.machine())
     assert claim(tracker, experiment_id, cell, "b").outcome == "won"
 
 
@@ -127,7 +136,7 @@ def test_an_abandoned_run_of_a_finished_key_is_ended_too(tracker: Tracker, cell:
     orphan = tracker.start_run(experiment_id, "tiny", cell, 0, "test")  # no owner: abandoned
     done = claim(tracker, experiment_id, cell, "a")
     assert done.run_id
-    tracker.finish(done.run_id, {"final_test_accuracy": 0.5})
+    of(tracker).finish(done.run_id, {"final_test_accuracy": 0.5})
     assert claim(tracker, experiment_id, cell, "b").outcome == "finished"
     assert MlflowClient(tracker.uri).get_run(orphan).info.status == "KILLED"
 
@@ -140,10 +149,10 @@ def test_a_run_this_invocation_finished_counts_as_finished_not_skipped(
     key = study.runs()[0]
     experiment_id = tracker.experiment_id("tiny")
     assert experiment_id is not None
-    claims = Claims([key], tracker, experiment_id, "tiny", False, Silent())
+    claims = Claims([key], of(tracker), experiment_id, "tiny", False, Silent())
     won = claim(tracker, experiment_id, key.cell, claims.token, seed=key.seed)
     assert won.run_id
-    tracker.finish(won.run_id, {"final_test_accuracy": 0.5})
+    of(tracker).finish(won.run_id, {"final_test_accuracy": 0.5})
     assert claims.take() is None and claims.done()
     [result] = claims.in_order()
     assert (result.status, result.run_id) == (FINISHED, won.run_id)
@@ -167,7 +176,7 @@ def test_the_heartbeat_keeps_a_claim_alive(
         beats.add(client.get_run(won.run_id).data.tags[HEARTBEAT_TAG])
         assert claim(tracker, experiment_id, cell, "b").outcome == "held"
     assert len(beats) >= 3
-    tracker.fail(won.run_id, "test over")  # ends the beat, and the lease tags go
+    of(tracker).fail(won.run_id, "test over")  # ends the beat, and the lease tags go
     for _ in range(5):  # no later beat brings its tag back
         time.sleep(0.2)
         tags = client.get_run(won.run_id).data.tags
@@ -182,7 +191,7 @@ def test_an_ended_run_keeps_what_it_is_not_how_it_was_held(tracker: Tracker, cel
     assert won.run_id
     running = tracker.client.get_run(won.run_id).data.tags
     assert set(LEASE_TAGS) <= set(running)
-    tracker.finish(won.run_id, {"final_test_accuracy": 0.5})
+    of(tracker).finish(won.run_id, {"final_test_accuracy": 0.5})
     tags = tracker.client.get_run(won.run_id).data.tags
     assert not set(LEASE_TAGS) & set(tags)
     assert {"study", "cell", "cell_hash", "seed", TOKEN_TAG} <= set(tags)
@@ -203,7 +212,7 @@ def test_racing_claims_win_at_most_once(tracker: Tracker, cell: Cell, tracking_u
         mine.client.search_experiments()
         start.wait()
         for seed in seeds:
-            got = mine.claim(experiment_id, "tiny", cell, seed, "test", token)
+            got = of(mine).claim(experiment_id, "tiny", cell, seed, "test", token)
             if got.outcome == "won":
                 wins.append((seed, token))
 
@@ -231,7 +240,7 @@ def test_a_run_finished_by_another_invocation_is_skipped(
 
     def finish_later() -> None:
         time.sleep(3)
-        Tracker(tracker.uri).finish(str(other.run_id), {"final_train_accuracy": 1.0})
+        Leases(Tracker(tracker.uri)).finish(str(other.run_id), {"final_train_accuracy": 1.0})
 
     thread = threading.Thread(target=finish_later)
 

@@ -15,9 +15,13 @@ from pathlib import Path
 import pytest
 from conftest import assert_same_metrics
 
-from suite import pool, tracking
+from suite import tracking
+from suite.executors import process
+from suite.executors import workers as pool
+from suite.lifecycle import Silent
 from suite.metrics import EPOCH_METRICS, FINAL_METRICS, VAL_METRICS
-from suite.runner import FAILED, FINISHED, SKIPPED, Silent, run_study
+from suite.names import FAILED, FAILURE_TAG, FINISHED, SKIPPED
+from suite.runner import run_study
 from suite.spec import RunKey, load_study
 from suite.tracking import Tracker
 
@@ -142,7 +146,7 @@ def test_a_killed_worker_fails_its_runs_and_the_others_go_on(
     result = run_study(study, tracker, observer=observer, workers=2)
     assert observer.killed
     failed = [r for r in result.results if r.status == FAILED]
-    assert failed and all(r.reason == pool.WORKER_DIED for r in failed)
+    assert failed and all(r.reason == process.WORKER_DIED for r in failed)
     # the runs the broken pool had not started ran in a new one
     assert result.count(FINISHED) + len(failed) == 6
     assert result.count(FINISHED) >= 6 - 2
@@ -205,7 +209,7 @@ def test_database_is_locked_is_retried_until_the_lock_is_gone(tmp_path: Path) ->
 
     release.start()
     try:
-        tracking._patiently(write)
+        tracking.patiently(write)
     finally:
         release.join()
         holder.close()
@@ -213,7 +217,7 @@ def test_database_is_locked_is_retried_until_the_lock_is_gone(tmp_path: Path) ->
     with sqlite3.connect(db) as check:
         assert check.execute("SELECT count(*) FROM t").fetchone() == (1,)
     with pytest.raises(sqlite3.OperationalError, match="no such table"):
-        tracking._patiently(lambda: sqlite3.connect(db).execute("SELECT * FROM missing"))
+        tracking.patiently(lambda: sqlite3.connect(db).execute("SELECT * FROM missing"))
 
 
 def test_a_diverging_run_in_a_worker_fails_with_its_reason(
@@ -232,4 +236,4 @@ def test_a_diverging_run_in_a_worker_fails_with_its_reason(
     assert result.count(FINISHED) == 2
     run = tracker.client.get_run(failed[0].run_id)
     assert run.info.status == "FAILED"
-    assert run.data.tags[tracking.FAILURE_TAG] == failed[0].reason
+    assert run.data.tags[FAILURE_TAG] == failed[0].reason

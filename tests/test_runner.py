@@ -13,9 +13,11 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from suite import tracking
+from suite import mlflow_internals
+from suite.lifecycle import Silent
 from suite.metrics import EPOCH_METRICS, FINAL_METRICS
-from suite.runner import FAILED, FINISHED, SKIPPED, Silent, run_study
+from suite.names import FAILED, FINISHED, SKIPPED
+from suite.runner import run_study
 from suite.spec import RunKey, load_study
 from suite.tracking import Tracker
 
@@ -216,7 +218,7 @@ def test_bulk_histories_equal_run_by_run_reads(
 
     # one run per query: chunking gives the same points
     for per_query in (500, 1):
-        monkeypatch.setattr(tracking, "DATABASE_RUNS_PER_QUERY", per_query)
+        monkeypatch.setattr(mlflow_internals, "DATABASE_RUNS_PER_QUERY", per_query)
         bulk = sorted(tracker.histories(run_ids, EPOCH_METRICS))
         one_by_one = sorted(
             (run_id, metric, p.step, p.value)
@@ -245,41 +247,3 @@ def test_bulk_histories_keep_nan_and_repeated_steps(
     for _, _, step, value in points:
         by_step.setdefault(step, []).append(value)
     assert by_step[1] == [2.0, 1.5] and np.isnan(by_step[2]).all()
-
-
-def test_bulk_epoch_logging_stores_what_log_batch_stores(
-    write_study: Callable[[str], Path], tracker: Tracker, tiny_study: str
-) -> None:
-    """A database store takes per-epoch metrics as one insert; MLflow must read back the same
-    histories and latest values as from its own `log_batch`, NaN and infinity included."""
-    study = load_study(write_study(tiny_study))
-    experiment_id = tracker.experiment_id("tiny")
-    assert experiment_id is not None
-    cell = study.cells[0]
-    bulk = tracker.start_run(experiment_id, "tiny", cell, 0, "test")
-    plain = tracker.start_run(experiment_id, "tiny", cell, 1, "test")
-    first = [(epoch, {"a": 0.5 * epoch, "b": -float(epoch)}) for epoch in (1, 2, 3)]
-    later = [(epoch, {"a": 10.0 + epoch}) for epoch in (4, 5)]
-    odd = [(6, {"a": float("nan"), "b": float("inf")})]
-    for batch in (first, later, odd):
-        tracker.log_epochs(bulk, batch)
-        metrics = [
-            tracking.Metric(name, value, 1000, epoch)
-            for epoch, values in batch
-            for name, value in values.items()
-        ]
-        tracker.client.log_batch(plain, metrics=metrics)
-    client = MlflowClient(tracker.uri)
-
-    def read(run_id: str) -> tuple[dict[str, list[tuple[int, float]]], dict[str, float]]:
-        histories = {
-            name: [(m.step, m.value) for m in client.get_metric_history(run_id, name)]
-            for name in ("a", "b")
-        }
-        return histories, dict(client.get_run(run_id).data.metrics)
-
-    (bulk_histories, bulk_latest), (plain_histories, plain_latest) = read(bulk), read(plain)
-    assert str(bulk_histories) == str(plain_histories)  # str: nan == nan
-    assert str(bulk_latest) == str(plain_latest)
-    assert [step for step, _ in bulk_histories["a"]] == [1, 2, 3, 4, 5, 6]
-    assert bulk_latest["b"] > 1e308  # MLflow stores infinity as the largest float

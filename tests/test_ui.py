@@ -20,17 +20,17 @@ import pytest
 from typer.testing import CliRunner
 
 import suite.tracking
-from suite import cli
+from suite import cli, servers
 from suite.metrics import EPOCH_METRICS
 from suite.runner import run_study
 from suite.spec import load_study
-from suite.tracking import (
+from suite.tracking import Tracker
+from suite.ui_views import (
     EXPERIMENT_KIND_TAG,
     UI_CELLS_VIEW,
     UI_EXPERIMENT_TAGS,
     UI_RUNS_VIEW,
     UI_VIEW_TAG,
-    Tracker,
     runs_url,
 )
 
@@ -140,7 +140,7 @@ def test_ui_and_server_start_mlflow_lean_over_a_prepared_store(
         events.append("prepare" if uri == tracking_uri else uri)
         prepare(uri)
 
-    monkeypatch.setattr(cli, "_serve", serve)
+    monkeypatch.setattr(servers, "serve", serve)
     monkeypatch.setattr(suite.tracking, "prepare_store", prepare_and_note)
     runner = CliRunner()
     port = free_port()

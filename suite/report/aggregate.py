@@ -21,9 +21,14 @@ import pandas as pd
 from scipy import stats as st
 
 from suite.metrics import RUN_METRICS
+from suite.names import Stored
 from suite.spec import Study
 
-DONE, FAILED, RUNNING = "FINISHED", ("FAILED", "KILLED"), ("RUNNING", "SCHEDULED")
+DONE, FAILED, RUNNING = (
+    Stored.FINISHED,
+    (Stored.FAILED, Stored.KILLED),
+    (Stored.RUNNING, Stored.SCHEDULED),
+)
 LEVEL = 0.95  # every interval in the report
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 
 from suite.report import load, render
 from suite.report.load import ReportError
-from suite.tracking import runs_url
+from suite.ui_views import runs_url
 
 UI_DEFAULT = "http://127.0.0.1:5000"  # where `overfit ui` serves a local store
 # a host name or IPv4 address, or an IPv6 address (urlsplit drops its brackets)

@@ -14,20 +14,31 @@ from urllib.parse import urlsplit, urlunsplit
 import pandas as pd
 
 from suite.metrics import FINAL_METRICS, FINAL_VAL_METRICS
-from suite.tracking import FAILURE_TAG, Tracker
+from suite.names import (
+    CELL_HASH_TAG,
+    CELL_TAG,
+    DATA_SOURCE_TAG,
+    FAILURE_TAG,
+    GIT_COMMIT_TAG,
+    SEED_TAG,
+    SIZE_TAGS,
+    STUDY_FILE_TAG,
+    SUITE_VERSION_TAG,
+    VARIANT_TAG,
+    Stored,
+)
+from suite.tracking import Tracker
 
 TAGS = (
-    "cell",
-    "cell_hash",
-    "variant",
-    "seed",
-    "data_source",
-    "suite_version",
-    "git_commit",
-    "n_train",
-    "n_val",
-    "n_test",
-    "study_file",  # the study YAML the run was made from (absolute path)
+    CELL_TAG,
+    CELL_HASH_TAG,
+    VARIANT_TAG,
+    SEED_TAG,
+    DATA_SOURCE_TAG,
+    SUITE_VERSION_TAG,
+    GIT_COMMIT_TAG,
+    *SIZE_TAGS,
+    STUDY_FILE_TAG,  # the study YAML the run was made from (absolute path)
 )
 # a run's last logged per-epoch value, under the name the report gives it
 LAST_VALUES = {"train_loss": "final_train_loss", "test_loss": "final_test_loss"}
@@ -85,7 +96,7 @@ def load_runs(study: str, tracker: Tracker) -> StudyRuns:
         runs[column] = pd.to_datetime(runs[column], unit="ms", utc=True)
     for metric in (*FINAL_METRICS, *FINAL_VAL_METRICS, *LAST_VALUES.values()):
         runs[metric] = runs[metric].astype(float)
-    if not (runs["status"] == "FINISHED").any():
+    if not (runs["status"] == Stored.FINISHED).any():
         counts = runs["status"].str.lower().value_counts()
         what = ", ".join(f"{n} {status}" for status, n in counts.items()) or "no runs"
         raise ReportError(

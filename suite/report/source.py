@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from suite.tracking import STUDY_FILE_TAG, Tracker
+from suite.names import STUDY_FILE_TAG
+from suite.tracking import Tracker
 
 EXPERIMENTS = Path("experiments")
 

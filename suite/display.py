@@ -1,0 +1,239 @@
+"""What `overfit` shows: the consoles, tables, the live run display, the studies' addresses.
+
+Owns: every rich object the CLI prints (`out`, `err`, `cells_table`, `summary_table`,
+`RichObserver`, `progress`, `print_studies`). Must not: load studies, run, or reach a store
+but through what it is handed; no exit codes (the CLI decides those).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from suite.names import FAILED, KILLED, SKIPPED, Stored
+from suite.spec import RunKey, Study, describe_init
+
+if TYPE_CHECKING:
+    from suite.lifecycle import RunResult
+    from suite.runner import StudyResult
+    from suite.tracking import Tracker
+
+# piped output is not cut to 80 columns: tables go to logs and files whole
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 400)
+
+
+def error(message: str) -> None:
+    """An error, one line on stderr."""
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def warning(message: Any, *args: Any, **kwargs: Any) -> None:
+    """A warning, one line on stderr (also Python's `warnings.showwarning`)."""
+    err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+
+
+def plain(text: str) -> None:
+    """A line as written: no wrapping, no highlighting, no markup."""
+    out.print(text, soft_wrap=True, highlight=False, markup=False)
+
+
+def cells_table(study: Study) -> Table:
+    table = Table(title=f"{study.name}: {len(study.cells)} cells x {len(study.seeds)} seeds")
+    widest = max((len(c.name) for c in study.cells), default=4)
+    table.add_column("cell", no_wrap=True, min_width=min(widest, 48))
+    table.add_column("hash", no_wrap=True, min_width=10)
+    for column in ("hidden", "init", "wd", "dropout", "bn", "optimizer", "epochs"):
+        table.add_column(column)
+    for cell in study.cells:
+        m, t = cell.config.model, cell.config.train
+        table.add_row(
+            escape(cell.name),
+            cell.hash,
+            "x".join(str(h) for h in m.hidden),
+            describe_init(m.init),
+            f"{m.weight_decay:g}",
+            f"{m.dropout:g} {m.dropout_style}" if m.dropout else "-",
+            "yes" if m.batch_norm else "-",
+            f"{t.optimizer.name} {t.optimizer.learning_rate:g}",
+            str(t.epochs),
+        )
+    return table
+
+
+class RichObserver:
+    """The run display: a study bar with ETA, and one bar per run in progress with its epochs
+    and metrics (several at once with --workers)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.study_task: TaskID | None = None
+        self.runs: dict[tuple[str, int], TaskID] = {}  # (cell hash, seed) -> its bar
+        self.done_epochs: dict[tuple[str, int], int] = {}  # epochs so far, of every run
+        self.name = ""
+        self.started = 0
+        self.total = 0
+        self.last_update = 0.0
+
+    def study_started(self, study: Study, todo: list[RunKey], skipped: int) -> None:
+        if skipped:
+            out.print(f"{skipped} runs already finished in the store: skipped")
+        self.name = study.name
+        self.total = len(todo)
+        if todo:
+            # counted in epochs, so the ETA moves within a run and weighs long runs right
+            epochs = sum(k.cell.config.train.epochs for k in todo)
+            self.study_task = self.progress.add_task(f"[bold]{study.name}", total=epochs)
+
+    def run_started(self, key: RunKey, index: int, total: int) -> None:
+        self.started += 1
+        if self.study_task is not None:
+            self.progress.update(
+                self.study_task,
+                description=f"[bold]{self.name}[/] run {self.started}/{total}",
+            )
+        self.runs[(key.cell.hash, key.seed)] = self.progress.add_task(
+            f"{escape(key.cell.name)} seed {key.seed}", total=key.cell.config.train.epochs
+        )
+
+    def epoch_done(self, key: RunKey, epoch: int, epochs: int, values: dict[str, float]) -> None:
+        self.done_epochs[(key.cell.hash, key.seed)] = epoch
+        now = time.monotonic()
+        task = self.runs.get((key.cell.hash, key.seed))
+        if task is None or (epoch != epochs and now - self.last_update < 0.2):
+            return
+        self.last_update = now
+        if self.study_task is not None:
+            self.progress.update(self.study_task, completed=sum(self.done_epochs.values()))
+        self.progress.update(
+            task,
+            completed=epoch,
+            description=f"{escape(key.cell.name)} seed {key.seed}  train {values['train_accuracy']:.3f}"
+            f"  test {values['test_accuracy']:.3f}",
+        )
+
+    def run_ended(self, result: RunResult) -> None:
+        """One line per run, kept above the bars (and the only output when piped to a log)."""
+        key = (result.key.cell.hash, result.key.seed)
+        task = self.runs.pop(key, None)
+        if task is not None:
+            self.progress.remove_task(task)
+        # a run counts whole once ended, failed or not, so the bar reaches its end
+        self.done_epochs[key] = result.key.cell.config.train.epochs
+        if self.study_task is not None:
+            self.progress.update(self.study_task, completed=sum(self.done_epochs.values()))
+        # cell names hold brackets (`plain[init=std:0.01]`), which rich would read as markup
+        name = f"{escape(result.key.cell.name)} seed {result.key.seed}"
+        if result.status == KILLED:
+            self.progress.console.print(f"[yellow]stopped[/]  {name}")
+            return
+        if result.status == FAILED:
+            self.progress.console.print(f"[red]failed[/]   {name}: {result.reason}")
+            return
+        if result.status == SKIPPED:  # trained meanwhile by another invocation
+            self.progress.console.print(f"elsewhere {name}: {result.reason}", highlight=False)
+            return
+        final = result.final
+        self.progress.console.print(
+            f"finished {name}: train {final['final_train_accuracy']:.3f}  "
+            f"test {final['final_test_accuracy']:.3f}  gap {final['final_gap']:.3f}  "
+            f"({final['train_seconds']:.1f} s)",
+            highlight=False,
+        )
+
+
+def summary_table(result: StudyResult) -> Table:
+    table = Table(title=f"{result.study.name}: final values, mean over seeds")
+    table.add_column("cell", no_wrap=True)
+    for column in ("seeds", "failed", "train acc", "test acc", "gap"):
+        table.add_column(column, justify="right")
+
+    def fmt(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    for cell in result.cells():
+        table.add_row(
+            escape(cell.cell),
+            str(cell.done),
+            f"[red]{cell.failed}[/]" if cell.failed else "0",
+            fmt(cell.train_accuracy),
+            fmt(cell.test_accuracy),
+            fmt(cell.gap),
+        )
+    return table
+
+
+def progress() -> Progress:
+    """The run display's bars: the study's, with its ETA, and one per run in progress."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("epochs"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=out,
+        speed_estimate_period=3600,  # the mean pace of the whole study, not the last 30 s
+        transient=False,
+    )
+
+
+def print_studies(
+    tracker: Tracker, base: str, studies: list[tuple[str, str]] | None = None
+) -> None:
+    """Each study's runs-table address in the UI at `base`, and how to see cells side by side."""
+    from suite.ui_views import runs_url
+
+    if studies is None:
+        studies = tracker.studies()
+        for _, name in studies:
+            tracker.experiment_id(name, create=False)  # gives older studies the saved views
+    if not studies:
+        out.print(f"no studies in {tracker.uri} yet: overfit run STUDY, then open {base}")
+        return
+    out.print("the runs of each study, with their final accuracies:")
+    width = max(len(name) for _, name in studies)
+    for experiment_id, name in studies:
+        out.print(
+            f"  {name:<{width}}  {runs_url(base, experiment_id)}", soft_wrap=True, highlight=False
+        )
+    out.print(
+        "cells side by side (mean over seeds): menu Views, top right -> cells: mean over seeds",
+        soft_wrap=True,
+        highlight=False,
+    )
+
+
+def studies_table(tracker: Tracker, studies: list[tuple[str, str]]) -> Table:
+    """Each study with its cells and its runs by status."""
+    table = Table(title=f"studies in {tracker.uri}")
+    for column in ("study", "cells", "finished", "failed", "running", "other"):
+        table.add_column(column, justify="left" if column == "study" else "right")
+    known = (Stored.FINISHED, Stored.FAILED, Stored.RUNNING)
+    for experiment_id, name in studies:
+        records = tracker.runs(experiment_id)
+        status = [r.status for r in records]
+        table.add_row(
+            name,
+            str(len({r.cell_hash for r in records})),
+            str(status.count(Stored.FINISHED)),
+            str(status.count(Stored.FAILED)),
+            str(status.count(Stored.RUNNING)),
+            str(sum(s not in known for s in status)),
+        )
+    return table

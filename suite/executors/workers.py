@@ -1,0 +1,172 @@
+"""The worker processes of the `process` executor: how many, how they start, what one does.
+
+Owns: the CPUs shared out (`cpu_count`, `default_workers`, `threads_per_worker`), a spawned
+pool of workers with its event queue and stop event (`Workers`), starting them early
+(`warm_up`, so their TensorFlow import overlaps the parent's MLflow import and planning),
+and the worker side of a run (`work`): it trains through `suite.lifecycle.train_run` and
+reports what happens on the event queue. Must not: import MLflow, here or in a worker (the
+parent logs every run, see `suite.executors.process`).
+
+Each worker is spawned (not forked: TensorFlow's thread pools do not survive a fork), imports
+TensorFlow once, pins its thread count, and then trains run after run: the data file is loaded
+once per worker and each compiled program is reused by every later run of its shape (see
+`suite.train`).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+from suite.data import Source
+from suite.lifecycle import train_run
+from suite.spec import RunKey
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on (a container's or taskset's limit, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_workers(runs: int) -> int:
+    """Workers for `runs` runs: one per CPU, at most one per run.
+
+    Measured on 2 cores (`make bench`): two 1-thread workers train the headline study faster
+    than one 2-thread process, since each run's small training steps leave a second thread
+    mostly idle.
+    """
+    return max(1, min(cpu_count(), runs))
+
+
+def threads_per_worker(workers: int) -> int:
+    """The CPUs shared out evenly: each worker's TensorFlow thread count."""
+    return max(1, cpu_count() // workers)
+
+
+# --- in the worker ------------------------------------------------------------------------
+
+_worker: dict[str, Any] = {}
+
+
+class _SharedStop:
+    """The parent's stop request, checked at every epoch boundary; a SIGTERM sent to this
+    worker alone stops its run the same way."""
+
+    def __init__(self, event: Any) -> None:
+        self.event = event
+        self.terminated = False
+
+    def check(self) -> None:
+        if self.terminated or self.event.is_set():
+            raise KeyboardInterrupt
+
+
+def _init_worker(threads: int, events: Any, stop: Any) -> None:
+    # Ctrl-C reaches every process of the terminal's group: the parent decides what it means
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    shared = _SharedStop(stop)
+
+    def terminate(signum: int, frame: object) -> None:
+        shared.terminated = True
+
+    signal.signal(signal.SIGTERM, terminate)
+    from suite.data import OfflineDataWarning
+    from suite.train import pin_threads
+
+    warnings.simplefilter("ignore", OfflineDataWarning)  # the parent said it already
+    pin_threads(threads)
+    _worker.update(events=events, stop=shared)
+
+
+def work(key: RunKey, source: Source) -> bool:
+    """Train one run, reporting it on the event queue; its last event is `done`. False if
+    it never started (a stop request came first): then it reported nothing."""
+    events, stop = _worker["events"], _worker["stop"]
+    if stop.event.is_set():
+        return False  # queued before a stop request, too late to cancel: never started
+    ident = (key.cell.hash, key.seed)
+    events.put(("started", *ident, os.getpid()))
+
+    def on_epoch(epoch: int, values: dict[str, float]) -> None:
+        events.put(("epoch", *ident, epoch, values))
+        stop.check()
+
+    def on_sizes(sizes: dict[str, int]) -> None:
+        events.put(("sizes", *ident, sizes))
+
+    events.put(("done", *ident, train_run(key, on_epoch, on_sizes, source)))
+    return True
+
+
+# --- in the parent ------------------------------------------------------------------------
+
+
+class Workers:
+    """A spawned pool, its event queue and its stop event."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        context = multiprocessing.get_context("spawn")
+        self.events, self.stop_event = context.Queue(), context.Event()
+        # this process's children from before: the pool's are those that come after
+        self.others = set(multiprocessing.active_children())
+        self.pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(threads_per_worker(workers), self.events, self.stop_event),
+        )
+
+    def start(self) -> None:
+        """Start every worker now (the pool starts them on demand otherwise)."""
+        for _ in range(self.workers):
+            self.pool.submit(os.getpid)
+
+    def terminate(self) -> None:
+        """End the workers now, mid-import or idle: waiting would take seconds, for nothing.
+        No run is in progress: nothing to mark KILLED."""
+        mine = [p for p in multiprocessing.active_children() if p not in self.others]
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for process in mine:
+            process.kill()
+        for process in mine:
+            process.join(timeout=5)
+
+
+_warm: Workers | None = None
+
+
+def warm_up(workers: int) -> None:
+    """Start `workers` workers now, so that their start-up (importing TensorFlow, seconds)
+    runs while this process imports MLflow, opens the store and plans; `take_workers` hands
+    them over when it wants as many."""
+    global _warm
+    discard_warm()
+    _warm = Workers(workers)
+    _warm.start()
+
+
+def discard_warm() -> None:
+    """Stop workers `warm_up` started that nobody took (nothing left to run)."""
+    global _warm
+    if _warm is not None:
+        _warm.terminate()
+        _warm = None
+
+
+def take_workers(workers: int) -> Workers:
+    """`workers` workers: those `warm_up` started when as many, else new ones."""
+    global _warm
+    warm, _warm = _warm, None
+    if warm is not None and warm.workers == workers:
+        return warm
+    if warm is not None:
+        warm.terminate()
+    return Workers(workers)

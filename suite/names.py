@@ -1,0 +1,71 @@
+"""Tag and status names, declared once, as `suite.metrics` declares metric names.
+
+Owns: the names of the MLflow tags the suite writes on runs and experiments, MLflow's run
+statuses as the store holds them (`Stored`), and how a run ended in one invocation (`Ended`).
+Must not import MLflow or any other module of the suite: every layer reads these names, from
+the runner down to the report.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Stored(StrEnum):
+    """A run's status in the tracking store (MLflow's names)."""
+
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    KILLED = "KILLED"
+    SCHEDULED = "SCHEDULED"
+
+
+class Ended(StrEnum):
+    """How one (cell, seed) ended in this invocation (`suite.lifecycle.RunResult.status`)."""
+
+    FINISHED = "finished"  # trained and logged here
+    SKIPPED = "skipped"  # FINISHED in the store already, or by another invocation meanwhile
+    FAILED = "failed"  # diverged, bad data, any error: its reason is kept
+    KILLED = "killed"  # stopped by Ctrl-C or SIGTERM (a later invocation resumes it)
+    LOST = "lost"  # another invocation took it as abandoned while it trained: look again
+
+
+FINISHED, SKIPPED, FAILED, KILLED, LOST = (
+    Ended.FINISHED,
+    Ended.SKIPPED,
+    Ended.FAILED,
+    Ended.KILLED,
+    Ended.LOST,
+)
+
+# --- run tags: what a run is ---------------------------------------------------------------
+STUDY_TAG = "study"
+CELL_TAG = "cell"
+CELL_HASH_TAG = "cell_hash"  # a run of the suite's has one; a report run has none
+VARIANT_TAG = "variant"
+SEED_TAG = "seed"
+DATA_SOURCE_TAG = "data_source"
+SUITE_VERSION_TAG = "suite_version"
+GIT_COMMIT_TAG = "git_commit"
+SIZE_TAGS = ("n_train", "n_val", "n_test")  # the images a run's data cut holds, once cut
+FAILURE_TAG = "failure_reason"
+RUN_KIND_TAG = "run_kind"  # `report` on the study's report run
+TOKEN_TAG = "invocation"  # the token of the `overfit run` that claimed (and trained) it
+
+# --- lease tags: how a RUNNING run is held (deleted when it ends) --------------------------
+OWNER_TAG = "owner"  # host:pid of the process that logs the run
+HEARTBEAT_TAG = "heartbeat"  # unix time of its owner's latest sign of life
+MACHINE_TAG = "owner_machine"  # boot id and pid namespace: where the owner's pid means something
+TIMEOUT_TAG = "claim_timeout"  # the owner's claim timeout, which paces its heartbeat
+# what only a RUNNING run needs: deleted when it ends, so a finished run's tags, the UI's
+# columns and its Group-by menu show what the run is, not how it was held
+LEASE_TAGS = (OWNER_TAG, MACHINE_TAG, HEARTBEAT_TAG, TIMEOUT_TAG)
+
+# --- experiment tags -------------------------------------------------------------------------
+STUDY_FILE_TAG = "study_file"  # the absolute path of the study's YAML, as `overfit run` saw it
+
+# --- artifacts -------------------------------------------------------------------------------
+REPORT_ARTIFACT_PATH = "report"
+CONFUSION_ARTIFACT = "confusion_matrix"
+ACTIVATIONS_ARTIFACT = "activations.json"  # with train.log_activations
