@@ -148,49 +148,58 @@ def validate(study: StudyArg, set_: SetOpt = None) -> None:
     out.print(f"seeds: {list(spec.seeds)}  runs: {len(spec.runs())}")
 
 
+SeedsOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Seeds to run: one (0), a list (0,1,2) or a range (0-4) [default: the study's]."
+    ),
+]
+OnlyOpt = Annotated[
+    str | None, typer.Option(help="Cells to run: names, variants or hash prefixes, a,b.")
+]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Show the plan; run nothing.")]
+RerunOpt = Annotated[bool, typer.Option("--rerun", help="Train finished runs again.")]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Runs trained at once, each in a worker process [default: one per CPU, "
+        "at most one per run]; 1: in this process.",
+    ),
+]
+ExecutorOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="local: in this process, one run at a time; process: in --workers worker "
+        "processes; ray: as Ray tasks, here or on a cluster (pip install '.[ray]') "
+        "[default: process, unless --workers 1].",
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="With --executor ray: the cluster to join [default: $RAY_ADDRESS, else a "
+        "Ray started on this machine]. A cluster needs a tracking server (overfit server).",
+    ),
+]
+CpusOpt = Annotated[
+    float, typer.Option(min=0.01, help="With --executor ray: CPUs each run's task takes.")
+]
+
+
 @app.command()
 def run(
     study: StudyArg,
     set_: SetOpt = None,
-    seeds: Annotated[
-        str | None,
-        typer.Option(
-            help="Seeds to run: one (0), a list (0,1,2) or a range (0-4) [default: the study's]."
-        ),
-    ] = None,
-    only: Annotated[
-        str | None, typer.Option(help="Cells to run: names, variants or hash prefixes, a,b.")
-    ] = None,
+    seeds: SeedsOpt = None,
+    only: OnlyOpt = None,
     tracking_uri: UriOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; run nothing.")] = False,
-    rerun: Annotated[bool, typer.Option("--rerun", help="Train finished runs again.")] = False,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="Runs trained at once, each in a worker process [default: one per CPU, "
-            "at most one per run]; 1: in this process.",
-        ),
-    ] = None,
-    executor: Annotated[
-        str | None,
-        typer.Option(
-            help="local: in this process, one run at a time; process: in --workers worker "
-            "processes; ray: as Ray tasks, here or on a cluster (pip install '.[ray]') "
-            "[default: process, unless --workers 1].",
-        ),
-    ] = None,
-    ray_address: Annotated[
-        str | None,
-        typer.Option(
-            help="With --executor ray: the cluster to join [default: $RAY_ADDRESS, else a "
-            "Ray started on this machine]. A cluster needs a tracking server (overfit server).",
-        ),
-    ] = None,
-    cpus_per_run: Annotated[
-        float,
-        typer.Option(min=0.01, help="With --executor ray: CPUs each run's task takes."),
-    ] = 1.0,
+    dry_run: DryRunOpt = False,
+    rerun: RerunOpt = False,
+    workers: WorkersOpt = None,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
+    cpus_per_run: CpusOpt = 1.0,
 ) -> None:
     """Train every run of a study not yet FINISHED in the store; log each to MLflow."""
     with user_errors():

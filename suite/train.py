@@ -108,23 +108,21 @@ class History:
 
 
 def per_class(confusion: np.ndarray) -> dict[str, float]:
-    """Macro-averaged precision, recall and F1 from a confusion matrix (rows: true class).
+    """Macro-averaged precision, recall and F1 from a confusion matrix (rows: true class),
+    by scikit-learn. Every class of the matrix counts equally; a class never predicted (or
+    absent from the labels) scores 0 for the undefined ratio (`zero_division=0`)."""
+    from sklearn.metrics import precision_recall_fscore_support
 
-    Every class of the matrix counts equally; a class never predicted (or absent from the
-    labels) scores 0 for the undefined ratio, as scikit-learn's `zero_division=0`.
-    """
-    matrix = confusion.astype(float)
-    hits = np.diag(matrix)
-    predicted, actual = matrix.sum(axis=0), matrix.sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(predicted > 0, hits / predicted, 0.0)
-        recall = np.where(actual > 0, hits / actual, 0.0)
-        both = precision + recall
-        f1 = np.where(both > 0, 2 * precision * recall / both, 0.0)
+    rows, columns = np.indices(confusion.shape)
+    counts = np.asarray(confusion, dtype=np.int64).ravel()
+    truth, predicted = np.repeat(rows.ravel(), counts), np.repeat(columns.ravel(), counts)
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        truth, predicted, labels=np.arange(len(confusion)), average="macro", zero_division=0
+    )
     return {
-        "test_precision_macro": float(precision.mean()),
-        "test_recall_macro": float(recall.mean()),
-        "test_f1_macro": float(f1.mean()),
+        "test_precision_macro": float(precision),
+        "test_recall_macro": float(recall),
+        "test_f1_macro": float(f1),
     }
 
 
@@ -448,5 +446,6 @@ def layer_histograms(model: keras.Model, x: np.ndarray, activation: str) -> list
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: int = 10) -> np.ndarray:
     """Counts of (true class, predicted class) pairs: a `classes` x `classes` int matrix."""
-    flat = np.asarray(labels, dtype=np.int64) * classes + np.asarray(predicted, dtype=np.int64)
-    return np.bincount(flat, minlength=classes * classes).reshape(classes, classes)
+    from sklearn.metrics import confusion_matrix as counts
+
+    return counts(labels, predicted, labels=np.arange(classes)).astype(np.int64)

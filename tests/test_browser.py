@@ -87,7 +87,8 @@ def test_ui_opens_each_study_on_its_runs(report_store: ReportStore, tmp_path: Pa
     study's runs with their final accuracies, readable; the cells view groups them."""
     sync_api = pytest.importorskip("playwright.sync_api")
     binary = chromium()
-    from suite.tracking import UI_CELLS_VIEW, Tracker, runs_url
+    from suite.tracking import Tracker
+    from suite.ui_views import UI_CELLS_VIEW, runs_url
 
     artifacts = Path(os.environ.get("SUITE_TEST_ARTIFACTS", REPO_ROOT / "test-artifacts"))
     artifacts.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from suite.metrics import STEP_METRICS
+from suite.names import ACTIVATIONS_ARTIFACT, CONFUSION_ARTIFACT
 from suite.report import aggregate, colours, extra, figures, finding, groups, links, load, render
 from suite.report.links import UI_DEFAULT, check_ui_url
 from suite.report.load import ReportError
@@ -53,7 +54,7 @@ from suite.spec import (
     short_value,
     steps_per_epoch,
 )
-from suite.tracking import ACTIVATIONS_ARTIFACT, CONFUSION_ARTIFACT, Tracker
+from suite.tracking import Tracker
 
 __all__ = [
     "UI_DEFAULT",
