@@ -1,4 +1,4 @@
-"""The `overfit` command: parse, call the library, print. No logic of its own.
+"""The `overfit` command: parse (`--seeds` and `--set` included), call the library, print.
 
 Heavy imports (TensorFlow, MLflow) happen inside the commands that need them, so `overfit
 --help` and `overfit validate` do not pay for them.
@@ -10,6 +10,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything imports TensorFlow
 
+import re
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -33,16 +35,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from suite.spec import (
-    RunKey,
-    SpecError,
-    Study,
-    describe_init,
-    load_study,
-    parse_overrides,
-    parse_seeds,
-)
+from suite.spec import SpecError, describe_init, parse_yaml
 from suite.store import DEFAULT_URI
+from suite.study import RunKey, Study, load_study
 
 app = typer.Typer(
     add_completion=False,
@@ -88,7 +83,7 @@ def user_errors() -> Iterator[None]:
     except Exception as e:
         # classes of modules too heavy to import up front; any of them is loaded if it raised
         loaded = [
-            sys.modules.get(m) for m in ("suite.tracking", "suite.report", "mlflow.exceptions")
+            sys.modules.get(m) for m in ("suite.tracking", "suite.report.load", "mlflow.exceptions")
         ]
         known = tuple(
             getattr(module, name)
@@ -116,6 +111,43 @@ def study_path(study: str) -> Path:
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path
     return EXPERIMENTS / f"{study}.yaml"
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """`--seeds 0` (seed 0), `--seeds 0,1,2` (a list), `--seeds 0-4` (a range, both ends
+    included); ranges and single seeds mix: `0-2,7`. Order kept, repeats dropped."""
+    usage = f"--seeds: expected a seed, a list or a range (0 | 0,1,2 | 0-4), got {text!r}"
+    seeds: dict[int, None] = {}  # ordered, no repeats
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
+        if match is None:
+            raise SpecError(usage)
+        first = int(match[1])
+        last = int(match[2]) if match[2] is not None else first
+        if last < first:
+            raise SpecError(f"--seeds: the range {part!r} ends before it starts")
+        if last - first >= 10_000:
+            raise SpecError(f"--seeds: the range {part!r} holds over 10,000 seeds")
+        seeds.update(dict.fromkeys(range(first, last + 1)))
+    if not seeds:
+        raise SpecError(usage)
+    return tuple(seeds)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`--set train.epochs=3` -> {"train.epochs": 3}; values are YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"--set {item}: expected KEY=VALUE, e.g. train.epochs=3")
+        try:
+            out[key.strip()] = parse_yaml(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise SpecError(f"--set {key}: value {raw!r} is not a YAML scalar") from None
+    return out
 
 
 def load(study: str, sets: list[str] | None) -> Study:

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from suite import tracking
 from suite.runner import ELSEWHERE, FINISHED, SKIPPED, Claims, Silent, run_study
-from suite.spec import Cell, load_study
+from suite.study import Cell, load_study
 from suite.tracking import (
     HEARTBEAT_TAG,
     LEASE_TAGS,

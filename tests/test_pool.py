@@ -18,7 +18,7 @@ from conftest import assert_same_metrics
 from suite import pool, tracking
 from suite.metrics import EPOCH_METRICS, FINAL_METRICS, VAL_METRICS
 from suite.runner import FAILED, FINISHED, SKIPPED, Silent, run_study
-from suite.spec import RunKey, load_study
+from suite.study import RunKey, load_study
 from suite.tracking import Tracker
 
 # 3 cells x 2 seeds; dropout and batch norm so that noise and running statistics are covered,

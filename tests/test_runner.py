@@ -16,7 +16,7 @@ from PIL import Image
 from suite import tracking
 from suite.metrics import EPOCH_METRICS, FINAL_METRICS
 from suite.runner import FAILED, FINISHED, SKIPPED, Silent, run_study
-from suite.spec import RunKey, load_study
+from suite.study import RunKey, load_study
 from suite.tracking import Tracker
 
 # weight decay 1000 at learning rate 10 multiplies the weights by about -1e4 every update, so

@@ -23,7 +23,7 @@ import suite.tracking
 from suite import cli
 from suite.metrics import EPOCH_METRICS
 from suite.runner import run_study
-from suite.spec import load_study
+from suite.study import load_study
 from suite.tracking import (
     EXPERIMENT_KIND_TAG,
     UI_CELLS_VIEW,

@@ -21,7 +21,7 @@ import pandas as pd
 from scipy import stats as st
 
 from suite.metrics import RUN_METRICS
-from suite.spec import Study
+from suite.study import Study
 
 DONE, FAILED, RUNNING = "FINISHED", ("FAILED", "KILLED"), ("RUNNING", "SCHEDULED")
 LEVEL = 0.95  # every interval in the report
