@@ -103,7 +103,7 @@ def matmul_peak(rows: int, tries: int = 5) -> float:
 def canonical(data_path: Path | None, epochs: int) -> tuple[Any, Any, Any]:
     """The headline study cut down to the canonical run's cell, that cell, and its data."""
     from suite import data
-    from suite.spec import load_study
+    from suite.study import load_study
 
     overrides: dict[str, Any] = {"train.epochs": epochs}
     if data_path:

@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from suite.metrics import EPOCH_METRICS  # noqa: E402
-from suite.spec import build_study  # noqa: E402
+from suite.study import build_study  # noqa: E402
 from suite.tracking import Tracker  # noqa: E402
 
 CELLS, SEEDS, EPOCHS = 10, 20, 200

@@ -39,7 +39,7 @@ from suite.names import (
     TOKEN_TAG,
     Stored,
 )
-from suite.spec import Cell
+from suite.study import Cell
 from suite.tracking import RunRecord, Tracker
 
 CLAIM_TIMEOUT = 120.0  # seconds without a heartbeat after which a RUNNING run is abandoned

@@ -28,8 +28,9 @@ import yaml
 
 from suite import display, servers
 from suite.display import out
-from suite.spec import SpecError, Study, load_study, parse_yaml
+from suite.spec import SpecError, parse_yaml
 from suite.store import DEFAULT_URI
+from suite.study import Study, load_study
 
 app = typer.Typer(
     add_completion=False,
@@ -76,7 +77,7 @@ def user_errors() -> Iterator[None]:
             for module, name in (
                 ("suite.runner", "OptionError"),
                 ("suite.tracking", "TrackingError"),
-                ("suite.report", "ReportError"),
+                ("suite.report.load", "ReportError"),
                 ("mlflow.exceptions", "MlflowException"),
             )
         ]

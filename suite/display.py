@@ -25,7 +25,8 @@ from rich.progress import (
 from rich.table import Table
 
 from suite.names import FAILED, KILLED, SKIPPED, Stored
-from suite.spec import RunKey, Study, describe_init
+from suite.spec import describe_init
+from suite.study import RunKey, Study
 
 if TYPE_CHECKING:
     from suite.lifecycle import RunResult

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from suite.names import ACTIVATIONS_ARTIFACT, FAILED, FINISHED, KILLED, LOST, Ended, Stored
-from suite.spec import RunKey, Study
+from suite.study import RunKey, Study
 
 if TYPE_CHECKING:  # MLflow and TensorFlow are imported where a run is logged or trained
     from suite.claims import Leases

@@ -22,8 +22,8 @@ from suite.executors import workers as pool
 from suite.executors.base import EXECUTORS, Claims, Executor, StopRequest
 from suite.lifecycle import Observer, RunResult, Silent
 from suite.names import FAILED, FINISHED, SKIPPED, Stored
-from suite.spec import RunKey, Study
 from suite.store import resolve_uri
+from suite.study import RunKey, Study
 
 if TYPE_CHECKING:  # MLflow is imported once the store is opened: `overfit run` starts its
     from suite.tracking import RunRecord, Tracker  # workers before that (`warm_up`)

@@ -1,39 +1,61 @@
-"""Study specs: load a study YAML, validate it strictly, expand it into cells and runs.
+"""Study files: the run schema, reading a study YAML, and one-line errors for every mistake.
 
 A study is `base` (a full run configuration with defaults), `variants` (named patches on base),
-an optional `grid` (dotted keys crossed with the variants) and `seeds`. Every cell is a frozen,
-fully resolved `RunConfig`; its identity is a short hash of that configuration, so the same
-configuration is the same cell wherever it appears. Every user mistake becomes a `SpecError`
-whose one-line message names the file and the key path.
+an optional `grid` (dotted keys crossed with the variants), an optional `search` and `seeds`.
+Every cell is a frozen, fully resolved `RunConfig`; its identity is a short hash of that
+configuration, so the same configuration is the same cell wherever it appears. Every user
+mistake becomes a `SpecError` whose one-line message names the file and the key path.
+
+Owns: the pydantic schema of a run (`RunConfig` and its sections) and of a study file
+(`StudyFile`, with `search:` as schema), reading YAML the way study files are written
+(`parse_yaml`, `read_study_file`), turning pydantic's errors into `SpecError` (`validate`), and
+the small helpers the schema's users share (`flatten`, `short_value`, `describe_init`,
+`steps_per_epoch`, `did_you_mean`). The `report:` block's schema is `suite.report.figure_spec`.
+Must not touch: expanding a study into cells, search draws and data (`suite.study`), the
+command line (`suite.cli`), training or the tracking store. It imports pydantic, PyYAML and the
+two schema modules only: `overfit validate` stays light.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import difflib
-import functools
 import hashlib
-import itertools
 import json
 import math
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from suite.metrics import CURVE_METRICS, REFERENCE_METRICS, RUN_METRICS
+from suite.report.figure_spec import FIGURE_KINDS, ReportSpec
+from suite.schema_base import NonNegativeFloat, PositiveFloat, PositiveInt, Probability, Strict
+
+__all__ = [
+    "KERAS_INITIALIZERS",
+    "LATE_SETTINGS",
+    "OPTIMIZER_DEFAULTS",
+    "DataSpec",
+    "Distribution",
+    "ModelSpec",
+    "OptimizerSpec",
+    "RunConfig",
+    "SearchSpec",
+    "SpecError",
+    "StdInit",
+    "Strict",
+    "StudyFile",
+    "TrainSpec",
+    "describe_init",
+    "did_you_mean",
+    "flatten",
+    "parse_yaml",
+    "read_study_file",
+    "short_value",
+    "steps_per_epoch",
+    "validate",
+]
 
 KERAS_INITIALIZERS = (
     "glorot_normal",
@@ -60,10 +82,6 @@ OPTIMIZER_DEFAULTS: dict[str, dict[str, float]] = {
     "rmsprop": {"learning_rate": 0.01, "rho": 0.99, "epsilon": 1e-7},
     "adam": {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7},
 }
-
-
-# `--only` accepts a cell hash prefix of at least this many characters.
-MIN_HASH_PREFIX = 4
 
 
 class _Loader(yaml.SafeLoader):
@@ -94,16 +112,17 @@ class SpecError(ValueError):
     """A study file or override is invalid; the message is one line naming file and key."""
 
 
-class Strict(BaseModel):
-    """Frozen, no unknown keys, no coercion: "0.1" is not a number and 1.5 is not an int."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
-PositiveFloat = Annotated[float, Field(gt=0.0)]
-NonNegativeFloat = Annotated[float, Field(ge=0.0)]
-PositiveInt = Annotated[int, Field(gt=0)]
+def read_study_file(path: Path) -> Any:
+    """A study file's parsed YAML; a missing file or invalid YAML is a one-line SpecError."""
+    if not path.is_file():
+        raise SpecError(f"{path}: no such study file")
+    try:
+        return parse_yaml(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise SpecError(f"{path}: invalid YAML{where}: {problem}") from None
 
 
 class DataSpec(Strict):
@@ -155,7 +174,7 @@ class ModelSpec(Strict):
                 f"expected he, xavier, a Keras initializer name or {{std: x}}, got {value!r}"
             )
         if isinstance(value, str) and value not in ("he", "xavier", *KERAS_INITIALIZERS):
-            hint = _did_you_mean(value, ("he", "xavier", *KERAS_INITIALIZERS))
+            hint = did_you_mean(value, ("he", "xavier", *KERAS_INITIALIZERS))
             raise ValueError(f"unknown init {value!r}{hint}; or give {{std: 0.01}}")
         return value
 
@@ -253,115 +272,10 @@ LATE_SETTINGS: dict[str, Any] = {
 
 Range = Annotated[list[float], Field(min_length=2, max_length=2)]
 
-# the per-epoch views a report can draw (`report.metrics`; see suite.report.figures.VIEWS)
-ReportView = Literal["accuracy", "loss", "gap", "weight_norm", "reg_loss", "validation"]
-# what a report may rank cells by (`report.sort`); final_gap ranks the smallest first
-SortMetric = Literal[
-    "final_test_accuracy",
-    "final_train_accuracy",
-    "final_val_accuracy",
-    "best_test_accuracy",
-    "best_val_accuracy",
-    "final_gap",
-    "test_f1_macro",
-]
-# a figure's grouping keys: `cell`, `variant`, `n_train` (the images a run trained on), `grid`
-# (the cell's own grid value) or a dotted setting such as `model.init`
-GROUP_NAMES = ("cell", "variant", "grid", "n_train")
-GROUP_FIELDS = ("hue", "style", "facet", "x", "y")  # the figure fields that hold one
-
-
-def _group_key(value: str) -> str:
-    if value in GROUP_NAMES or re.fullmatch(r"[a-z_0-9]+(\.[a-z_0-9]+)+", value):
-        return value
-    raise ValueError(
-        f"expected cell, variant, grid, n_train or a dotted setting like model.init, got {value!r}"
-    )
-
-
-GroupKey = Annotated[str, AfterValidator(_group_key)]
-
-
-def _default_views() -> list[ReportView]:
-    return ["accuracy", "loss", "gap", "weight_norm"]
-
-
-class CurvesFigure(Strict):
-    """Mean curves of one per-epoch metric (or `batch_loss`, per update) for every cell, one
-    line per cell: colour by `hue`, line style by `style`, one facet per value of `facet`."""
-
-    kind: Literal["curves"]
-    metric: str
-    hue: GroupKey = "cell"
-    style: GroupKey | None = None
-    facet: GroupKey | None = None
-    smooth: PositiveInt = 1  # centred moving average over this many points
-    log_y: bool = False
-    columns: Annotated[int, Field(ge=1, le=8)] = 4
-    title: str | None = None
-
-
-class VersusFigure(Strict):
-    """Final metrics (one facet each) against a setting: mean and 95% interval per cell,
-    cells of one `hue` joined by a line. `x: grid` is the cell's own grid value; cells
-    without one (a shared reference) are drawn as a horizontal line."""
-
-    kind: Literal["versus"]
-    x: GroupKey
-    y: list[str] = Field(min_length=1)
-    hue: GroupKey = "variant"
-    log_x: bool = False
-    title: str | None = None
-
-
-class ScatterFigure(Strict):
-    """One point per run at two settings, coloured by a final metric (a search's map)."""
-
-    kind: Literal["scatter"]
-    x: GroupKey
-    y: GroupKey
-    color: str
-    log_x: bool = False
-    log_y: bool = False
-    title: str | None = None
-
-
-class ActivationsFigure(Strict):
-    """Per-layer activation histograms (runs with `train.log_activations`): the textbook's
-    probe, and the MNIST network at initialisation and after training."""
-
-    kind: Literal["activations"]
-
-
-class ConfusionFigure(Strict):
-    """Test-set confusion matrices per cell, summed over seeds, rows normalised."""
-
-    kind: Literal["confusion"]
-    top: PositiveInt | None = None  # the best N cells by `report.sort`; None: every cell
-
-
-FIGURE_KINDS = ("curves", "versus", "scatter", "activations", "confusion")
-FigureSpec = Annotated[
-    CurvesFigure | VersusFigure | ScatterFigure | ActivationsFigure | ConfusionFigure,
-    Field(discriminator="kind"),
-]
-
-
-class ReportSpec(Strict):
-    """A study's `report:` block: what its report compares and shows."""
-
-    baseline: str | None = None  # the cell (or variant) others are compared with
-    versus_baseline: bool = True  # the versus-baseline section (off for a search)
-    metrics: list[ReportView] = Field(default_factory=_default_views)
-    columns: Annotated[int, Field(ge=1, le=8)] = 4  # facets per row in the per-cell figures
-    sort: SortMetric = "final_test_accuracy"  # the table's order, best first
-    top: PositiveInt | None = None  # per-cell figures show the best N cells only
-    figures: list[FigureSpec] = Field(default_factory=list)
-
 
 class Distribution(Strict):
     """One search dimension: exactly one of `log_uniform: [lo, hi]` (10^U(log lo, log hi)),
-    `uniform: [lo, hi]`, or `choice: [a, b, ...]`."""
+    `uniform: [lo, hi]`, or `choice: [a, b, ...]`. Drawn by `suite.study.sample`."""
 
     log_uniform: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
     uniform: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
@@ -383,40 +297,15 @@ class Distribution(Strict):
                 raise ValueError(f"log_uniform needs positive bounds, got {bounds}")
         return self
 
-    def sample(self, rng: Any) -> Any:
-        if self.choice is not None:
-            return copy.deepcopy(self.choice[int(rng.integers(len(self.choice)))])
-        if self.log_uniform is not None:
-            lo, hi = self.log_uniform
-            return _round(10 ** rng.uniform(math.log10(lo), math.log10(hi)), lo, hi)
-        assert self.uniform is not None
-        lo, hi = self.uniform
-        return _round(rng.uniform(lo, hi), lo, hi)
-
-
-def _round(value: float, lo: float, hi: float) -> float:
-    """Four significant digits (readable params and names, far finer than a search needs),
-    unless rounding would leave [lo, hi): a draw stays inside its range."""
-    rounded = float(f"{value:.4g}")
-    return rounded if lo <= rounded < hi else value
-
 
 class SearchSpec(Strict):
     """A study's `search:` block: `trials` random configurations drawn from `space` with
-    `seed`; each trial is a cell (crossed with the variants and the grid)."""
+    `seed`; each trial is a cell (crossed with the variants and the grid). The draws are
+    `suite.study.trial_points`."""
 
     trials: PositiveInt
     seed: Annotated[int, Field(ge=0)] = 0
     space: dict[str, Distribution] = Field(min_length=1)
-
-    def points(self) -> list[dict[str, Any]]:
-        """The trials' settings, the same for the same block on every machine."""
-        import numpy as np
-
-        rng = np.random.default_rng(self.seed)
-        return [
-            {key: dist.sample(rng) for key, dist in self.space.items()} for _ in range(self.trials)
-        ]
 
 
 def _single_variant() -> dict[str, dict[str, Any] | None]:
@@ -440,81 +329,6 @@ class StudyFile(Strict):
     search: SearchSpec | None = None
 
 
-@dataclass(frozen=True)
-class Cell:
-    """A resolved configuration with its name (variant plus grid point) and hash."""
-
-    name: str
-    variant: str
-    config: RunConfig
-    grid_point: dict[str, Any] = field(default_factory=dict)
-    data_source: str = ""  # which data `dataset: mnist` resolved to (see suite.data)
-
-    @functools.cached_property
-    def hash(self) -> str:
-        """The cell's identity: its resolved configuration and the data it resolved to, so
-        runs on the bundled subset never count as done once full MNIST is found."""
-        if not self.data_source:
-            return self.config.hash
-        canonical = json.dumps(
-            {"config": self.config.identity(), "data_source": self.data_source},
-            sort_keys=True,
-        )
-        return hashlib.sha256(canonical.encode()).hexdigest()[:10]
-
-
-@dataclass(frozen=True)
-class RunKey:
-    """One run: a cell trained with one seed."""
-
-    cell: Cell
-    seed: int
-
-
-@dataclass(frozen=True)
-class Study:
-    """A validated, expanded study."""
-
-    name: str
-    description: str
-    path: Path | None
-    cells: tuple[Cell, ...]
-    seeds: tuple[int, ...]
-    reference: dict[str, dict[str, tuple[float, float]]]
-    report: ReportSpec = field(default_factory=ReportSpec)
-
-    def runs(self, seeds: tuple[int, ...] | None = None) -> list[RunKey]:
-        """Every (cell, seed), cells in order, seeds inner."""
-        return [RunKey(c, s) for c in self.cells for s in (seeds or self.seeds)]
-
-    def split_names(self, text: str) -> list[str]:
-        """`--only a,b`: comma-separated cells, where a cell name may itself hold commas
-        (`dropped[init=he,learning_rate=0.1]`): the longest run of parts that names a cell
-        or variant is one token."""
-        known = {c.name for c in self.cells} | {c.variant for c in self.cells}
-        parts = [p.strip() for p in text.split(",")]
-        tokens, i = [], 0
-        while i < len(parts):
-            j = next((j for j in range(len(parts), i, -1) if ",".join(parts[i:j]) in known), i + 1)
-            tokens.append(",".join(parts[i:j]))
-            i = j
-        return [t for t in tokens if t]
-
-    def select(self, only: list[str]) -> Study:
-        """Keep the cells named (by name, variant, or a hash prefix of 4+ characters)."""
-        wanted: list[Cell] = []
-        for token in only:
-            hits = [c for c in self.cells if token in (c.name, c.variant)]
-            if not hits and len(token) >= MIN_HASH_PREFIX:
-                # a name wins over a hash prefix, and a short token ("a", "b") is never a hash
-                hits = [c for c in self.cells if c.hash.startswith(token)]
-            if not hits:
-                names = [c.name for c in self.cells]
-                raise SpecError(f"--only: no cell {token!r}{_did_you_mean(token, names)}")
-            wanted.extend(h for h in hits if h not in wanted)
-        return dataclasses.replace(self, cells=tuple(wanted))
-
-
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"a.b": 1}; lists and leaves stay values."""
     out: dict[str, Any] = {}
@@ -525,247 +339,6 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[dotted] = value
     return out
-
-
-def parse_seeds(text: str) -> tuple[int, ...]:
-    """`--seeds 0` (seed 0), `--seeds 0,1,2` (a list), `--seeds 0-4` (a range, both ends
-    included); ranges and single seeds mix: `0-2,7`. Order kept, repeats dropped."""
-    usage = f"--seeds: expected a seed, a list or a range (0 | 0,1,2 | 0-4), got {text!r}"
-    seeds: dict[int, None] = {}  # ordered, no repeats
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
-        if match is None:
-            raise SpecError(usage)
-        first = int(match[1])
-        last = int(match[2]) if match[2] is not None else first
-        if last < first:
-            raise SpecError(f"--seeds: the range {part!r} ends before it starts")
-        if last - first >= 10_000:
-            raise SpecError(f"--seeds: the range {part!r} holds over 10,000 seeds")
-        seeds.update(dict.fromkeys(range(first, last + 1)))
-    if not seeds:
-        raise SpecError(usage)
-    return tuple(seeds)
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """`--set train.epochs=3` -> {"train.epochs": 3}; values are YAML scalars."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise SpecError(f"--set {item}: expected KEY=VALUE, e.g. train.epochs=3")
-        try:
-            out[key.strip()] = parse_yaml(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            raise SpecError(f"--set {key}: value {raw!r} is not a YAML scalar") from None
-    return out
-
-
-def load_study(
-    path: str | Path, overrides: dict[str, Any] | None = None, check_data: bool = True
-) -> Study:
-    """Load, validate and expand a study file.
-
-    Args:
-        path: the study YAML.
-        overrides: dotted keys applied to every resolved cell (`--set`).
-        check_data: check sizes against the data the cells would use (loads it); the report,
-            which reads runs instead of data, turns this off.
-
-    Raises:
-        SpecError: one line naming the file and key path of the first problem.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"{path}: no such study file")
-    try:
-        raw = parse_yaml(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(err, "problem", None) or "invalid YAML"
-        raise SpecError(f"{path}: invalid YAML{where}: {problem}") from None
-    return build_study(raw, path, overrides or {}, check_data)
-
-
-def build_study(
-    raw: Any, path: Path | None, overrides: dict[str, Any], check_data: bool = True
-) -> Study:
-    """Validate a parsed study document and expand it into cells (see `load_study`)."""
-    where = str(path) if path else "<study>"
-    if raw is None:
-        raise SpecError(f"{where}: the file is empty; a study needs at least `name:`")
-    if not isinstance(raw, dict):
-        raise SpecError(f"{where}: a study is a mapping of keys (name, base, variants, ...)")
-    top = _validate(StudyFile, raw, where, "")
-    if not top.grid and "grid" in raw:
-        raise SpecError(f"{where}: grid: is empty; remove it or give it keys")
-    for key, values in top.grid.items():
-        if not values:
-            raise SpecError(f"{where}: grid.{key}: has no values")
-    _validate(RunConfig, top.base, where, "base.")
-
-    cells: list[Cell] = []
-    grid_points = _product(top.grid)
-    trials: list[dict[str, Any] | None] = list(top.search.points()) if top.search else [None]
-    searched = set(top.search.space) if top.search else set()
-    for key in overrides:
-        if key in searched:
-            raise SpecError(
-                f"{where}: --set {key}: the search draws this setting; remove it from "
-                "search.space or from --set"
-            )
-    implicit = "variants" not in raw  # a search without variants names its cells trial_NNN
-    for variant, patch in top.variants.items():
-        patch = dict(patch or {})
-        own_grid = patch.pop("grid", None)
-        own_points = _variant_grid(own_grid, where, variant)
-        for point, own, (number, trial) in itertools.product(
-            grid_points, own_points, enumerate(trials)
-        ):
-            merged = _merge(top.base, patch)
-            origin = {k: f"variants.{variant}." for k in flatten(patch)}
-            settings = {**point, **own}
-            for key, value in point.items():
-                _set_dotted(merged, key, value, where, f"grid.{key}")
-                origin[key] = "grid."
-            for key, value in own.items():
-                _set_dotted(merged, key, value, where, f"variants.{variant}.grid.{key}")
-                origin[key] = f"variants.{variant}.grid."
-            for key, value in (trial or {}).items():
-                _set_dotted(merged, key, value, where, f"search.space.{key}")
-                origin[key] = "search.space."
-            for key, value in overrides.items():
-                _set_dotted(merged, key, value, where, f"--set {key}")
-                origin[key] = "--set "
-            config = _validate(RunConfig, merged, where, origin)
-            name = variant + _grid_label(settings)
-            if trial is not None:
-                name = f"trial_{number:03d}" if implicit else f"{variant}_trial_{number:03d}"
-                name += _grid_label(settings)
-            elif implicit and settings:
-                name = _grid_label(settings)[1:-1]  # a plain grid: `activation=relu,init=he`
-            source = _data_source(name, config.data, where, check_data)
-            cells.append(
-                Cell(name, variant, config, {**settings, **(trial or {})}, data_source=source)
-            )
-    seen: dict[str, str] = {}
-    for cell in cells:
-        if cell.hash in seen and searched:
-            raise SpecError(
-                f"{where}: search: {cell.name} repeats {seen[cell.hash]}; the space has fewer "
-                "distinct points than trials (lower search.trials or widen search.space)"
-            )
-        if cell.hash in seen:
-            raise SpecError(
-                f"{where}: cells {seen[cell.hash]} and {cell.name} resolve to the same "
-                "configuration; remove one"
-            )
-        seen[cell.hash] = cell.name
-
-    names = [c.name for c in cells]
-    for cell_name, metrics in top.reference.items():
-        if cell_name not in names and cell_name not in top.variants:
-            raise SpecError(
-                f"{where}: reference.{cell_name}: no such cell{_did_you_mean(cell_name, names)}"
-            )
-        for metric, (lo, hi) in metrics.items():
-            if metric not in REFERENCE_METRICS:
-                hint = _did_you_mean(metric, REFERENCE_METRICS)
-                raise SpecError(f"{where}: reference.{cell_name}.{metric}: unknown metric{hint}")
-            if lo > hi:
-                raise SpecError(f"{where}: reference.{cell_name}.{metric}: range [{lo}, {hi}]")
-
-    seeds = tuple(range(top.seeds)) if isinstance(top.seeds, int) else tuple(top.seeds)
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise SpecError(f"{where}: seeds: expected distinct seeds, got {list(seeds)}")
-    reference = {
-        cell: {m: (float(r[0]), float(r[1])) for m, r in metrics.items()}
-        for cell, metrics in top.reference.items()
-    }
-    baseline = top.report.baseline
-    if baseline is not None and baseline not in names and baseline not in top.variants:
-        raise SpecError(
-            f"{where}: report.baseline: no such cell {baseline!r}{_did_you_mean(baseline, names)}"
-        )
-    _check_figures(top.report, cells, where)
-    return Study(top.name, top.description, path, tuple(cells), seeds, reference, top.report)
-
-
-def _check_figures(report: ReportSpec, cells: list[Cell], where: str) -> None:
-    """Every figure names metrics that exist and settings the cells have."""
-    settings = {key for cell in cells for key in cell.config.flat()}
-    # a section key groups by what is below it: `model.init` covers `model.init.std`
-    settings |= {key.rsplit(".", n)[0] for key in settings for n in range(1, key.count("."))}
-    for index, figure in enumerate(report.figures):
-        label = f"{where}: report.figures[{index}]"
-        metrics: list[tuple[str, str, tuple[str, ...]]] = []
-        if isinstance(figure, CurvesFigure):
-            metrics.append(("metric", figure.metric, CURVE_METRICS))
-        if isinstance(figure, VersusFigure):
-            metrics += [("y", m, RUN_METRICS) for m in figure.y]
-        if isinstance(figure, ScatterFigure):
-            metrics.append(("color", figure.color, RUN_METRICS))
-        for key, metric, known in metrics:
-            if metric not in known:
-                raise SpecError(
-                    f"{label}.{key}: unknown metric {metric!r}{_did_you_mean(metric, known)}"
-                )
-        for key in GROUP_FIELDS:
-            value = getattr(figure, key, None)
-            if not isinstance(value, str) or value in GROUP_NAMES:
-                continue
-            if value not in settings:
-                raise SpecError(
-                    f"{label}.{key}: no setting {value!r}{_did_you_mean(value, settings)}"
-                )
-
-
-def _product(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    """Every combination of a grid's values, as dotted-key settings ([{}] for no grid)."""
-    return [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
-
-
-def _variant_grid(grid: Any, where: str, variant: str) -> list[dict[str, Any]]:
-    """A variant's own `grid:` (crossed with the study's), checked like the study's."""
-    if grid is None:
-        return [{}]
-    label = f"variants.{variant}.grid"
-    if not isinstance(grid, dict) or not grid:
-        raise SpecError(f"{where}: {label}: expected a mapping of dotted keys to value lists")
-    for key, values in grid.items():
-        if not isinstance(key, str) or not key:
-            raise SpecError(f"{where}: {label}: {key!r} is not a dotted setting like model.dropout")
-        if not isinstance(values, list) or not values:
-            raise SpecError(f"{where}: {label}.{key}: expected a non-empty list of values")
-    return _product(grid)
-
-
-def _data_source(name: str, spec: DataSpec, where: str, check_data: bool) -> str:
-    """The `data_source` label a cell's runs use; with `check_data`, its sizes are checked too.
-
-    Without `check_data` (the report) a source that cannot be resolved here is left unknown.
-    """
-    from suite import data
-
-    try:
-        if check_data:
-            return data.check_sizes(spec.path, spec.train_size, spec.val_size, spec.test_size).label
-        return data.resolve_source(spec.path).label
-    except data.DataError as err:
-        if check_data:
-            raise SpecError(f"{where}: cell {name}: {err}") from None
-        return ""
-
-
-def _grid_label(point: dict[str, Any]) -> str:
-    if not point:
-        return ""
-    parts = [f"{k.rsplit('.', 1)[-1]}={short_value(v)}" for k, v in point.items()]
-    return "[" + ",".join(parts) + "]"
 
 
 def short_value(value: Any) -> str:
@@ -779,29 +352,7 @@ def short_value(value: Any) -> str:
     return str(value)
 
 
-def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge `patch` over `base` (dicts merge, everything else replaces)."""
-    out = copy.deepcopy(base)
-    for key, value in patch.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, where: str, label: str) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise SpecError(f"{where}: {label}: {part} is not a section")
-        node = child
-    node[parts[-1]] = copy.deepcopy(value)
-
-
-def _validate(model: type[Any], raw: Any, where: str, origin: str | dict[str, str]) -> Any:
+def validate(model: type[Any], raw: Any, where: str, origin: str | dict[str, str]) -> Any:
     """Validate `raw` against `model`; turn the first error into a one-line SpecError.
 
     `origin` says where a key came from: a fixed prefix (`base.`) or, for a merged cell, a map
@@ -850,7 +401,7 @@ def _explain(error: Any, model: type[Any], loc: list[str]) -> str:
     if kind == "extra_forbidden":
         parent = _model_at(model, loc[:-1])
         options = list(parent.model_fields) if parent else []
-        return f"unknown key{_did_you_mean(loc[-1], options)}" + (
+        return f"unknown key{did_you_mean(loc[-1], options)}" + (
             f" (valid: {', '.join(options)})" if options else ""
         )
     if loc == ["seeds"]:
@@ -887,7 +438,7 @@ def _model_at(model: type[Any], loc: list[str]) -> type[BaseModel] | None:
     return None
 
 
-def _did_you_mean(word: str, options: Any) -> str:
+def did_you_mean(word: str, options: Any) -> str:
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

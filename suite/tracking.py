@@ -61,8 +61,8 @@ from suite.names import (
     VARIANT_TAG,
     Stored,
 )
-from suite.spec import Cell
 from suite.store import StoreError, artifact_root, prepare, resolve_uri, sqlite_file
+from suite.study import Cell
 from suite.ui_views import UI_EXPERIMENT_TAGS, UI_VIEW_TAG
 
 MAX_METRICS_PER_BATCH = 1000

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any  # noqa: E402
 import pytest  # noqa: E402
 
 if TYPE_CHECKING:
-    from suite.spec import Study
+    from suite.study import Study
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,7 +135,7 @@ class ReportStore:
 def report_store(tmp_path_factory: pytest.TempPathFactory, _store_template: Path) -> ReportStore:
     """`REPORT_STUDY` run through the real runner, plus one FAILED run (baseline, seed 2)."""
     from suite.runner import run_study
-    from suite.spec import load_study
+    from suite.study import load_study
     from suite.tracking import Tracker
 
     root = tmp_path_factory.mktemp("report")

@@ -29,7 +29,7 @@ from suite.names import (
     TOKEN_TAG,
 )
 from suite.runner import run_study
-from suite.spec import Cell, load_study
+from suite.study import Cell, load_study
 from suite.tracking import Tracker
 
 

@@ -238,7 +238,7 @@ variants:
 def _finished_store(uri: str, study_file: Path, tag: bool) -> None:
     """`UI_STUDY`'s 4 runs, FINISHED without training; with `tag`, the store records the
     study file as `overfit run` does."""
-    from suite.spec import load_study
+    from suite.study import load_study
 
     study = load_study(study_file, check_data=False)
     tracker = Tracker(uri)

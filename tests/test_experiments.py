@@ -9,7 +9,8 @@ import pytest
 
 from suite import runner
 from suite.report import write_report
-from suite.spec import ActivationsFigure, Study, load_study
+from suite.report.figure_spec import ActivationsFigure
+from suite.study import Study, load_study
 from suite.tracking import Tracker
 
 EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))

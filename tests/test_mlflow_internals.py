@@ -14,7 +14,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from suite import mlflow_internals
-from suite.spec import load_study
+from suite.study import load_study
 from suite.tracking import Tracker
 
 

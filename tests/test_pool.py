@@ -22,7 +22,7 @@ from suite.lifecycle import Silent
 from suite.metrics import EPOCH_METRICS, FINAL_METRICS, VAL_METRICS
 from suite.names import FAILED, FAILURE_TAG, FINISHED, SKIPPED
 from suite.runner import run_study
-from suite.spec import RunKey, load_study
+from suite.study import RunKey, load_study
 from suite.tracking import Tracker
 
 # 3 cells x 2 seeds; dropout and batch norm so that noise and running statistics are covered,

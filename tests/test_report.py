@@ -33,7 +33,8 @@ from suite.report.aggregate import (
     finished_runs,
     ranked,
 )
-from suite.spec import SpecError, Study, build_study
+from suite.spec import SpecError
+from suite.study import Study, build_study
 from suite.tracking import Tracker
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -234,7 +235,7 @@ def test_report_block_picks_baseline_views_and_layout(
     )
     path = tmp_path / "with-report.yaml"
     path.write_text(text)
-    from suite.spec import load_study
+    from suite.study import load_study
 
     study = load_study(path)
     paths = write_report(study.name, Tracker(report_store.uri), tmp_path / "out", study, False)
@@ -250,7 +251,7 @@ def test_report_block_picks_baseline_views_and_layout(
 def test_a_baseline_without_runs_falls_back_with_a_note(
     report_store: ReportStore, tmp_path: Path
 ) -> None:
-    from suite.spec import load_study
+    from suite.study import load_study
 
     text = report_store.study_path.read_text().replace(
         "  baseline: {}\n", "  baseline: {}\n  fresh: {model: {hidden: [4]}}\n"
@@ -527,7 +528,7 @@ class CuresStore:
 
 def make_cures_store(root: Path, template: Path, tag: bool = True) -> CuresStore:
     """`CURES` as finished runs of `CURES_STUDY` (3 epochs each), tagged with the study file."""
-    from suite.spec import load_study
+    from suite.study import load_study
 
     path = root / "study" / "cures.yaml"
     path.parent.mkdir(parents=True)

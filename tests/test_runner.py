@@ -18,7 +18,7 @@ from suite.lifecycle import Silent
 from suite.metrics import EPOCH_METRICS, FINAL_METRICS
 from suite.names import FAILED, FINISHED, SKIPPED
 from suite.runner import run_study
-from suite.spec import RunKey, load_study
+from suite.study import RunKey, load_study
 from suite.tracking import Tracker
 
 # weight decay 1000 at learning rate 10 multiplies the weights by about -1e4 every update, so

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from suite.metrics import EPOCH_METRICS
 from suite.names import OWNER_TAG
 from suite.runner import run_study
-from suite.spec import load_study
+from suite.study import load_study
 from suite.tracking import Tracker
 
 pytestmark = pytest.mark.slow

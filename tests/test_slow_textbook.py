@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from suite import data, train
-from suite.spec import load_study, parse_overrides
+from suite.cli import parse_overrides
+from suite.study import load_study
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from suite import spec
-from suite.spec import SpecError, load_study, parse_overrides, parse_seeds
+from suite.cli import parse_overrides, parse_seeds
+from suite.spec import SpecError
+from suite.study import Study, load_study
 
 HEADLINE_STUDY = Path(__file__).resolve().parents[1] / "experiments" / "overfitting.yaml"
 HEADLINE_CELLS = [
@@ -42,14 +44,14 @@ def _bundled(bundled_only: None) -> None:
 
 
 @pytest.fixture(scope="module")
-def headline() -> spec.Study:
+def headline() -> Study:
     return load_study(HEADLINE_STUDY)
 
 
 # --- the headline study ---------------------------------------------------------------------
 
 
-def test_headline_study_expands_into_seven_named_cells(headline: spec.Study) -> None:
+def test_headline_study_expands_into_seven_named_cells(headline: Study) -> None:
     assert [c.name for c in headline.cells] == HEADLINE_CELLS
     assert [c.variant for c in headline.cells] == HEADLINE_CELLS
     assert headline.seeds == (0, 1, 2)
@@ -58,7 +60,7 @@ def test_headline_study_expands_into_seven_named_cells(headline: spec.Study) -> 
     assert len({c.hash for c in headline.cells}) == 7
 
 
-def test_headline_cells_carry_their_patches(headline: spec.Study) -> None:
+def test_headline_cells_carry_their_patches(headline: Study) -> None:
     cells = {c.name: c.config for c in headline.cells}
     base = cells["baseline"]
     assert base.data.train_size == 300 and base.data.subset == "first"
@@ -78,12 +80,12 @@ def test_headline_cells_carry_their_patches(headline: spec.Study) -> None:
     assert cells["weight_decay"].train == base.train and cells["weight_decay"].data == base.data
 
 
-def test_headline_reference_ranges(headline: spec.Study) -> None:
+def test_headline_reference_ranges(headline: Study) -> None:
     assert headline.reference["baseline"]["final_test_accuracy"] == (0.74, 0.77)
     assert headline.reference["weight_decay"]["final_train_accuracy"] == (0.89, 0.93)
 
 
-def test_hash_is_stable_across_loads(headline: spec.Study) -> None:
+def test_hash_is_stable_across_loads(headline: Study) -> None:
     again = load_study(HEADLINE_STUDY)
     assert [c.hash for c in again.cells] == [c.hash for c in headline.cells]
     assert all(re.fullmatch(r"[0-9a-f]{10}", c.hash) for c in headline.cells)
@@ -147,7 +149,7 @@ def test_duplicate_cells_are_an_error(write_study) -> None:
 # --- overrides and seeds --------------------------------------------------------------------
 
 
-def test_overrides_apply_to_every_cell_and_change_the_hash(headline: spec.Study) -> None:
+def test_overrides_apply_to_every_cell_and_change_the_hash(headline: Study) -> None:
     overrides = parse_overrides(["train.epochs=3", "model.hidden=[10, 10]"])
     assert overrides == {"train.epochs": 3, "model.hidden": [10, 10]}
     short = load_study(HEADLINE_STUDY, overrides)
@@ -223,7 +225,7 @@ def test_parse_seeds_rejects(text: str) -> None:
 # --- select ---------------------------------------------------------------------------------
 
 
-def test_select_by_name_and_hash_prefix(headline: spec.Study) -> None:
+def test_select_by_name_and_hash_prefix(headline: Study) -> None:
     picked = headline.select(["dropout", "baseline"])
     assert [c.name for c in picked.cells] == ["dropout", "baseline"]
     assert picked.seeds == headline.seeds and picked.name == headline.name
@@ -241,7 +243,7 @@ def test_select_by_variant_picks_its_grid_points(write_study) -> None:
     assert all(c.variant == "dropped" for c in picked.cells)
 
 
-def test_select_unknown_name_suggests(headline: spec.Study) -> None:
+def test_select_unknown_name_suggests(headline: Study) -> None:
     with pytest.raises(SpecError, match=r"no cell 'dropuot'.*did you mean 'dropout'"):
         headline.select(["dropuot"])
 
@@ -439,7 +441,7 @@ def test_model_defaults_are_the_textbook_ones() -> None:
     assert spec.RunConfig().train.sampling == "with_replacement"
 
 
-def test_resolved_config_is_frozen(headline: spec.Study) -> None:
+def test_resolved_config_is_frozen(headline: Study) -> None:
     config = headline.cells[0].config
     with pytest.raises(Exception, match="frozen"):
         config.model.dropout = 0.5  # type: ignore[misc]

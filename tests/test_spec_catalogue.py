@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from suite.spec import LATE_SETTINGS, RunConfig, SpecError, load_study
+from suite.spec import LATE_SETTINGS, RunConfig, SpecError
+from suite.study import load_study
 
 SEARCH_STUDY = """\
 name: search
@@ -214,6 +215,7 @@ def test_search_errors_that_name_the_cause(write_study: Callable[..., Path]) -> 
 
 def test_rounded_draws_stay_inside_an_open_range() -> None:
     from suite.spec import Distribution
+    from suite.study import sample
 
     class Draw:
         """A generator whose uniform draw is fixed: 0.99996 rounds to 1.0 at 4 digits."""
@@ -222,8 +224,8 @@ def test_rounded_draws_stay_inside_an_open_range() -> None:
             return 0.99996
 
     # dropout must stay below 1: the rounded 1.0 would fail validation, the raw draw stays
-    assert Distribution(uniform=[0.9, 1.0]).sample(Draw()) == 0.99996
-    assert Distribution(uniform=[0.0, 2.0]).sample(Draw()) == 1.0  # inside: rounded
+    assert sample(Distribution(uniform=[0.9, 1.0]), Draw()) == 0.99996
+    assert sample(Distribution(uniform=[0.0, 2.0]), Draw()) == 1.0  # inside: rounded
 
 
 def test_a_variant_grid_key_must_be_a_setting(write_study: Callable[..., Path]) -> None:

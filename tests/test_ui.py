@@ -23,7 +23,7 @@ import suite.tracking
 from suite import cli, servers
 from suite.metrics import EPOCH_METRICS
 from suite.runner import run_study
-from suite.spec import load_study
+from suite.study import load_study
 from suite.tracking import Tracker
 from suite.ui_views import (
     EXPERIMENT_KIND_TAG,

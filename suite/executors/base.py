@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from suite.lifecycle import Observer, RunResult
 from suite.names import FAILED, FINISHED, LOST, SKIPPED
-from suite.spec import RunKey
+from suite.study import RunKey
 
 if TYPE_CHECKING:
     from suite.claims import Leases

@@ -37,7 +37,7 @@ from suite.executors.base import Claims, StopRequest
 from suite.executors.workers import take_workers, work
 from suite.lifecycle import RunResult, Trained, conclude, fail, size_tags
 from suite.names import FAILED, KILLED
-from suite.spec import RunKey
+from suite.study import RunKey
 from suite.tracking import EpochLogger, first_line
 
 WORKER_DIED = "a worker process died (killed, or out of memory?) and the pool stopped"

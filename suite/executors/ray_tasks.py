@@ -40,8 +40,8 @@ from suite.claims import Leases
 from suite.executors.base import Claims, StopRequest
 from suite.lifecycle import RunResult, Silent, as_dict, fail, from_dict, peak_memory_mb
 from suite.names import FAILED, KILLED, TOKEN_TAG, Stored
-from suite.spec import RunKey
 from suite.store import sqlite_file
+from suite.study import RunKey
 
 MISSING = "--executor ray needs Ray, an optional extra: pip install '.[ray]' (in a clone: pip install -e '.[ray]')"
 MAX_RETRIES = 3  # attempts after a task's worker died

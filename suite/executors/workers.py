@@ -24,7 +24,7 @@ from typing import Any
 
 from suite.data import Source
 from suite.lifecycle import train_run
-from suite.spec import RunKey
+from suite.study import RunKey
 
 
 def cpu_count() -> int:

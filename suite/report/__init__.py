@@ -19,42 +19,38 @@ versus baseline (Welch differences and one sentence per cell), the study's own f
 (`report.figures`: curves grouped by settings, final metrics against a setting, a search's
 scatter, activation histograms, confusion matrices), learning curves, the final gap chart, the
 reference check, failed runs, every run linked to the UI (`--ui-url`), provenance. The stages
-are separate modules: `source` (finding the study file), `load` (MLflow -> DataFrames),
-`aggregate` (every derived number), `finding` (the answer in words), `groups` (cells by
-setting), `colours` (the one palette), `figures` and `extra` (PNG bytes), `links` (URLs of the
-UI), `render` (jinja2 templates in `templates/`).
+are separate modules: `write` (the order of the work), `source` (finding the study file),
+`load` (MLflow -> DataFrames), `aggregate` (every derived number), `finding` (the answer in
+words), `groups` (cells by setting), `colours` (the one palette), `figures` and `extra` (PNG
+bytes), `links` (URLs of the UI), `render` (jinja2 templates in `templates/`); the `report:`
+block's schema is `figure_spec`.
+
+Owns: the package's public names, each loaded from its module on first use (PEP 562), so that
+importing the package, or its light `figure_spec` (as `suite.spec` does), loads none of pandas,
+matplotlib, seaborn or MLflow. Must not touch: any work of its own; it imports nothing eagerly.
 """
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
+if TYPE_CHECKING:
+    from suite.report.links import UI_DEFAULT, check_ui_url
+    from suite.report.load import ReportError
+    from suite.report.source import StudyFile, locate
+    from suite.report.write import ReportPaths, write_report
 
-from suite.metrics import STEP_METRICS
-from suite.names import ACTIVATIONS_ARTIFACT, CONFUSION_ARTIFACT
-from suite.report import aggregate, colours, extra, figures, finding, groups, links, load, render
-from suite.report.links import UI_DEFAULT, check_ui_url
-from suite.report.load import ReportError
-from suite.report.source import StudyFile, locate, missing_notice, recorded
-from suite.spec import (
-    GROUP_FIELDS,
-    ActivationsFigure,
-    ConfusionFigure,
-    CurvesFigure,
-    ReportSpec,
-    ScatterFigure,
-    Study,
-    VersusFigure,
-    short_value,
-    steps_per_epoch,
-)
-from suite.tracking import Tracker
+# public name -> the module that defines it
+_EXPORTS = {
+    "UI_DEFAULT": "suite.report.links",
+    "ReportError": "suite.report.load",
+    "ReportPaths": "suite.report.write",
+    "StudyFile": "suite.report.source",
+    "check_ui_url": "suite.report.links",
+    "locate": "suite.report.source",
+    "write_report": "suite.report.write",
+}
 
 __all__ = [
     "UI_DEFAULT",
@@ -66,428 +62,13 @@ __all__ = [
     "write_report",
 ]
 
-HTML, MARKDOWN, FINAL_GAP_PNG = "index.html", "report.md", "final_gap.png"
 
-
-@dataclass(frozen=True)
-class ReportPaths:
-    """Where a report was written, and the MLflow run that holds a copy."""
-
-    html: Path
-    markdown: Path
-    folder: Path
-    run_id: str | None = None
-
-
-def write_report(
-    study: str,
-    tracker: Tracker,
-    out: Path | None = None,
-    spec: Study | None = None,
-    log_to_mlflow: bool = True,
-    ui_url: str | None = None,
-) -> ReportPaths:
-    """Write a study's comparison report from what the tracking store holds.
-
-    Args:
-        study: the study (MLflow experiment) name.
-        tracker: the store to read.
-        out: the output folder; default `reports/<study>/` under the current directory.
-        spec: the study file, when at hand: it orders the cells, says how many seeds make a
-            cell complete, names the baseline and the views (`report:`), and brings the
-            description and `reference:` ranges.
-        log_to_mlflow: also attach the report to the study's report run in the store.
-        ui_url: the MLflow UI the run links point at (`http(s)://host[:port]`); default: the
-            tracking server when the store is one, else `overfit ui`'s http://127.0.0.1:5000.
-
-    Returns:
-        The paths of the HTML page, the Markdown document, their folder and the report run.
-
-    Raises:
-        ReportError: the store is empty, has no such study, or the study has no FINISHED run;
-            or `ui_url` is not an http(s) address.
-    """
-    settings = spec.report if spec is not None else ReportSpec()
-    if ui_url is not None:
-        check_ui_url(ui_url)  # before any work
-    runs = load.load_runs(study, tracker)
-    cells = aggregate.cell_rows(runs.runs, spec)
-    used = aggregate.finished_runs(runs.runs)
-    table = aggregate.ranked(cells, settings.sort)
-    sort_missing = not any(settings.sort in c.stats for c in cells)
-    views = [figures.VIEWS[name] for name in settings.metrics]
-    custom = [f for f in settings.figures if isinstance(f, CurvesFigure)]
-    wanted = [m for view in views for m in view.lines] + [f.metric for f in custom]
-    histories = _histories(tracker, used, wanted)
-    drawn = [m for view in views for m in view.lines]
-    curves = aggregate.curves(histories[histories["metric"].isin(drawn)])
-    notes = _notes(cells, used, histories, views, spec)
-    if sort_missing:
-        notes.append(
-            f"No cell has {extra.metric_label(settings.sort)} (report.sort): the table keeps the "
-            "study's order."
-        )
-
-    baseline = aggregate.baseline_cell(cells, spec) if settings.versus_baseline else None
-    variants = {c.hash: c.variant for c in spec.cells} if spec is not None else {}
-    named = (baseline.name, variants.get(baseline.cell_hash)) if baseline else ()
-    if settings.baseline and baseline is not None and settings.baseline not in named:
-        notes.append(
-            f"The study's baseline {settings.baseline!r} has no finished runs: cells are "
-            f"compared with {baseline.label} instead."
-        )
-    comparisons = aggregate.versus_baseline(used, table, baseline) if baseline else []
-
-    folder = Path(out) if out is not None else Path("reports") / study
-    folder.mkdir(parents=True, exist_ok=True)
-    palette = figures.palette(cells)
-    if len(cells) > len(colours.PALETTE):
-        notes.append(
-            f"{len(cells)} cells: beyond {len(colours.PALETTE)} the figures' colours are hues "
-            "evenly spaced around the wheel, and neighbours are close; read names, not colours."
-        )
-    failures = _failure_notes(runs.runs, cells)
-    # settings of every cell with runs, a finished run's first (a failed run may lack n_train)
-    known = pd.concat([used, runs.runs], ignore_index=True)
-    shown = _study_figures(
-        folder, settings, tracker, used, known, table, histories, spec, study, failures, notes
-    )
-    # per-cell views: every cell, or the best `report.top` of the table
-    view_cells = table[: settings.top] if settings.top else cells
-    if settings.top and len(cells) > settings.top:
-        notes.append(
-            f"Per-cell curves show the best {settings.top} of {len(cells)} cells by "
-            f"{extra.metric_label(settings.sort)}."
-        )
-    for view in views:
-        png = figures.curves_figure(view, curves, view_cells, palette, study, settings.columns)
-        if png is not None:
-            shown.append(
-                _figure(folder, f"{view.name}.png", png, view.title, view.caption, "curves")
-            )
-    png = figures.final_gap_figure(used, view_cells, palette, study)
-    if png is not None:
-        caption = (
-            "Final gap per cell: each point is one seed's last-epoch train − test accuracy; "
-            "the diamond is their mean with its 95% interval."
-        )
-        shown.append(_figure(folder, FINAL_GAP_PNG, png, "final gap per cell", caption, "final"))
-
-    run_id = None
-    ui = links.ui_address(ui_url, runs.uri)
-    if log_to_mlflow:
-        run_id = tracker.report_run(runs.experiment_id, study)
-    labels = {c.cell_hash: c.label for c in cells}
-    eid = runs.experiment_id
-    tagged = recorded(tracker, eid, runs.runs) if spec is None else None
-    context = render.Context(
-        study=study,
-        description=(spec.description.strip() if spec else ""),
-        cells=table,
-        columns=aggregate.table_columns(
-            cells, any(isinstance(f, ConfusionFigure) for f in settings.figures)
-        ),
-        # a cell that learns has the best test accuracy, unless none does
-        best_test=aggregate.best(cells, "final_test_accuracy", learning=False),
-        least_gap=aggregate.least_gap(cells),
-        baseline=baseline,
-        comparisons=comparisons,
-        references=aggregate.reference_checks(table),
-        figures=shown,
-        failed=links.run_links(
-            aggregate.failed_runs(runs.runs).sort_values(["cell", "seed"]), labels, ui, eid
-        ),
-        runs=links.run_links(
-            runs.runs.sort_values(["cell", "seed", "start_time"]), labels, ui, eid
-        ),
-        provenance=_provenance(runs, used, spec),
-        notes=notes,
-        finding=finding.summarise(table, baseline, comparisons),
-        study_notice=None if spec is not None else _capitalised(missing_notice(study, tagged)),
-        ui=ui,
-        ui_is_local=ui == UI_DEFAULT,
-        experiment_url=links.experiment_url(ui, eid),
-        report_run_url=links.run_url(ui, eid, run_id) if run_id else None,
-        sort=settings.sort,
-        sort_label=extra.metric_label(settings.sort),
-        best_sorted=(
-            aggregate.best(cells, settings.sort, lowest=settings.sort in aggregate.LOWER_IS_BETTER)
-            if settings.sort not in ("final_test_accuracy", "final_gap")
-            else None
-        ),
-        setting_columns=_setting_keys(spec),
-        settings=_settings(spec, cells),
-    )
-    html, markdown = render.render(context)
-    paths = ReportPaths(folder / HTML, folder / MARKDOWN, folder, run_id)
-    paths.html.write_text(html, encoding="utf-8")
-    paths.markdown.write_text(markdown, encoding="utf-8")
-    if run_id is not None:
-        tracker.log_report(run_id, folder, _summary(study, context))
-    return paths
-
-
-def _histories(tracker: Tracker, used: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """Per-epoch metrics, and per-update ones (`batch_loss`), of the runs the numbers use."""
-    epochs = int(used["epochs"].max()) if used["epochs"].notna().any() else 1000
-    per_epoch = [m for m in dict.fromkeys(metrics) if m not in STEP_METRICS]
-    per_step = [m for m in dict.fromkeys(metrics) if m in STEP_METRICS]
-    parts = [load.load_histories(tracker, used, per_epoch, epochs)]
-    if per_step:
-        parts.append(load.load_histories(tracker, used, per_step, _updates(used)))
-    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-
-
-def _updates(used: pd.DataFrame) -> int:
-    """The most updates any run made (to size per-update history requests)."""
-    most = 1
-    for params, n_train in zip(used["params"], used["n_train"], strict=True):
-        params = params or {}
-        epochs = int(params.get("train.epochs", 1))
-        steps = params.get("train.steps_per_epoch", "null")
-        if steps in ("null", "None", None):
-            batch = int(params.get("train.batch_size", 100))
-            steps = steps_per_epoch(int(n_train or batch), batch)
-        most = max(most, epochs * int(steps))
-    return most
-
-
-def _study_figures(
-    folder: Path,
-    settings: ReportSpec,
-    tracker: Tracker,
-    used: pd.DataFrame,
-    known: pd.DataFrame,
-    table: list[aggregate.CellRow],
-    histories: pd.DataFrame,
-    spec: Study | None,
-    study: str,
-    failures: dict[str, str],
-    notes: list[str],
-) -> list[render.Figure]:
-    """The figures the study's `report.figures` asks for, in its order; a figure with nothing
-    to draw (no run logged what it needs) gets a note instead."""
-    out: list[render.Figure] = []
-    for index, fig in enumerate(settings.figures, 1):
-        keys = [k for k in GROUP_FIELDS if isinstance(getattr(fig, k, None), str)]
-        values = {
-            getattr(fig, k): groups.cell_values(known, table, getattr(fig, k), spec) for k in keys
-        }
-        name = f"figure{index}-{fig.kind}"
-        if isinstance(fig, CurvesFigure):
-            curves = aggregate.curves(extra.smoothed(histories, fig.metric, fig.smooth))
-            png = extra.curves_by(fig, curves, values, table, study, failures)
-            caption = (
-                f"{extra.metric_label(fig.metric).capitalize()} per cell: colour by {fig.hue}"
-                + (f", line style by {fig.style}" if fig.style else "")
-                + (f", one panel per {fig.facet}" if fig.facet else "")
-                + "; line: mean over seeds"
-                + (
-                    f", smoothed by a centred moving average of {fig.smooth} points"
-                    if fig.smooth > 1
-                    else ""
-                )
-                + "; band: 95% interval over seeds."
-            )
-            title = fig.title or extra.metric_label(fig.metric)
-            pngs = [(name, png, title, caption)]
-        elif isinstance(fig, VersusFigure):
-            png = extra.versus(fig, table, values, study)
-            caption = (
-                f"Mean over seeds against {fig.x} with 95% intervals, one line per {fig.hue}; "
-                "dashed horizontal lines are cells without a value of it (references)."
-            )
-            pngs = [(name, png, fig.title or f"final metrics against {fig.x}", caption)]
-        elif isinstance(fig, ScatterFigure):
-            png = extra.scatter(fig, used, values, study)
-            caption = (
-                f"Every run at its {fig.x} and {fig.y}, coloured by "
-                f"{extra.metric_label(fig.color)}; the star marks the best run."
-            )
-            pngs = [(name, png, fig.title or f"{fig.color} map", caption)]
-        elif isinstance(fig, ConfusionFigure):
-            matrices = _confusions(tracker, used)
-            png = extra.confusion(matrices, table, fig, study)
-            caption = (
-                "Test-set confusion matrix per cell, counts summed over seeds and each row "
-                "divided by its total (the diagonal is each digit's recall), best cell first."
-            )
-            pngs = [(name, png, "confusion matrices", caption)]
-        else:
-            documents = _activations(tracker, used)
-            pngs = [
-                (
-                    f"{name}-{stage}",
-                    extra.activations(documents, table, stage, study),
-                    f"activation histograms: {stage.replace('_', ' ')}",
-                    f"Share of activations per bin ({extra.STAGES[stage]}), one row per cell, "
-                    "one column per layer, averaged over seeds; values beyond the range count in "
-                    "the end bins.",
-                )
-                for stage in extra.STAGES
-            ]
-        drawn = [(f, png, alt, cap) for f, png, alt, cap in pngs if png is not None]
-        for file, png, alt, caption in drawn:
-            out.append(_figure(folder, f"{file}.png", png, alt, caption, "study"))
-        if not drawn:
-            notes.append(
-                f"Study figure {index} ({fig.kind}) has nothing to draw: no finished run logged "
-                f"what it needs ({_needs(fig)})."
-            )
-    return out
-
-
-def _failure_notes(runs: pd.DataFrame, cells: list[aggregate.CellRow]) -> dict[str, str]:
-    """Cells with failed seeds -> the first failure's reason, shortened."""
-    failed = aggregate.failed_runs(runs)
-    out = {}
-    for row in cells:
-        reasons = failed.loc[failed["cell_hash"] == row.cell_hash, load.FAILURE_TAG].dropna()
-        if row.failed and len(reasons):
-            out[row.cell_hash] = str(reasons.iloc[0]).split(":")[0][:40]
-    return out
-
-
-def _needs(fig: Any) -> str:
-    if isinstance(fig, CurvesFigure):
-        return f"per-epoch {fig.metric}" + (
-            "; set train.log_batch_loss" if fig.metric in STEP_METRICS else ""
-        )
-    if isinstance(fig, ActivationsFigure):
-        return "activations.json; set train.log_activations"
-    if isinstance(fig, ConfusionFigure):
-        return "confusion_matrix.json"
-    if isinstance(fig, ScatterFigure):
-        return f"{fig.color} and numeric {fig.x} and {fig.y}"
-    return f"{', '.join(fig.y)} against {fig.x}"
-
-
-def _confusions(tracker: Tracker, used: pd.DataFrame) -> dict[str, np.ndarray]:
-    documents = load.load_documents(tracker, used, CONFUSION_ARTIFACT + ".json")
-    out: dict[str, np.ndarray] = {}
-    for run_id, cell_hash in zip(used["run_id"], used["cell_hash"], strict=True):
-        if run_id in documents:
-            matrix = np.asarray(documents[run_id]["matrix"], dtype=float)
-            out[cell_hash] = out.get(cell_hash, 0) + matrix
-    return out
-
-
-def _activations(tracker: Tracker, used: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
-    documents = load.load_documents(tracker, used, ACTIVATIONS_ARTIFACT)
-    out: dict[str, list[dict[str, Any]]] = {}
-    for run_id, cell_hash in zip(used["run_id"], used["cell_hash"], strict=True):
-        if run_id in documents:
-            out.setdefault(cell_hash, []).append(documents[run_id])
-    return out
-
-
-def _setting_keys(spec: Study | None) -> list[str]:
-    """The grid and search keys, as table columns (none for a study of plain variants)."""
-    if spec is None:
-        return []
-    keys: list[str] = []
-    for cell in spec.cells:
-        keys += [k for k in cell.grid_point if k not in keys]
-    return keys
-
-
-def _settings(spec: Study | None, cells: list[aggregate.CellRow]) -> dict[str, dict[str, str]]:
-    """Each table row's grid and search values, by cell hash (found by the cell's name, so a
-    cell shown with runs of other settings keeps them)."""
-    if spec is None:
-        return {}
-    points = {c.name: c.grid_point for c in spec.cells}
-    return {
-        row.cell_hash: {k: short_value(v) for k, v in points[row.name].items()}
-        for row in cells
-        if row.name in points
-    }
-
-
-def _figure(
-    folder: Path, name: str, png: bytes, alt: str, caption: str, section: str
-) -> render.Figure:
-    (folder / name).write_bytes(png)
-    uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-    return render.Figure(name, uri, alt, caption, section)
-
-
-def _capitalised(text: str) -> str:
-    return text[:1].upper() + text[1:] + "."
-
-
-def _summary(study: str, context: render.Context) -> str:
-    """The report run's description in the MLflow UI (Markdown)."""
-    lines = [f"Report of study `{study}`: open `report/index.html` in the artifacts."]
-    lines += [f"- {line}" for line in context.finding.lines]
-    return "\n".join(lines)
-
-
-def _notes(
-    cells: list[aggregate.CellRow],
-    used: pd.DataFrame,
-    histories: pd.DataFrame,
-    views: list[figures.View],
-    spec: Study | None,
-) -> list[str]:
-    """What the reader should know about missing values and cells outside the study file."""
-    notes = []
-    for column in aggregate.TABLE_COLUMNS:
-        missing = int(used[column.metric].isna().sum())
-        if missing:
-            notes.append(
-                f"{missing} finished runs have no {column.metric}; their cells show fewer values."
-            )
-    logged = set(histories["metric"].unique())
-    for view in views:
-        if not logged & set(view.lines):
-            notes.append(f"No run has the per-epoch metrics of the {view.name} view; not drawn.")
-            continue
-        main = next(m for m in view.lines if m in logged)
-        have = set(histories.loc[histories["metric"] == main, "run_id"].unique())
-        missing = len(set(used["run_id"]) - have)
-        if missing:
-            notes.append(f"{missing} finished runs have no per-epoch {main}; curves omit them.")
-    if spec is not None and any(not c.in_study for c in cells):
-        notes.append(
-            "Cells marked 'not in the study file' are configurations found in the store that "
-            "the current study file no longer has (edited since, or run with --set)."
-        )
-    if any(c.adopted for c in cells):
-        notes.append(
-            "Cells marked 'settings differ from the study file' show the latest runs stored "
-            "under their name, whose configuration is not the file's as written (run with "
-            "--set, or the file edited since); the hash column is the runs'."
-        )
-    return notes
-
-
-def _provenance(
-    runs: load.StudyRuns, used: pd.DataFrame, spec: Study | None
-) -> list[tuple[str, str]]:
-    status = runs.runs["status"].str.lower().value_counts()
-    counts = ", ".join(f"{n} {s}" for s, n in status.items())
-    items = [("tracking URI", runs.uri), ("MLflow experiment", runs.experiment_id)]
-    if spec is not None and spec.path is not None:
-        items.append(("study file", str(Path(spec.path).resolve())))
-    elif spec is None:
-        items.append(("study file", "not found (see the top of the report)"))
-    sizes = used["n_train"].fillna("?") + " / " + used["n_val"].fillna("?")
-    sizes = sizes + " / " + used["n_test"].fillna("?")
-    items += [
-        ("data source", _values(used["data_source"])),
-        ("images: train / validation / test", _values(sizes.where(used["n_train"].notna()))),
-        ("runs", f"{len(runs.runs)} in the store ({counts}); {len(used)} used for the numbers"),
-        ("suite version", _values(used["suite_version"])),
-        ("git commit", _values(used["git_commit"])),
-        ("generated at", dt.datetime.now(dt.UTC).isoformat(timespec="seconds")),
-    ]
-    return items
-
-
-def _values(column: pd.Series) -> str:
-    """`a` when every run agrees, else `a (3 runs), b (1 run)`; `unknown` when untagged."""
-    counts = column.fillna("unknown").value_counts()
-    if len(counts) == 1:
-        return str(counts.index[0])
-    return ", ".join(f"{v} ({n} run{'s' if n != 1 else ''})" for v, n in counts.items())
+def __getattr__(name: str) -> Any:
+    """A public name, imported from its module on first use (a submodule is not one: `from
+    suite.report import extra` imports the submodule as usual)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

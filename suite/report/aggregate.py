@@ -22,7 +22,7 @@ from scipy import stats as st
 
 from suite.metrics import RUN_METRICS
 from suite.names import Stored
-from suite.spec import Study
+from suite.study import Study
 
 DONE, FAILED, RUNNING = (
     Stored.FINISHED,

@@ -25,8 +25,8 @@ from suite.metrics import STEP_METRICS
 from suite.report import groups
 from suite.report.aggregate import LOWER_IS_BETTER, CellRow
 from suite.report.colours import colours as qualitative
+from suite.report.figure_spec import ConfusionFigure, CurvesFigure, ScatterFigure, VersusFigure
 from suite.report.figures import BAND_ALPHA, BAND_LABEL, _legend, _png, _style
-from suite.spec import ConfusionFigure, CurvesFigure, ScatterFigure, VersusFigure
 
 STYLES = ("-", "--", ":", "-.")
 METRIC_LABELS = {

@@ -16,7 +16,8 @@ from typing import Any
 import pandas as pd
 
 from suite.report.aggregate import CellRow
-from suite.spec import Study, short_value
+from suite.spec import short_value
+from suite.study import Study
 
 
 def cell_values(

@@ -1,0 +1,444 @@
+"""Studies: a validated study file expanded into cells and runs, each cell with its data.
+
+`load_study` reads a study file (`suite.spec`) and runs two steps in order:
+
+1. `expand`: variants x grid (the study's and a variant's own) x search trials, `--set` applied
+   to every cell; every cell is validated, named and checked to be distinct, and the file's
+   `reference:`, `seeds:`, `report.baseline` and `report.figures` are checked against the
+   cells. No data is read: every cell's `data_source` is still empty.
+2. `resolve_data`: each cell's `data_source` set to the data its `data:` section resolves to
+   (part of the cell's hash), and, when asked, its sizes checked against that data.
+
+Owns: `Cell`, `RunKey`, `Study` (with `runs`, `split_names`, `select`), the expansion and its
+checks, the search's draws (`sample`, `trial_points`), and `resolve_data`.
+Must not touch: the schema and its error messages (`suite.spec`), how data is found or loaded
+(`suite.data`, imported only inside `resolve_data`), training or the tracking store.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import hashlib
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from suite.metrics import REFERENCE_METRICS
+from suite.report.figure_spec import FIGURE_METRICS, GROUP_FIELDS, GROUP_NAMES, ReportSpec
+from suite.spec import (
+    DataSpec,
+    Distribution,
+    RunConfig,
+    SearchSpec,
+    SpecError,
+    StudyFile,
+    did_you_mean,
+    flatten,
+    read_study_file,
+    short_value,
+    validate,
+)
+
+# `--only` accepts a cell hash prefix of at least this many characters.
+MIN_HASH_PREFIX = 4
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A resolved configuration with its name (variant plus grid point) and hash."""
+
+    name: str
+    variant: str
+    config: RunConfig
+    grid_point: dict[str, Any] = field(default_factory=dict)
+    data_source: str = ""  # which data `dataset: mnist` resolved to (see suite.data)
+
+    @functools.cached_property
+    def hash(self) -> str:
+        """The cell's identity: its resolved configuration and the data it resolved to, so
+        runs on the bundled subset never count as done once full MNIST is found."""
+        if not self.data_source:
+            return self.config.hash
+        canonical = json.dumps(
+            {"config": self.config.identity(), "data_source": self.data_source},
+            sort_keys=True,
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """One run: a cell trained with one seed."""
+
+    cell: Cell
+    seed: int
+
+
+@dataclass(frozen=True)
+class Study:
+    """A validated, expanded study."""
+
+    name: str
+    description: str
+    path: Path | None
+    cells: tuple[Cell, ...]
+    seeds: tuple[int, ...]
+    reference: dict[str, dict[str, tuple[float, float]]]
+    report: ReportSpec = field(default_factory=ReportSpec)
+
+    def runs(self, seeds: tuple[int, ...] | None = None) -> list[RunKey]:
+        """Every (cell, seed), cells in order, seeds inner."""
+        return [RunKey(c, s) for c in self.cells for s in (seeds or self.seeds)]
+
+    def split_names(self, text: str) -> list[str]:
+        """`--only a,b`: comma-separated cells, where a cell name may itself hold commas
+        (`dropped[init=he,learning_rate=0.1]`): the longest run of parts that names a cell
+        or variant is one token."""
+        known = {c.name for c in self.cells} | {c.variant for c in self.cells}
+        parts = [p.strip() for p in text.split(",")]
+        tokens, i = [], 0
+        while i < len(parts):
+            j = next((j for j in range(len(parts), i, -1) if ",".join(parts[i:j]) in known), i + 1)
+            tokens.append(",".join(parts[i:j]))
+            i = j
+        return [t for t in tokens if t]
+
+    def select(self, only: list[str]) -> Study:
+        """Keep the cells named (by name, variant, or a hash prefix of 4+ characters)."""
+        wanted: list[Cell] = []
+        for token in only:
+            hits = [c for c in self.cells if token in (c.name, c.variant)]
+            if not hits and len(token) >= MIN_HASH_PREFIX:
+                # a name wins over a hash prefix, and a short token ("a", "b") is never a hash
+                hits = [c for c in self.cells if c.hash.startswith(token)]
+            if not hits:
+                names = [c.name for c in self.cells]
+                raise SpecError(f"--only: no cell {token!r}{did_you_mean(token, names)}")
+            wanted.extend(h for h in hits if h not in wanted)
+        return dataclasses.replace(self, cells=tuple(wanted))
+
+
+def load_study(
+    path: str | Path, overrides: dict[str, Any] | None = None, check_data: bool = True
+) -> Study:
+    """Load, validate and expand a study file.
+
+    Args:
+        path: the study YAML.
+        overrides: dotted keys applied to every resolved cell (`--set`).
+        check_data: check sizes against the data the cells would use (loads it); the report,
+            which reads runs instead of data, turns this off.
+
+    Raises:
+        SpecError: one line naming the file and key path of the first problem.
+    """
+    path = Path(path)
+    raw = read_study_file(path)
+    return build_study(raw, path, overrides or {}, check_data)
+
+
+def build_study(
+    raw: Any, path: Path | None, overrides: dict[str, Any], check_data: bool = True
+) -> Study:
+    """Validate a parsed study document, expand it into cells and resolve their data (see
+    `load_study`): `expand`, then `resolve_data`."""
+    study = expand(raw, path, overrides)
+    return resolve_data(study, _where(path), check_sizes=check_data)
+
+
+def expand(raw: Any, path: Path | None, overrides: dict[str, Any]) -> Study:
+    """Validate a parsed study document and expand it into cells; no data is read, so every
+    cell's `data_source` is empty until `resolve_data`.
+
+    Raises:
+        SpecError: one line naming the file and key path of the first problem.
+    """
+    where = _where(path)
+    top = _study_file(raw, where)
+    implicit = "variants" not in raw  # a search without variants names its cells trial_NNN
+    cells = _expand_cells(top, where, overrides, implicit)
+    names = [c.name for c in cells]
+    reference = _reference(top, names, where)
+    seeds = _seeds(top, where)
+    baseline = top.report.baseline
+    if baseline is not None and baseline not in names and baseline not in top.variants:
+        raise SpecError(
+            f"{where}: report.baseline: no such cell {baseline!r}{did_you_mean(baseline, names)}"
+        )
+    _check_figures(top.report, cells, where)
+    return Study(top.name, top.description, path, tuple(cells), seeds, reference, top.report)
+
+
+def resolve_data(study: Study, where: str, check_sizes: bool) -> Study:
+    """The study with each cell's `data_source` set: the label of the data its `data:` section
+    resolves to (see `suite.data`), part of the cell's hash.
+
+    Args:
+        study: an expanded study (`expand`).
+        where: the file the cells came from, for error messages.
+        check_sizes: also check each cell's sizes against that data (loads it). Without it
+            (the report, which reads runs instead of data) a source that cannot be resolved
+            here is left unknown.
+
+    Raises:
+        SpecError: with `check_sizes`, the first cell whose data cannot serve its sizes.
+    """
+    cells = tuple(
+        dataclasses.replace(cell, data_source=_data_source(cell, where, check_sizes))
+        for cell in study.cells
+    )
+    return dataclasses.replace(study, cells=cells)
+
+
+def _data_source(cell: Cell, where: str, check_sizes: bool) -> str:
+    """The `data_source` label a cell's runs use; with `check_sizes`, its sizes are checked."""
+    from suite import data
+
+    spec: DataSpec = cell.config.data
+    try:
+        if check_sizes:
+            return data.check_sizes(spec.path, spec.train_size, spec.val_size, spec.test_size).label
+        return data.resolve_source(spec.path).label
+    except data.DataError as err:
+        if check_sizes:
+            raise SpecError(f"{where}: cell {cell.name}: {err}") from None
+        return ""
+
+
+def _where(path: Path | None) -> str:
+    return str(path) if path else "<study>"
+
+
+def _study_file(raw: Any, where: str) -> StudyFile:
+    """The document's top level, validated, with its grid and base checked."""
+    if raw is None:
+        raise SpecError(f"{where}: the file is empty; a study needs at least `name:`")
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where}: a study is a mapping of keys (name, base, variants, ...)")
+    top: StudyFile = validate(StudyFile, raw, where, "")
+    if not top.grid and "grid" in raw:
+        raise SpecError(f"{where}: grid: is empty; remove it or give it keys")
+    for key, values in top.grid.items():
+        if not values:
+            raise SpecError(f"{where}: grid.{key}: has no values")
+    validate(RunConfig, top.base, where, "base.")
+    return top
+
+
+def _expand_cells(
+    top: StudyFile, where: str, overrides: dict[str, Any], implicit: bool
+) -> list[Cell]:
+    """Each variant crossed with the study's grid, its own grid and the search's trials, with
+    `--set` applied last; no two cells may resolve to the same configuration."""
+    grid_points = _product(top.grid)
+    trials: list[dict[str, Any] | None] = list(trial_points(top.search)) if top.search else [None]
+    searched = set(top.search.space) if top.search else set()
+    for key in overrides:
+        if key in searched:
+            raise SpecError(
+                f"{where}: --set {key}: the search draws this setting; remove it from "
+                "search.space or from --set"
+            )
+    cells: list[Cell] = []
+    for variant, patch in top.variants.items():
+        patch = dict(patch or {})
+        own_points = _variant_grid(patch.pop("grid", None), where, variant)
+        for point, own, (number, trial) in itertools.product(
+            grid_points, own_points, enumerate(trials)
+        ):
+            layers = [
+                ("grid.", point),
+                (f"variants.{variant}.grid.", own),
+                ("search.space.", trial or {}),
+                ("--set ", overrides),
+            ]
+            config = _cell_config(top.base, variant, patch, layers, where)
+            settings = {**point, **own}
+            name = _cell_name(variant, settings, number, trial, implicit)
+            cells.append(Cell(name, variant, config, {**settings, **(trial or {})}))
+    _check_distinct(cells, where, bool(searched))
+    return cells
+
+
+def _cell_config(
+    base: dict[str, Any],
+    variant: str,
+    patch: dict[str, Any],
+    layers: list[tuple[str, dict[str, Any]]],
+    where: str,
+) -> RunConfig:
+    """A variant's patch merged over base, then each layer's dotted settings in order, then
+    validated; an error names the part of the file (the layer's prefix) that set the key."""
+    merged = _merge(base, patch)
+    origin = {k: f"variants.{variant}." for k in flatten(patch)}
+    for prefix, settings in layers:
+        for key, value in settings.items():
+            _set_dotted(merged, key, value, where, f"{prefix}{key}")
+            origin[key] = prefix
+    config: RunConfig = validate(RunConfig, merged, where, origin)
+    return config
+
+
+def _cell_name(
+    variant: str, settings: dict[str, Any], number: int, trial: Any, implicit: bool
+) -> str:
+    """`variant[grid]`, `variant_trial_NNN[grid]`, or without variants `trial_NNN[grid]` and,
+    for a plain grid, `activation=relu,init=he`."""
+    if trial is not None:
+        name = f"trial_{number:03d}" if implicit else f"{variant}_trial_{number:03d}"
+        return name + _grid_label(settings)
+    if implicit and settings:
+        return _grid_label(settings)[1:-1]
+    return variant + _grid_label(settings)
+
+
+def _check_distinct(cells: list[Cell], where: str, searched: bool) -> None:
+    """No two cells resolve to the same configuration (the same data follows from it)."""
+    seen: dict[str, str] = {}
+    for cell in cells:
+        key = cell.config.hash
+        if key in seen and searched:
+            raise SpecError(
+                f"{where}: search: {cell.name} repeats {seen[key]}; the space has fewer "
+                "distinct points than trials (lower search.trials or widen search.space)"
+            )
+        if key in seen:
+            raise SpecError(
+                f"{where}: cells {seen[key]} and {cell.name} resolve to the same "
+                "configuration; remove one"
+            )
+        seen[key] = cell.name
+
+
+def _reference(
+    top: StudyFile, names: list[str], where: str
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """The `reference:` ranges, each naming a cell (or variant) and a known metric."""
+    for cell_name, metrics in top.reference.items():
+        if cell_name not in names and cell_name not in top.variants:
+            raise SpecError(
+                f"{where}: reference.{cell_name}: no such cell{did_you_mean(cell_name, names)}"
+            )
+        for metric, (lo, hi) in metrics.items():
+            if metric not in REFERENCE_METRICS:
+                hint = did_you_mean(metric, REFERENCE_METRICS)
+                raise SpecError(f"{where}: reference.{cell_name}.{metric}: unknown metric{hint}")
+            if lo > hi:
+                raise SpecError(f"{where}: reference.{cell_name}.{metric}: range [{lo}, {hi}]")
+    return {
+        cell: {m: (float(r[0]), float(r[1])) for m, r in metrics.items()}
+        for cell, metrics in top.reference.items()
+    }
+
+
+def _seeds(top: StudyFile, where: str) -> tuple[int, ...]:
+    """`seeds: N` is 0..N-1; a list is kept as given, and must not repeat."""
+    seeds = tuple(range(top.seeds)) if isinstance(top.seeds, int) else tuple(top.seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SpecError(f"{where}: seeds: expected distinct seeds, got {list(seeds)}")
+    return seeds
+
+
+def _check_figures(report: ReportSpec, cells: list[Cell], where: str) -> None:
+    """Every figure names metrics that exist and settings the cells have."""
+    settings = {key for cell in cells for key in cell.config.flat()}
+    # a section key groups by what is below it: `model.init` covers `model.init.std`
+    settings |= {key.rsplit(".", n)[0] for key in settings for n in range(1, key.count("."))}
+    for index, figure in enumerate(report.figures):
+        label = f"{where}: report.figures[{index}]"
+        for key, metric, known in FIGURE_METRICS[figure.kind](figure):
+            if metric not in known:
+                raise SpecError(
+                    f"{label}.{key}: unknown metric {metric!r}{did_you_mean(metric, known)}"
+                )
+        for key in GROUP_FIELDS:
+            value = getattr(figure, key, None)
+            if not isinstance(value, str) or value in GROUP_NAMES:
+                continue
+            if value not in settings:
+                raise SpecError(
+                    f"{label}.{key}: no setting {value!r}{did_you_mean(value, settings)}"
+                )
+
+
+def sample(distribution: Distribution, rng: Any) -> Any:
+    """One draw from a search dimension with a numpy Generator (`integers`, `uniform`)."""
+    if distribution.choice is not None:
+        return copy.deepcopy(distribution.choice[int(rng.integers(len(distribution.choice)))])
+    if distribution.log_uniform is not None:
+        lo, hi = distribution.log_uniform
+        return _round(10 ** rng.uniform(math.log10(lo), math.log10(hi)), lo, hi)
+    assert distribution.uniform is not None
+    lo, hi = distribution.uniform
+    return _round(rng.uniform(lo, hi), lo, hi)
+
+
+def _round(value: float, lo: float, hi: float) -> float:
+    """Four significant digits (readable params and names, far finer than a search needs),
+    unless rounding would leave [lo, hi): a draw stays inside its range."""
+    rounded = float(f"{value:.4g}")
+    return rounded if lo <= rounded < hi else value
+
+
+def trial_points(search: SearchSpec) -> list[dict[str, Any]]:
+    """The trials' settings, the same for the same block on every machine."""
+    import numpy as np
+
+    rng = np.random.default_rng(search.seed)
+    return [
+        {key: sample(dist, rng) for key, dist in search.space.items()} for _ in range(search.trials)
+    ]
+
+
+def _product(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of a grid's values, as dotted-key settings ([{}] for no grid)."""
+    return [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
+
+
+def _variant_grid(grid: Any, where: str, variant: str) -> list[dict[str, Any]]:
+    """A variant's own `grid:` (crossed with the study's), checked like the study's."""
+    if grid is None:
+        return [{}]
+    label = f"variants.{variant}.grid"
+    if not isinstance(grid, dict) or not grid:
+        raise SpecError(f"{where}: {label}: expected a mapping of dotted keys to value lists")
+    for key, values in grid.items():
+        if not isinstance(key, str) or not key:
+            raise SpecError(f"{where}: {label}: {key!r} is not a dotted setting like model.dropout")
+        if not isinstance(values, list) or not values:
+            raise SpecError(f"{where}: {label}.{key}: expected a non-empty list of values")
+    return _product(grid)
+
+
+def _grid_label(point: dict[str, Any]) -> str:
+    if not point:
+        return ""
+    parts = [f"{k.rsplit('.', 1)[-1]}={short_value(v)}" for k, v in point.items()]
+    return "[" + ",".join(parts) + "]"
+
+
+def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge `patch` over `base` (dicts merge, everything else replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, where: str, label: str) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SpecError(f"{where}: {label}: {part} is not a section")
+        node = child
+    node[parts[-1]] = copy.deepcopy(value)
