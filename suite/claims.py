@@ -39,7 +39,7 @@ from suite.names import (
     TOKEN_TAG,
     Stored,
 )
-from suite.study import Cell
+from suite.study import RunKey
 from suite.tracking import RunRecord, Tracker
 
 CLAIM_TIMEOUT = 120.0  # seconds without a heartbeat after which a RUNNING run is abandoned
@@ -134,14 +134,7 @@ class Leases:
         return Heartbeat(self.tracker)
 
     def claim(
-        self,
-        experiment_id: str,
-        study: str,
-        cell: Cell,
-        seed: int,
-        data_source: str,
-        token: str,
-        rerun: bool = False,
+        self, experiment_id: str, study: str, key: RunKey, token: str, rerun: bool = False
     ) -> Claim:
         """Claim one (cell, seed) for this process to train (see the module's docstring).
 
@@ -151,6 +144,7 @@ class Leases:
         worker died. A won claim's run has its params and config logged, and is held alive
         by `heartbeat` until it ends.
         """
+        cell, seed = key.cell, key.seed
         settled = self._settle(experiment_id, cell.hash, seed, token, rerun, mine=None)
         if settled is not None:
             return settled
@@ -161,6 +155,7 @@ class Leases:
             HEARTBEAT_TAG: f"{time.time():.3f}",
             TIMEOUT_TAG: f"{claim_timeout():g}",
         }
+        data_source = cell.data_source or "unknown"
         run_id = self.tracker.create_run(experiment_id, study, cell, seed, data_source, tags)
         settled = self._settle(experiment_id, cell.hash, seed, token, rerun, mine=run_id)
         if settled is not None:

@@ -18,7 +18,7 @@ import statistics
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from suite.executors import workers as pool
+from suite.executors import workers as worker_processes
 from suite.executors.base import EXECUTORS, Claims, Executor, StopRequest
 from suite.lifecycle import Observer, RunResult, Silent
 from suite.names import FAILED, FINISHED, SKIPPED, Stored
@@ -137,12 +137,12 @@ def warm_up(
     this process imports MLflow and plans. `discard_warm` stops them if nothing takes them."""
     if executor in (None, "process") and workers != 1:
         runs = len(study.runs(seeds))
-        wanted = min(workers or pool.default_workers(runs), runs)
+        wanted = min(workers or worker_processes.default_workers(runs), runs)
         if wanted >= 1:
-            pool.warm_up(wanted)
+            worker_processes.warm_up(wanted)
 
 
-discard_warm = pool.discard_warm
+discard_warm = worker_processes.discard_warm
 
 
 def choose_executor(
@@ -162,7 +162,7 @@ def choose_executor(
         return RayTasks(address(ray_address), cpus_per_run, workers)
     if workers is None:
         executor = executor or "process"
-        workers = 1 if executor == "local" else pool.default_workers(runs)
+        workers = 1 if executor == "local" else worker_processes.default_workers(runs)
     if (executor or ("process" if workers > 1 else "local")) == "process":
         from suite.executors.process import WorkerPool
 

@@ -29,7 +29,7 @@ from suite.names import (
     TOKEN_TAG,
 )
 from suite.runner import run_study
-from suite.study import Cell, load_study
+from suite.study import Cell, RunKey, load_study
 from suite.tracking import Tracker
 
 
@@ -50,7 +50,7 @@ def of(tracker: Tracker) -> Leases:
 
 
 def claim(tracker: Tracker, experiment_id: str, cell: Cell, token: str, seed: int = 0) -> Claim:
-    return of(tracker).claim(experiment_id, "tiny", cell, seed, "test", token)
+    return of(tracker).claim(experiment_id, "tiny", RunKey(cell, seed), token)
 
 
 def test_a_finished_run_is_not_claimed_again_unless_rerun(tracker: Tracker, cell: Cell) -> None:
@@ -63,7 +63,7 @@ def test_a_finished_run_is_not_claimed_again_unless_rerun(tracker: Tracker, cell
     again = claim(tracker, experiment_id, cell, "b")
     assert (again.outcome, again.run_id) == ("finished", won.run_id)
     assert again.metrics["final_test_accuracy"] == 0.5
-    forced = of(tracker).claim(experiment_id, "tiny", cell, 0, "test", "b", rerun=True)
+    forced = of(tracker).claim(experiment_id, "tiny", RunKey(cell, 0), "b", rerun=True)
     assert forced.outcome == "won" and forced.run_id != won.run_id
 
 
@@ -212,7 +212,7 @@ def test_racing_claims_win_at_most_once(tracker: Tracker, cell: Cell, tracking_u
         mine.client.search_experiments()
         start.wait()
         for seed in seeds:
-            got = of(mine).claim(experiment_id, "tiny", cell, seed, "test", token)
+            got = of(mine).claim(experiment_id, "tiny", RunKey(cell, seed), token)
             if got.outcome == "won":
                 wins.append((seed, token))
 

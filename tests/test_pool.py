@@ -17,7 +17,7 @@ from conftest import assert_same_metrics
 
 from suite import tracking
 from suite.executors import process
-from suite.executors import workers as pool
+from suite.executors import workers as worker_processes
 from suite.lifecycle import Silent
 from suite.metrics import EPOCH_METRICS, FINAL_METRICS, VAL_METRICS
 from suite.names import FAILED, FAILURE_TAG, FINISHED, SKIPPED
@@ -107,7 +107,9 @@ class InterruptOnce(Silent):
 def test_ctrl_c_stops_the_workers_and_the_study_resumes(
     write_study: Callable[..., Path], tracking_uri: str
 ) -> None:
-    study = load_study(write_study(STUDY.replace("EPOCHS", "80")))
+    # long enough that a run in progress cannot finish while a loaded machine delivers the
+    # stop request (80 epochs of this tiny net took under a second, and finished meanwhile)
+    study = load_study(write_study(STUDY.replace("EPOCHS", "400")))
     tracker = Tracker(tracking_uri)
     with pytest.raises(KeyboardInterrupt):
         run_study(study, tracker, observer=InterruptOnce(), workers=2)
@@ -162,12 +164,12 @@ def test_a_killed_worker_fails_its_runs_and_the_others_go_on(
 
 
 def test_default_workers_follow_the_cpus_and_the_runs() -> None:
-    cpus = pool.cpu_count()
-    assert pool.default_workers(1) == 1
-    assert pool.default_workers(100) == cpus
-    assert pool.threads_per_worker(1) == cpus
-    assert pool.threads_per_worker(cpus) == 1
-    assert pool.threads_per_worker(cpus * 4) == 1
+    cpus = worker_processes.cpu_count()
+    assert worker_processes.default_workers(1) == 1
+    assert worker_processes.default_workers(100) == cpus
+    assert worker_processes.threads_per_worker(1) == cpus
+    assert worker_processes.threads_per_worker(cpus) == 1
+    assert worker_processes.threads_per_worker(cpus * 4) == 1
 
 
 def test_a_locked_sqlite_database_is_waited_out(tracking_uri: str) -> None:

@@ -126,13 +126,7 @@ class Claims:
         while (key := self.next_key()) is not None:
             try:
                 claim = self.leases.claim(
-                    self.experiment_id,
-                    self.study,
-                    key.cell,
-                    key.seed,
-                    key.cell.data_source or "unknown",
-                    self.token,
-                    self.rerun,
+                    self.experiment_id, self.study, key, self.token, self.rerun
                 )
             except Exception as err:  # noqa: BLE001 - that run fails, the study goes on
                 self.ended(RunResult(key, FAILED, reason=f"could not claim: {first_line(err)}"))

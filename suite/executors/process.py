@@ -60,8 +60,9 @@ class _Flight:
 class _Round:
     """One pool's life: hand claimed runs to free workers, log what the workers report."""
 
-    def __init__(self, workers: int, claims: Claims) -> None:
+    def __init__(self, workers: int, claims: Claims, stop: StopRequest) -> None:
         own = take_workers(workers)
+        self.stop = stop
         self.workers = workers
         self.pool, self.events, self.stop_event = own.pool, own.events, own.stop_event
         self.claims = claims
@@ -69,6 +70,7 @@ class _Round:
         self.futures: dict[Future[bool], _Flight] = {}
         self.flights: dict[tuple[str, int], _Flight] = {}
         self.broken = False
+        self.cancelled = False  # after a stop request: queued runs cancelled
 
     def submit(self, key: RunKey, run_id: str) -> None:
         """Give a claimed run (its RUNNING run exists) to a worker."""
@@ -101,6 +103,9 @@ class _Round:
             except queue.Empty:
                 return got
             got = True
+            if self.stop.requested:
+                # at once, not after the events queued up: a run that far ahead would finish
+                self.stop_event.set()
             kind, flight = event[0], self.flights[(event[1], event[2])]
             if flight.result is not None:
                 continue
@@ -162,7 +167,7 @@ class WorkerPool:
             KeyboardInterrupt: after a stop request, once the runs in progress are KILLED.
         """
         while not claims.done():
-            round_ = _Round(min(self.workers, max(1, claims.left())), claims)
+            round_ = _Round(min(self.workers, max(1, claims.left())), claims, stop)
             try:
                 _serve(round_, claims, stop)
                 _drain(round_)
@@ -184,10 +189,11 @@ class WorkerPool:
 def _serve(round_: _Round, claims: Claims, stop: StopRequest) -> None:
     """Keep the round's workers busy until a stop, a broken pool, or no run left."""
     while True:
-        if stop.requested and not round_.stop_event.is_set():
+        if stop.requested and not round_.cancelled:
             round_.stop_event.set()
             for future in round_.futures:
                 future.cancel()
+            round_.cancelled = True
         while not (stop.requested or round_.broken) and round_.busy() < round_.workers:
             taken = claims.take()
             if taken is None:

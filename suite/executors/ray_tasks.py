@@ -139,8 +139,7 @@ def _task(
         pin_threads(threads)  # before this process's first TensorFlow op
         _process["threads"] = threads
     leases = _leases(uri)
-    data_source = key.cell.data_source or "unknown"
-    claim = leases.claim(experiment_id, study, key.cell, key.seed, data_source, token, rerun)
+    claim = leases.claim(experiment_id, study, key, token, rerun)
     if claim.outcome != "won":  # finished or held elsewhere
         return {
             "claim": claim.outcome,
