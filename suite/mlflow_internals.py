@@ -92,7 +92,7 @@ def log_metrics(client: Any, run_id: str, metrics: list[Metric]) -> bool:
     path = "logging metrics"
     store = database_store(client, path, (SESSION_METHOD, *RUN_METHODS, LATEST_METHOD))
     table = _sql_metric(path) if store is not None else None
-    if table is None:
+    if store is None or table is None:
         return False
     from sqlalchemy import insert
 
@@ -138,7 +138,7 @@ def read_histories(
     path = "reading metric histories"
     store = database_store(client, path, (SESSION_METHOD,))
     table = _sql_metric(path) if store is not None else None
-    if table is None:
+    if store is None or table is None:
         return None
     out: list[Point] = []
     ids = list(run_ids)

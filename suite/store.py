@@ -224,7 +224,8 @@ def _head_revision() -> str:
     the text does not give one head (a merge revision, a new script layout)."""
     folder = _migrations()
     assigned = re.compile(r'^(down_revision|revision)\s*=\s*"([0-9a-f]+)"\s*$', re.M)
-    revisions, parents = set(), set()
+    revisions: set[str] = set()
+    parents: set[str] = set()
     for script in (folder / "versions").glob("*.py"):
         for name, value in assigned.findall(script.read_text()):
             (revisions if name == "revision" else parents).add(value)
