@@ -4,6 +4,13 @@ TensorFlow's C++ start-up lines (oneDNN notes, CUDA probing on a machine without
 written to file descriptor 2 before `TF_CPP_MIN_LOG_LEVEL` takes effect; they are noise for a
 user of this suite, so the import runs with descriptor 2 pointed at /dev/null. Errors raised by
 the import itself still surface as Python exceptions.
+
+Owns: TensorFlow's C++ log level (`TF_CPP_MIN_LOG_LEVEL`, unless already set), the one quiet
+import of TensorFlow and Keras, and TensorFlow's Python logger level. Every module that uses
+TensorFlow imports this one (`suite.models` and `suite.train` before Keras, `suite.data` in its
+download step). Must not: import any module of the suite, configure threads or seeds
+(`suite.train.pin_threads`; seeds are passed to each initializer and layer), or hide an
+exception the import raises.
 """
 
 from __future__ import annotations

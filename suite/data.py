@@ -11,7 +11,16 @@
    8000-9999) stand in for the test set, so `x_train[:300]` is still the textbook's first 300
    images. A warning says so, and `data_source` records it.
 
-This module imports numpy only; Keras is imported lazily for the download step alone.
+This module imports numpy only; Keras is imported lazily for the download step alone, and
+scikit-learn for a stratified draw (`subset: random`, a validation split).
+
+Owns: the source of a dataset (`resolve_source`: `data.path`, `SUITE_MNIST_PATH`,
+`SUITE_OFFLINE`) and its `data_source` label (`Source.label`), reading and checking a dataset
+file once per process (`load_pool`), the bundled subset, the size checks (`check_sizes`), and
+one run's data (`make_split`: training, validation and test images, flattened and scaled to
+[0, 1]). Must not: read the study schema (it takes plain values: a path, sizes, a seed), talk to
+the tracking store (runs are tagged with the label by `suite.tracking`), or import TensorFlow
+but for Keras' download.
 """
 
 from __future__ import annotations

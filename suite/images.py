@@ -2,6 +2,10 @@
 
 The report draws its figures with seaborn; a run's own artifacts must not pay for importing the
 plotting stack (seconds) in a run that trains in seconds, so they are drawn pixel by pixel here.
+
+Owns: the per-run confusion-matrix PNG (`confusion_png`), drawn with Pillow and numpy. Must not:
+import matplotlib, seaborn or any module of the suite, nor log anything: `suite.tracking` logs
+the PNG as a run artifact.
 """
 
 from __future__ import annotations

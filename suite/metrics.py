@@ -1,4 +1,11 @@
-"""Metric names, declared once (design.md, Metrics): the loop logs them, reports rely on them."""
+"""Metric names, declared once (design.md, Metrics): the loop logs them, reports rely on them.
+
+Owns: the names of the metrics a run logs (per epoch, per update, at the end, with a validation
+split), the last-loss names the report derives, and which names a report figure
+(`CURVE_METRICS`, `RUN_METRICS`) or a study's `reference:` may use. Must not import anything:
+the training loop (which never imports MLflow), the study schema's checks and the report all
+read these names.
+"""
 
 # per epoch, MLflow step = epoch counted from 1
 EPOCH_METRICS = (

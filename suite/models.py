@@ -3,6 +3,13 @@
 Each hidden layer is Dense -> [BatchNorm] -> activation -> [Dropout], as in the textbook's code;
 the output is a Dense layer of logits (softmax lives in the loss). Regularisation is attached to
 the kernels, so `model.losses` holds exactly the textbook's penalty.
+
+Owns: the network a `ModelSpec` describes (layers, activations, the textbook's classic dropout,
+weight initialisers, L1/L2 penalties), the checks of an initialisation (`parameter_count`,
+`kernel_stds`, `expected_std`), and activation histograms (`histogram`, and the textbook's
+probe, `activation_probe`). Must not: train or evaluate (`suite.train` owns the loop, the
+optimizer and the loss), read data, or reach MLflow: of the suite it imports `suite._tf` and
+the schema (`suite.spec`) only.
 """
 
 from __future__ import annotations

@@ -21,6 +21,14 @@ the same batches and, with the same TensorFlow thread count on the same CPU, the
 the bit. With another thread count or CPU the sums inside a matmul may be rounded differently
 (see `pin_threads`): accuracies then match in short runs and losses agree to rounding, and over
 hundreds of epochs training carries the difference on.
+
+Owns: one run's training (`train`): the compiled programs a process keeps, the minibatch order
+(`batch_order`), the optimizers and losses as the textbook defines them, the per-epoch metrics
+and the end-of-run ones (`History.final`, with the confusion matrix and the per-class scores),
+divergence (`Diverged`), the activation histograms before and after training, and TensorFlow's
+thread count (`pin_threads`). Must not: import MLflow or log anything (`suite.lifecycle` records
+the `History` a run returns), resolve or load a dataset (a run is handed its
+`suite.data.Split`), or choose which runs to train.
 """
 
 from __future__ import annotations
@@ -280,6 +288,14 @@ class _Program:
     """
 
     def __init__(self, config: RunConfig, sizes: dict[str, int], input_dim: int) -> None:
+        """Build the model and optimizer of runs shaped like `config`, and the `tf.function`
+        that trains and evaluates their epochs (traced on its first call).
+
+        It is long (96 lines) because it is one compiled program's set-up: `penalty`, `epoch`
+        and the `tf.function` `run` are closures over the same model, optimizer, kernels,
+        penalty coefficients, step count and evaluation slices, traced together into one graph;
+        they stay in one body so that what TensorFlow traces reads in one place.
+        """
         spec = config.train
         self.model = build_model(_shape_of(config.model), seed=0, input_dim=input_dim)
         self.optimizer = make_optimizer(spec.optimizer)

@@ -7,6 +7,13 @@ without one is failed (its latest run FAILED or was KILLED), running, or missing
 
 Intervals are Student-t intervals over seeds (few seeds: a normal interval would be too
 narrow); differences between cells use Welch's t-test, which does not assume equal spread.
+
+Owns: every number the report derives: which runs count (`finished_runs`, `failed_runs`), the
+cells (`CellRow`, `cell_rows`) and their ranking (`ranked`), seed statistics (`Stat`), mean
+curves with bands, chance level and "does not learn", the baseline and each cell's difference
+from it (`Comparison`, with its one sentence), reference checks, and the table's columns.
+Must not: read or write the tracking store (runs arrive as `load`'s tables), draw, or lay out
+the page (`render` formats the numbers).
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@ set without its yellow and vermilion, whose orange neighbours read as shades of 
 Then come tab10's red, grey, purple and brown, and a yellow-green and a dark olive that fill
 the largest gaps left. Beyond twelve, hues evenly spaced around the colour wheel (husl):
 distinct hues still, but neighbours get close (the report says so).
+
+Owns: the palette (`PALETTE`) and the colours of n things (`colours`). Must not know cells,
+runs or figures: `figures.palette` gives each cell its colour, and `extra` colours setting
+values with the same function.
 """
 
 from __future__ import annotations

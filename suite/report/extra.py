@@ -3,17 +3,25 @@ against a setting, a search's scatter, activation histograms and confusion matri
 
 Each function returns PNG bytes (None when there is nothing to draw) and draws only numbers
 `aggregate` computed or the runs logged; grouping values come from `groups`.
+
+Owns: how each kind of study figure looks (`curves_by`, `versus`, `scatter`, `activations`,
+`confusion`), the per-run smoothing of curves (`smoothed`), and the metrics' labels
+(`metric_label`). Must not: read or write the tracking store or its artifacts (`write` hands
+over the runs, curves and documents), compute intervals or differences (`aggregate`), or write
+files.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.artist import Artist
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
@@ -23,7 +31,7 @@ from matplotlib.ticker import NullFormatter, NullLocator
 
 from suite.metrics import STEP_METRICS
 from suite.report import groups
-from suite.report.aggregate import LOWER_IS_BETTER, CellRow
+from suite.report.aggregate import LOWER_IS_BETTER, CellRow, Stat
 from suite.report.colours import colours as qualitative
 from suite.report.figure_spec import ConfusionFigure, CurvesFigure, ScatterFigure, VersusFigure
 from suite.report.figures import BAND_ALPHA, BAND_LABEL, _legend, _png, _style
@@ -86,97 +94,159 @@ def curves_by(
     ]
     if not shown or mine.empty:
         return None
-    hues = groups.ordered(values[spec.hue], shown)
-    colours = dict(zip(hues, _colours(len(hues)), strict=True))
-    styles = groups.ordered(values[spec.style], shown) if spec.style else [None]
-    dashes = {v: STYLES[i % len(STYLES)] for i, v in enumerate(styles)}
-    facets = groups.ordered(values[spec.facet], shown) if spec.facet else [None]
-    ncols = min(spec.columns, len(facets))
-    nrows = math.ceil(len(facets) / ncols)
+    look = _curve_look(spec, values, shown)
+    ncols = min(spec.columns, len(look.facets))
+    nrows = math.ceil(len(look.facets) / ncols)
     size = (3.4 * ncols + 2.6, 2.6 * nrows + 1.0) if spec.facet else (9.5, 5.0)
     log = spec.log_y and bool((mine["mean"] > 0).all())
     with _style():
         figure = Figure(figsize=size, layout="constrained")
         FigureCanvasAgg(figure)
-        # panels of different lengths (20 vs 200 epochs) each get their own x range
-        ends = {
-            values[spec.facet].get(h) if spec.facet else None: int(g["epoch"].max())
-            for h, g in mine.groupby("cell_hash")
-            if h in values[spec.hue]
-        }
-        share_x = len(set(ends.values())) <= 1
+        share_x = _same_length(spec, mine, values)
         axes = figure.subplots(nrows, ncols, sharex=share_x, sharey=True, squeeze=False)
         notes: dict[int, list[str]] = {}
         for cell in shown:
             facet = values[spec.facet].get(cell.cell_hash) if spec.facet else None
-            ax = axes.flat[facets.index(facet)]
+            ax = axes.flat[look.facets.index(facet)]
             if cell.cell_hash in failures:
                 who = groups.text(values[spec.hue].get(cell.cell_hash))
-                notes.setdefault(facets.index(facet), []).append(
+                notes.setdefault(look.facets.index(facet), []).append(
                     f"{who}: {cell.failed} failed ({failures[cell.cell_hash]})"
                 )
             line = mine[mine["cell_hash"] == cell.cell_hash].sort_values("epoch")
-            if line.empty:
-                continue
-            smooth = line[["mean", "low", "high"]]  # each run smoothed before (`smoothed`)
-            colour = colours[values[spec.hue].get(cell.cell_hash)]
-            style = dashes[values[spec.style].get(cell.cell_hash)] if spec.style else "-"
-            ax.plot(line["epoch"], smooth["mean"], color=colour, linestyle=style, lw=1.6)
-            low, high = smooth["low"].to_numpy(float), smooth["high"].to_numpy(float)
-            if "accuracy" in spec.metric:  # a band past 0 or 1 is an artefact of few seeds
-                low, high = np.clip(low, 0, 1), np.clip(high, 0, 1)
-            if log:
-                low = np.where(low > 0, low, smooth["mean"].to_numpy(float) / 10)
-            ax.fill_between(line["epoch"], low, high, color=colour, alpha=BAND_ALPHA, lw=0)
-        for index, ax in enumerate(axes.flat):
-            if index >= len(facets):
-                ax.set_visible(False)
-                axes.flat[index - ncols].tick_params(labelbottom=True)
-            elif spec.facet:
-                ax.set_title(groups.label(spec.facet, facets[index]), fontsize="medium")
-            for line_no, note in enumerate(notes.get(index, [])):
-                ax.text(
-                    0.03,
-                    0.5 - 0.1 * line_no,
-                    note,
-                    transform=ax.transAxes,
-                    fontsize="x-small",
-                    color="crimson",
-                )
-        if "accuracy" in spec.metric:
-            axes.flat[0].set_ylim(0.0, 1.02)
-        if log:
-            axes.flat[0].set_yscale("log")
-            axes.flat[0].yaxis.set_minor_formatter(NullFormatter())
-        step = spec.metric in STEP_METRICS
-        xlabel = "update" if step else "epoch"
-        ylabel = metric_label(spec.metric) + (" (log scale)" if log else "")
-        if spec.facet:
-            figure.supxlabel(xlabel)
-            figure.supylabel(ylabel)
-        else:
-            axes.flat[0].set_xlabel(xlabel)
-            axes.flat[0].set_ylabel(ylabel)
-        handles: list[Artist] = [
-            Line2D([], [], color=colours[h], lw=2.2, label=groups.label(spec.hue, h)) for h in hues
-        ]
-        if spec.style and spec.style != spec.hue:
-            handles += [
-                Line2D([], [], color="0.3", ls=dashes[v], lw=1.6, label=groups.label(spec.style, v))
-                for v in styles
-            ]
-        elif spec.style:
-            handles = [
-                Line2D(
-                    [], [], color=colours[h], ls=dashes[h], lw=2.0, label=groups.label(spec.hue, h)
-                )
-                for h in hues
-            ]
-        handles.append(Patch(color="0.25", alpha=BAND_ALPHA, label=BAND_LABEL))
+            if not line.empty:
+                colour, style = look.line_of(spec, values, cell.cell_hash)
+                _mean_and_band(ax, spec, line, colour, style, log)
+        _panels(axes, spec, look.facets, ncols, notes)
+        _curve_axes(figure, axes, spec, log)
         title = spec.title or f"{metric_label(spec.metric)} by {spec.hue}"
         figure.suptitle(f"{study}: {title}", fontsize="large")
-        _legend(figure, handles)
+        _legend(figure, _curve_handles(spec, look))
         return _png(figure)
+
+
+@dataclass(frozen=True)
+class _CurveLook:
+    """How `curves_by` tells cells apart: a colour per hue value, a dash per style value, a
+    panel per facet value (each list in `groups.ordered` order)."""
+
+    hues: list[Any]
+    colours: dict[Any, Any]
+    styles: list[Any]
+    dashes: dict[Any, str]
+    facets: list[Any]
+
+    def line_of(
+        self, spec: CurvesFigure, values: dict[str, dict[str, Any]], cell: str
+    ) -> tuple[Any, str]:
+        """A cell's colour and line style."""
+        colour = self.colours[values[spec.hue].get(cell)]
+        style = self.dashes[values[spec.style].get(cell)] if spec.style else "-"
+        return colour, style
+
+
+def _curve_look(
+    spec: CurvesFigure, values: dict[str, dict[str, Any]], shown: Sequence[CellRow]
+) -> _CurveLook:
+    hues = groups.ordered(values[spec.hue], shown)
+    styles = groups.ordered(values[spec.style], shown) if spec.style else [None]
+    return _CurveLook(
+        hues=hues,
+        colours=dict(zip(hues, _colours(len(hues)), strict=True)),
+        styles=styles,
+        dashes={v: STYLES[i % len(STYLES)] for i, v in enumerate(styles)},
+        facets=groups.ordered(values[spec.facet], shown) if spec.facet else [None],
+    )
+
+
+def _same_length(spec: CurvesFigure, mine: pd.DataFrame, values: dict[str, dict[str, Any]]) -> bool:
+    """Whether the panels share one x range: panels of different lengths (20 vs 200 epochs)
+    each get their own."""
+    ends = {
+        values[spec.facet].get(h) if spec.facet else None: int(g["epoch"].max())
+        for h, g in mine.groupby("cell_hash")
+        if h in values[spec.hue]
+    }
+    return len(set(ends.values())) <= 1
+
+
+def _mean_and_band(
+    ax: Axes, spec: CurvesFigure, line: pd.DataFrame, colour: Any, style: str, log: bool
+) -> None:
+    """One cell's mean curve and its 95% band over seeds."""
+    smooth = line[["mean", "low", "high"]]  # each run smoothed before (`smoothed`)
+    ax.plot(line["epoch"], smooth["mean"], color=colour, linestyle=style, lw=1.6)
+    low, high = smooth["low"].to_numpy(float), smooth["high"].to_numpy(float)
+    if "accuracy" in spec.metric:  # a band past 0 or 1 is an artefact of few seeds
+        low, high = np.clip(low, 0, 1), np.clip(high, 0, 1)
+    if log:
+        low = np.where(low > 0, low, smooth["mean"].to_numpy(float) / 10)
+    ax.fill_between(line["epoch"], low, high, color=colour, alpha=BAND_ALPHA, lw=0)
+
+
+def _panels(
+    axes: np.ndarray,
+    spec: CurvesFigure,
+    facets: list[Any],
+    ncols: int,
+    notes: dict[int, list[str]],
+) -> None:
+    """Panels past the last facet hidden (the one above shows its x labels), a title per
+    facet, and each panel's notes of failed cells."""
+    for index, ax in enumerate(axes.flat):
+        if index >= len(facets):
+            ax.set_visible(False)
+            axes.flat[index - ncols].tick_params(labelbottom=True)
+        elif spec.facet:
+            ax.set_title(groups.label(spec.facet, facets[index]), fontsize="medium")
+        for line_no, note in enumerate(notes.get(index, [])):
+            ax.text(
+                0.03,
+                0.5 - 0.1 * line_no,
+                note,
+                transform=ax.transAxes,
+                fontsize="x-small",
+                color="crimson",
+            )
+
+
+def _curve_axes(figure: Figure, axes: np.ndarray, spec: CurvesFigure, log: bool) -> None:
+    """The y range and scale, and the axis labels (one per figure when faceted)."""
+    if "accuracy" in spec.metric:
+        axes.flat[0].set_ylim(0.0, 1.02)
+    if log:
+        axes.flat[0].set_yscale("log")
+        axes.flat[0].yaxis.set_minor_formatter(NullFormatter())
+    step = spec.metric in STEP_METRICS
+    xlabel = "update" if step else "epoch"
+    ylabel = metric_label(spec.metric) + (" (log scale)" if log else "")
+    if spec.facet:
+        figure.supxlabel(xlabel)
+        figure.supylabel(ylabel)
+    else:
+        axes.flat[0].set_xlabel(xlabel)
+        axes.flat[0].set_ylabel(ylabel)
+
+
+def _curve_handles(spec: CurvesFigure, look: _CurveLook) -> list[Artist]:
+    """The legend: a colour per hue value, then a dash per style value (or, when hue and
+    style are one key, a coloured dash per value), then the band."""
+    colours, dashes = look.colours, look.dashes
+    handles: list[Artist] = [
+        Line2D([], [], color=colours[h], lw=2.2, label=groups.label(spec.hue, h)) for h in look.hues
+    ]
+    if spec.style and spec.style != spec.hue:
+        handles += [
+            Line2D([], [], color="0.3", ls=dashes[v], lw=1.6, label=groups.label(spec.style, v))
+            for v in look.styles
+        ]
+    elif spec.style:
+        handles = [
+            Line2D([], [], color=colours[h], ls=dashes[h], lw=2.0, label=groups.label(spec.hue, h))
+            for h in look.hues
+        ]
+    handles.append(Patch(color="0.25", alpha=BAND_ALPHA, label=BAND_LABEL))
+    return handles
 
 
 def smoothed(histories: pd.DataFrame, metric: str, window: int) -> pd.DataFrame:
@@ -226,66 +296,82 @@ def versus(
                     dodge = (offset - (len(hues) - 1) / 2) * 0.12
                     x = np.array([categories.index(xs[c.cell_hash]) + dodge for c in mine])
                 stats = [c.stats[metric] for c in mine]
-                mean = np.array([s.mean for s in stats])
-                # an accuracy's interval past 0 or 1 is an artefact of few seeds: clip it
-                lo, hi = (0.0, 1.0) if "accuracy" in metric else (-math.inf, math.inf)
-                low = np.array(
-                    [s.mean - max(s.low, lo) if not math.isnan(s.low) else 0 for s in stats]
-                )
-                high = np.array(
-                    [min(s.high, hi) - s.mean if not math.isnan(s.high) else 0 for s in stats]
-                )
-                ax.errorbar(
-                    x,
-                    mean,
-                    yerr=[low, high],
-                    color=colours[h],
-                    marker="o",
-                    ms=5,
-                    lw=1.6,
-                    capsize=3,
-                    ls="-" if numeric else "none",
-                )
+                _intervals(ax, x, stats, metric, colours[h], numeric)
             for index, cell in enumerate(references):
                 if metric in cell.stats:
                     ax.axhline(
                         cell.stats[metric].mean, color="0.35", ls=STYLES[1 + index % 3], lw=1.2
                     )
-            if log:
-                ax.set_xscale("log")
-            if numeric and len(categories) <= 8:  # few values: tick each one, labelled
-                ax.set_xticks(categories, [groups.text(v) for v in categories], minor=False)
-                ax.xaxis.set_minor_locator(NullLocator())
-                ax.tick_params(axis="x", labelrotation=45, labelsize="small")
-            if not numeric:
-                ax.set_xticks(range(len(categories)), [groups.text(v) for v in categories])
-                ax.tick_params(axis="x", labelrotation=30)
+            _x_axis(ax, categories, numeric, log)
             ax.set_title(metric_label(metric), fontsize="medium")
             ax.set_xlabel(_axis_label(spec.x))
-        handles: list[Artist] = [
-            Line2D([], [], color=colours[h], marker="o", lw=1.6, label=groups.label(spec.hue, h))
-            for h in hues
-        ]
-        handles += [
-            Line2D(
-                [], [], color="0.35", ls=STYLES[1 + i % 3], lw=1.2, label=f"{c.label} (reference)"
-            )
-            for i, c in enumerate(references)
-        ]
-        handles.append(
-            Line2D(
-                [], [], color="0.3", marker="|", ls="none", ms=10, label="95% interval over seeds"
-            )
-        )
-        lost = [c.label for c in cells if c.failed and not c.done]
-        if lost:  # say which cells are missing, not just leave their points out
-            text = "no finished run, not drawn:\n" + "\n".join(lost[:8])
-            text += f"\n... and {len(lost) - 8} more" if len(lost) > 8 else ""
-            handles.append(Patch(color="none", label=text))
         title = spec.title or f"final metrics against {spec.x}"
         figure.suptitle(f"{study}: {title}", fontsize="large")
-        _legend(figure, handles)
+        _legend(figure, _versus_handles(spec, hues, colours, references, cells))
         return _png(figure)
+
+
+def _intervals(
+    ax: Axes, x: np.ndarray, stats: list[Stat], metric: str, colour: Any, numeric: bool
+) -> None:
+    """Means at `x` with their 95% intervals, joined by a line when `x` is numeric."""
+    mean = np.array([s.mean for s in stats])
+    # an accuracy's interval past 0 or 1 is an artefact of few seeds: clip it
+    lo, hi = (0.0, 1.0) if "accuracy" in metric else (-math.inf, math.inf)
+    low = np.array([s.mean - max(s.low, lo) if not math.isnan(s.low) else 0 for s in stats])
+    high = np.array([min(s.high, hi) - s.mean if not math.isnan(s.high) else 0 for s in stats])
+    ax.errorbar(
+        x,
+        mean,
+        yerr=[low, high],
+        color=colour,
+        marker="o",
+        ms=5,
+        lw=1.6,
+        capsize=3,
+        ls="-" if numeric else "none",
+    )
+
+
+def _x_axis(ax: Axes, categories: list[Any], numeric: bool, log: bool) -> None:
+    """A log scale when asked; a labelled tick per value when the values are few or text."""
+    if log:
+        ax.set_xscale("log")
+    if numeric and len(categories) <= 8:  # few values: tick each one, labelled
+        ax.set_xticks(categories, [groups.text(v) for v in categories], minor=False)
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.tick_params(axis="x", labelrotation=45, labelsize="small")
+    if not numeric:
+        ax.set_xticks(range(len(categories)), [groups.text(v) for v in categories])
+        ax.tick_params(axis="x", labelrotation=30)
+
+
+def _versus_handles(
+    spec: VersusFigure,
+    hues: list[Any],
+    colours: dict[Any, Any],
+    references: list[CellRow],
+    cells: Sequence[CellRow],
+) -> list[Artist]:
+    """The legend: a colour per hue value, a dash per reference cell, the interval's marker,
+    and the cells with no finished run (named, not just left out)."""
+    handles: list[Artist] = [
+        Line2D([], [], color=colours[h], marker="o", lw=1.6, label=groups.label(spec.hue, h))
+        for h in hues
+    ]
+    handles += [
+        Line2D([], [], color="0.35", ls=STYLES[1 + i % 3], lw=1.2, label=f"{c.label} (reference)")
+        for i, c in enumerate(references)
+    ]
+    handles.append(
+        Line2D([], [], color="0.3", marker="|", ls="none", ms=10, label="95% interval over seeds")
+    )
+    lost = [c.label for c in cells if c.failed and not c.done]
+    if lost:
+        text = "no finished run, not drawn:\n" + "\n".join(lost[:8])
+        text += f"\n... and {len(lost) - 8} more" if len(lost) > 8 else ""
+        handles.append(Patch(color="none", label=text))
+    return handles
 
 
 def scatter(

@@ -5,6 +5,11 @@ never changes the caller's backend or global figure state (a notebook keeps work
 
 Every figure gives a cell the same colour (`palette`, in study order), titles its axes with
 units, and draws the 95% intervals `aggregate` computed: nothing is re-derived here.
+
+Owns: the per-cell figures (the views of `report.metrics`, `VIEWS`, and the final gap chart),
+each cell's colour (`palette`), and what every figure of the report shares: the seaborn style,
+the legend right of the axes, the band's look and the PNG encoding (`extra` uses them too).
+Must not: read or write the tracking store, compute intervals (`aggregate`), or write files.
 """
 
 from __future__ import annotations

@@ -5,6 +5,12 @@ accuracy, judged by the 95% intervals `aggregate.versus_baseline` computed (noth
 recomputed here): a difference counts only when its interval excludes zero. Cells that do not
 learn (`CellRow.learns`) are named as such, never as cures. Without a baseline to compare with,
 the answer falls back to the best cells by their means.
+
+Owns: the finding (`Finding`, `summarise`): which comparison is named as the answer, how the
+other cells are grouped (cures at no cost, cures at a cost, wider gaps, seed noise, one seed,
+cells that do not learn), and the sentences that say so. Must not: compute or test a
+difference (`aggregate`), read or write the tracking store, or lay out the page (`render`
+shows `Finding.lines`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ from suite.report.aggregate import (
     best,
     least_gap,
 )
+
+# comparisons by kind (`_kind`): gain, free, cost, wider, noise, one seed
+Groups = dict[str, list[Comparison]]
 
 
 @dataclass(frozen=True)
@@ -58,39 +67,30 @@ def summarise(
             f"chance {baseline.chance:.3f}): differences from it mean nothing. {head.answer}",
             head.details,
         )
+    groups = _grouped(comparisons)
+    answer, details = _against(baseline, groups, cells)
+    details += _beside(baseline, groups, len(comparisons))
+    return Finding(answer, details + _dead(dead))
 
-    groups: dict[str, list[Comparison]] = {
-        k: [] for k in ("gain", "free", "cost", "wider", "noise", "one seed")
-    }
+
+def _grouped(comparisons: Sequence[Comparison]) -> Groups:
+    """The comparisons of cells that learn, by `_kind` (cells without a gap left out)."""
+    groups: Groups = {k: [] for k in ("gain", "free", "cost", "wider", "noise", "one seed")}
     for comp in comparisons:
         if comp.cell.learns and comp.gap is not None:
             groups[_kind(comp)].append(comp)
+    return groups
+
+
+def _against(baseline: CellRow, groups: Groups, cells: Sequence[CellRow]) -> tuple[str, list[str]]:
+    """The answer against a baseline that learns, with details on the other cells that narrow
+    the gap: the best cure that costs no test accuracy, else the one that costs the least,
+    else that none narrows it beyond seed noise (or that one seed cannot tell)."""
     gap = baseline.stats.get("final_gap")
     against = f"{baseline.label}'s {gap.mean:.3f}" if gap else baseline.label
-    details: list[str] = []
     if groups["gain"] or groups["free"]:
-        # the best test accuracy among the cures that cost none
-        ranked = sorted(groups["gain"], key=_test_mean, reverse=True) + sorted(
-            groups["free"], key=_test_mean, reverse=True
-        )
-        top, others = ranked[0], ranked[1:]
-        if top in groups["gain"]:
-            answer = (
-                f"{top.cell.label} narrows the gap and gains test accuracy: by "
-                f"{_size(top.gap)} from {against}, and test accuracy by {_size(top.test)}."
-            )
-        else:
-            answer = (
-                f"{top.cell.label} narrows the gap at no clear cost in test accuracy: by "
-                f"{_size(top.gap)} from {against}, while test accuracy changes by "
-                f"{_noise(top.test)}."
-            )
-        if others:
-            details.append(f"Also without a clear cost: {_list(others, 'narrows the gap by')}.")
-        costly = sorted(groups["cost"], key=_test_mean, reverse=True)
-        if costly:
-            details.append(f"At a cost in test accuracy: {_list(costly, 'narrows it by')}.")
-    elif groups["cost"]:
+        return _cures(groups, against)
+    if groups["cost"]:
         costly = sorted(groups["cost"], key=_test_mean, reverse=True)
         top = costly[0]
         answer = (
@@ -98,20 +98,54 @@ def summarise(
             f"least: it narrows the gap by {_size(top.gap)} from {against} and costs "
             f"{_size(top.test)} test accuracy."
         )
-        if costly[1:]:
-            details.append(f"At a higher cost: {_list(costly[1:], 'narrows it by')}.")
-    elif groups["noise"] or groups["wider"]:
+        higher = [f"At a higher cost: {_list(costly[1:], 'narrows it by')}."] if costly[1:] else []
+        return answer, higher
+    if groups["noise"] or groups["wider"]:
         answer = (
             f"No cell narrows the gap beyond seed noise against {baseline.label} "
             f"(gap {gap.mean:.3f})."
             if gap
             else "No cell narrows the gap beyond seed noise."
         )
+        return answer, []
+    answer = (
+        f"With one seed per cell, no difference from {baseline.label} can be told from "
+        f"seed noise. By the means alone: {_by_means(cells, []).answer}"
+    )
+    return answer, []
+
+
+def _cures(groups: Groups, against: str) -> tuple[str, list[str]]:
+    """The answer when some cell narrows the gap at no clear cost in test accuracy: the one
+    with the best test accuracy, then the other cures, then those that cost accuracy."""
+    ranked = sorted(groups["gain"], key=_test_mean, reverse=True) + sorted(
+        groups["free"], key=_test_mean, reverse=True
+    )
+    top, others = ranked[0], ranked[1:]
+    if top in groups["gain"]:
+        answer = (
+            f"{top.cell.label} narrows the gap and gains test accuracy: by "
+            f"{_size(top.gap)} from {against}, and test accuracy by {_size(top.test)}."
+        )
     else:
         answer = (
-            f"With one seed per cell, no difference from {baseline.label} can be told from "
-            f"seed noise. By the means alone: {_by_means(cells, []).answer}"
+            f"{top.cell.label} narrows the gap at no clear cost in test accuracy: by "
+            f"{_size(top.gap)} from {against}, while test accuracy changes by "
+            f"{_noise(top.test)}."
         )
+    details: list[str] = []
+    if others:
+        details.append(f"Also without a clear cost: {_list(others, 'narrows the gap by')}.")
+    costly = sorted(groups["cost"], key=_test_mean, reverse=True)
+    if costly:
+        details.append(f"At a cost in test accuracy: {_list(costly, 'narrows it by')}.")
+    return answer, details
+
+
+def _beside(baseline: CellRow, groups: Groups, compared: int) -> list[str]:
+    """The details on the other cells: a wider gap, a gap within seed noise (named only beside
+    a cure or a costly one), and not judged for one seed (unless every cell has one)."""
+    details: list[str] = []
     if groups["wider"]:
         details.append(f"Wider gap than {baseline.label}: {_list(groups['wider'], 'by')}.")
     if groups["noise"] and (groups["gain"] or groups["free"] or groups["cost"]):
@@ -120,13 +154,13 @@ def summarise(
             + ", ".join(c.cell.label for c in groups["noise"])
             + "."
         )
-    if groups["one seed"] and len(groups["one seed"]) < len(comparisons):
+    if groups["one seed"] and len(groups["one seed"]) < compared:
         details.append(
             "Not judged (one seed: no interval): "
             + ", ".join(c.cell.label for c in groups["one seed"])
             + "."
         )
-    return Finding(answer, details + _dead(dead))
+    return details
 
 
 def _kind(comp: Comparison) -> str:

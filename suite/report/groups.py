@@ -5,6 +5,10 @@ runs trained on), `grid` (the cell's own grid value) or a dotted setting such as
 Settings are read from the runs' MLflow params, so a report without its study file still
 groups correctly; a section key joins the settings below it (`model.init` of an
 `{std: 0.01}` init is `std=0.01`).
+
+Owns: a cell's value of a grouping key (`cell_values`), the order of those values (`ordered`),
+and how a value reads in titles and legends (`label`, `text`). Must not: read or write the
+tracking store (the params arrive in `load`'s table), or draw.
 """
 
 from __future__ import annotations

@@ -5,9 +5,14 @@ Links are absolute and open in a new tab (`target="_blank"`), so they work where
 opened. Inside the MLflow UI's artifact viewer (MLflow 3.17 shows HTML in an iframe sandboxed
 to `allow-scripts`) a plain click on them is blocked, and a link without a target would load
 the UI inside that iframe, where it stays blank; a middle-click or Ctrl/Cmd-click opens them
-in a tab (checked in headless Chromium). The runs-table link is `suite.tracking.runs_url`'s
+in a tab (checked in headless Chromium). The runs-table link is `suite.ui_views.runs_url`'s
 (`...runs?...workflowType=machine_learning`): MLflow 3 otherwise opens an experiment on its
 GenAI overview page.
+
+Owns: the UI's address (`check_ui_url`, `ui_address`), every URL the report holds (the runs
+table, each run, the report run) and the rows of its run lists (`run_links`). Must not: reach
+the tracking store, the tracking server or the UI (links are built, never fetched), or lay out
+the page (`render`).
 """
 
 from __future__ import annotations

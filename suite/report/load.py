@@ -1,7 +1,15 @@
 """MLflow -> pandas: a study's runs (tags and final metrics) and their per-epoch histories.
 
 Everything the report shows is read back from the tracking store (design.md: no side files).
-This module and `suite.tracking` are the only places that talk to MLflow.
+Of the report's modules this one reads the runs, their histories and artifacts; `source` reads
+the study-file tag and `write` stores the report run. All three go through
+`suite.tracking.Tracker`: no report module imports MLflow.
+
+Owns: reading a study back for the report (`load_runs`: one row per active run with its tags,
+params, status, failure reason and final metrics; `load_histories`; `load_documents`, a run's
+JSON artifacts), the `ReportError` a report stops with, and the tracking URI as printed
+(`display_uri`, without credentials). Must not: write to the store, or derive numbers from what
+it reads (`aggregate` does).
 """
 
 from __future__ import annotations

@@ -1,6 +1,11 @@
 """The report's text: jinja2 templates for HTML (self-contained) and Markdown.
 
 Both templates get the same `Context`; numbers are formatted here, once, so the two agree.
+
+Owns: what a page shows (`Context`, `Figure`, `RunLink`), the number formats (`format_stat`,
+`format_difference`, `format_p`, `format_range`), Markdown escaping, and the templates in
+`templates/`. Must not: compute numbers (`aggregate`), read or write the tracking store, or
+write files: `render` returns the two texts and `write` saves them.
 """
 
 from __future__ import annotations

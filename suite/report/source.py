@@ -7,6 +7,11 @@ report of a bare study name loads that file if it is still there, else falls bac
 A report without a study file says so in one line (the CLI prints it as a warning, the
 report shows it at the top): without the file it has no description, no reference check, and
 neither the study's cell order, seeds nor `report:` settings.
+
+Owns: finding a study's file from its name (`locate`: the store's `study_file` tag, then
+`experiments/`), reading that tag (`recorded`, `tag_of_runs`), and the notice of a report
+without its study file (`missing_notice`). Must not: write to the store or create one (`locate`
+reads a store only when it exists), or parse the study file (`suite.spec` does).
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ Owns: the order of the report's work and its notes to the reader, and the study'
 (`report.figures`), each kind drawn by its entry in `DRAW` and explained by `NEEDS` when it has
 nothing to draw. Must not touch: the numbers (`aggregate`), the pictures' pixels (`figures`,
 `extra`), the page layout (`render`), or the study file's schema (`figure_spec`).
+
+It is the report's one writer to the tracking store: the study's report run and its `report/`
+artifacts (`Tracker.report_run`, `Tracker.log_report`); it never writes to a (cell, seed) run.
 """
 
 from __future__ import annotations
@@ -90,20 +93,59 @@ def write_report(
     cells = aggregate.cell_rows(runs.runs, spec)
     used = aggregate.finished_runs(runs.runs)
     table = aggregate.ranked(cells, settings.sort)
-    sort_missing = not any(settings.sort in c.stats for c in cells)
     views = [figures.VIEWS[name] for name in settings.metrics]
     custom = [f for f in settings.figures if isinstance(f, CurvesFigure)]
     wanted = [m for view in views for m in view.lines] + [f.metric for f in custom]
     histories = _histories(tracker, used, wanted)
-    drawn = [m for view in views for m in view.lines]
-    curves = aggregate.curves(histories[histories["metric"].isin(drawn)])
-    notes = _notes(cells, used, histories, views, spec)
-    if sort_missing:
-        notes.append(
-            f"No cell has {extra.metric_label(settings.sort)} (report.sort): the table keeps the "
-            "study's order."
-        )
+    notes = _notes(cells, used, histories, views, spec, settings.sort)
+    baseline, comparisons = _compared(cells, used, table, settings, spec, notes)
+    numbers = _Numbers(runs, cells, table, used, baseline, comparisons)
 
+    folder = Path(out) if out is not None else Path("reports") / study
+    folder.mkdir(parents=True, exist_ok=True)
+    if len(cells) > len(colours.PALETTE):
+        notes.append(
+            f"{len(cells)} cells: beyond {len(colours.PALETTE)} the figures' colours are hues "
+            "evenly spaced around the wheel, and neighbours are close; read names, not colours."
+        )
+    shown = _study_figures(folder, settings, tracker, numbers, histories, spec, study, notes)
+    shown += _cell_figures(folder, settings, views, histories, numbers, study, notes)
+
+    ui = links.ui_address(ui_url, runs.uri)
+    run_id = tracker.report_run(runs.experiment_id, study) if log_to_mlflow else None
+    tagged = recorded(tracker, runs.experiment_id, runs.runs) if spec is None else None
+    context = _context(study, spec, settings, numbers, shown, notes, ui, run_id, tagged)
+    html, markdown = render.render(context)
+    paths = ReportPaths(folder / HTML, folder / MARKDOWN, folder, run_id)
+    paths.html.write_text(html, encoding="utf-8")
+    paths.markdown.write_text(markdown, encoding="utf-8")
+    if run_id is not None:
+        tracker.log_report(run_id, folder, _summary(study, context))
+    return paths
+
+
+@dataclass(frozen=True)
+class _Numbers:
+    """A study's runs as read back, and what `aggregate` made of them."""
+
+    runs: load.StudyRuns
+    cells: list[aggregate.CellRow]  # study order
+    table: list[aggregate.CellRow]  # ranked by `report.sort`, best first
+    used: pd.DataFrame  # the finished runs the numbers use
+    baseline: aggregate.CellRow | None
+    comparisons: list[aggregate.Comparison]  # each cell against the baseline
+
+
+def _compared(
+    cells: list[aggregate.CellRow],
+    used: pd.DataFrame,
+    table: list[aggregate.CellRow],
+    settings: ReportSpec,
+    spec: Study | None,
+    notes: list[str],
+) -> tuple[aggregate.CellRow | None, list[aggregate.Comparison]]:
+    """The baseline (none when `report.versus_baseline` is off) and every cell against it;
+    a note when the study's baseline has no finished runs and another cell stands in."""
     baseline = aggregate.baseline_cell(cells, spec) if settings.versus_baseline else None
     variants = {c.hash: c.variant for c in spec.cells} if spec is not None else {}
     named = (baseline.name, variants.get(baseline.cell_hash)) if baseline else ()
@@ -113,50 +155,64 @@ def write_report(
             f"compared with {baseline.label} instead."
         )
     comparisons = aggregate.versus_baseline(used, table, baseline) if baseline else []
+    return baseline, comparisons
 
-    folder = Path(out) if out is not None else Path("reports") / study
-    folder.mkdir(parents=True, exist_ok=True)
+
+def _cell_figures(
+    folder: Path,
+    settings: ReportSpec,
+    views: list[figures.View],
+    histories: pd.DataFrame,
+    numbers: _Numbers,
+    study: str,
+    notes: list[str],
+) -> list[render.Figure]:
+    """The per-cell views (`report.metrics`) and the final gap chart, of every cell or of the
+    best `report.top` of the table (a note says so)."""
+    cells = numbers.cells
+    drawn = [m for view in views for m in view.lines]
+    curves = aggregate.curves(histories[histories["metric"].isin(drawn)])
     palette = figures.palette(cells)
-    if len(cells) > len(colours.PALETTE):
-        notes.append(
-            f"{len(cells)} cells: beyond {len(colours.PALETTE)} the figures' colours are hues "
-            "evenly spaced around the wheel, and neighbours are close; read names, not colours."
-        )
-    failures = _failure_notes(runs.runs, cells)
-    # settings of every cell with runs, a finished run's first (a failed run may lack n_train)
-    known = pd.concat([used, runs.runs], ignore_index=True)
-    shown = _study_figures(
-        folder, settings, tracker, used, known, table, histories, spec, study, failures, notes
-    )
-    # per-cell views: every cell, or the best `report.top` of the table
-    view_cells = table[: settings.top] if settings.top else cells
+    view_cells = numbers.table[: settings.top] if settings.top else cells
     if settings.top and len(cells) > settings.top:
         notes.append(
             f"Per-cell curves show the best {settings.top} of {len(cells)} cells by "
             f"{extra.metric_label(settings.sort)}."
         )
+    out: list[render.Figure] = []
     for view in views:
         png = figures.curves_figure(view, curves, view_cells, palette, study, settings.columns)
         if png is not None:
-            shown.append(
-                _figure(folder, f"{view.name}.png", png, view.title, view.caption, "curves")
-            )
-    png = figures.final_gap_figure(used, view_cells, palette, study)
+            out.append(_figure(folder, f"{view.name}.png", png, view.title, view.caption, "curves"))
+    png = figures.final_gap_figure(numbers.used, view_cells, palette, study)
     if png is not None:
         caption = (
             "Final gap per cell: each point is one seed's last-epoch train − test accuracy; "
             "the diamond is their mean with its 95% interval."
         )
-        shown.append(_figure(folder, FINAL_GAP_PNG, png, "final gap per cell", caption, "final"))
+        out.append(_figure(folder, FINAL_GAP_PNG, png, "final gap per cell", caption, "final"))
+    return out
 
-    run_id = None
-    ui = links.ui_address(ui_url, runs.uri)
-    if log_to_mlflow:
-        run_id = tracker.report_run(runs.experiment_id, study)
+
+def _context(
+    study: str,
+    spec: Study | None,
+    settings: ReportSpec,
+    numbers: _Numbers,
+    shown: list[render.Figure],
+    notes: list[str],
+    ui: str,
+    run_id: str | None,
+    tagged: str | None,
+) -> render.Context:
+    """What the templates show: the numbers, the finding, the figures and notes, links to the
+    UI at `ui` (and to the report run, `run_id`), provenance and the study file's settings;
+    `tagged` is the study file the store records, for the notice of a report without one."""
+    runs, cells, table = numbers.runs, numbers.cells, numbers.table
+    baseline, comparisons = numbers.baseline, numbers.comparisons
     labels = {c.cell_hash: c.label for c in cells}
     eid = runs.experiment_id
-    tagged = recorded(tracker, eid, runs.runs) if spec is None else None
-    context = render.Context(
+    return render.Context(
         study=study,
         description=(spec.description.strip() if spec else ""),
         cells=table,
@@ -176,7 +232,7 @@ def write_report(
         runs=links.run_links(
             runs.runs.sort_values(["cell", "seed", "start_time"]), labels, ui, eid
         ),
-        provenance=_provenance(runs, used, spec),
+        provenance=_provenance(runs, numbers.used, spec),
         notes=notes,
         finding=finding.summarise(table, baseline, comparisons),
         study_notice=None if spec is not None else _capitalised(missing_notice(study, tagged)),
@@ -194,13 +250,6 @@ def write_report(
         setting_columns=_setting_keys(spec),
         settings=_settings(spec, cells),
     )
-    html, markdown = render.render(context)
-    paths = ReportPaths(folder / HTML, folder / MARKDOWN, folder, run_id)
-    paths.html.write_text(html, encoding="utf-8")
-    paths.markdown.write_text(markdown, encoding="utf-8")
-    if run_id is not None:
-        tracker.log_report(run_id, folder, _summary(study, context))
-    return paths
 
 
 def _histories(tracker: Tracker, used: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
@@ -232,19 +281,20 @@ def _study_figures(
     folder: Path,
     settings: ReportSpec,
     tracker: Tracker,
-    used: pd.DataFrame,
-    known: pd.DataFrame,
-    table: list[aggregate.CellRow],
+    numbers: _Numbers,
     histories: pd.DataFrame,
     spec: Study | None,
     study: str,
-    failures: dict[str, str],
     notes: list[str],
 ) -> list[render.Figure]:
     """The figures the study's `report.figures` asks for, in its order; a figure with nothing
     to draw (no run logged what it needs) gets a note instead."""
     out: list[render.Figure] = []
+    runs, table, used = numbers.runs.runs, numbers.table, numbers.used
+    failures = _failure_notes(runs, numbers.cells)
     inputs = _Inputs(tracker, used, table, histories, study, failures)
+    # settings of every cell with runs, a finished run's first (a failed run may lack n_train)
+    known = pd.concat([used, runs], ignore_index=True)
     for index, fig in enumerate(settings.figures, 1):
         keys = [k for k in GROUP_FIELDS if isinstance(getattr(fig, k, None), str)]
         values = {
@@ -444,8 +494,10 @@ def _notes(
     histories: pd.DataFrame,
     views: list[figures.View],
     spec: Study | None,
+    sort: str,
 ) -> list[str]:
-    """What the reader should know about missing values and cells outside the study file."""
+    """What the reader should know about missing values (and a `report.sort` no cell has)
+    and cells outside the study file."""
     notes = []
     for column in aggregate.TABLE_COLUMNS:
         missing = int(used[column.metric].isna().sum())
@@ -473,6 +525,11 @@ def _notes(
             "Cells marked 'settings differ from the study file' show the latest runs stored "
             "under their name, whose configuration is not the file's as written (run with "
             "--set, or the file edited since); the hash column is the runs'."
+        )
+    if not any(sort in c.stats for c in cells):
+        notes.append(
+            f"No cell has {extra.metric_label(sort)} (report.sort): the table keeps the "
+            "study's order."
         )
     return notes
 
