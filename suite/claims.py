@@ -1,8 +1,8 @@
 """Claims: each (cell, seed) trained exactly once, however many invocations share a store.
 
-Owns: the lease a process holds on a run it trains (its `owner`, `owner_machine`, `invocation`,
-`heartbeat` and `claim_timeout` tags, `suite.names`), the `Heartbeat` thread that keeps them
-fresh, what makes a RUNNING run abandoned, and `Leases`: claim a run, then end it (finish,
+Owns: the lease a process holds on a run it trains (its `owner`, `owner_machine`, `heartbeat`
+and `claim_timeout` tags, deleted when the run ends, and its `invocation` tag, kept: resume
+and a Ray retry read it; `suite.names`), the `Heartbeat` thread that keeps them fresh, what makes a RUNNING run abandoned, and `Leases`: claim a run, then end it (finish,
 fail, withdraw) as its holder, so the lease ends with it. Must not: train, decide how a run
 ended (`suite.lifecycle`), or reach MLflow but through the plain `suite.tracking.Tracker`.
 
@@ -25,6 +25,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,12 +88,17 @@ def machine() -> str:
 
 
 def running(pid: int) -> bool:
-    """True while process `pid` runs (a zombie, dead but not yet reaped, does not)."""
+    """True while process `pid` runs: the kernel knows it (someone else's process too, even
+    where /proc hides it), and psutil does not see a zombie (dead, not yet reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:  # someone else's process: it exists
+    except (psutil.NoSuchProcess, psutil.AccessDenied):  # hidden from us, yet it exists
         return True
 
 
@@ -227,12 +233,24 @@ class Leases:
         self.tracker.finish(run_id, final)
         self.tracker.delete_tags(run_id, LEASE_TAGS)
 
-    def fail(self, run_id: str, reason: str, status: str = Stored.FAILED) -> None:
+    def fail(self, run_id: str, reason: str, status: Stored = Stored.FAILED) -> None:
         """End a run FAILED (or KILLED) with its reason; its lease tags go (after it ended:
         a RUNNING run without an owner would look abandoned)."""
         self.release(run_id)
         self.tracker.fail(run_id, reason, status)
         self.tracker.delete_tags(run_id, LEASE_TAGS)
+
+
+_LEASES: weakref.WeakKeyDictionary[Tracker, Leases] = weakref.WeakKeyDictionary()
+
+
+def leases_of(tracker: Tracker) -> Leases:
+    """This process's claims on `tracker`'s store: one `Leases`, and so one heartbeat
+    thread, per tracker, however many studies it runs."""
+    found = _LEASES.get(tracker)
+    if found is None:
+        found = _LEASES[tracker] = Leases(tracker)
+    return found
 
 
 class Heartbeat:

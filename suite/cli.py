@@ -56,7 +56,7 @@ UriOpt = Annotated[
 ]
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
+def exit_with_error(message: str, code: int = 2) -> NoReturn:
     display.error(message)
     raise typer.Exit(code)
 
@@ -69,7 +69,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (SpecError, DataError, servers.ServerError) as e:
-        fail(str(e))
+        exit_with_error(str(e))
     except Exception as e:
         # classes of modules too heavy to import up front; any of them is loaded if it raised
         loaded = [
@@ -84,7 +84,7 @@ def user_errors() -> Iterator[None]:
         known = tuple(getattr(m, name) for m, name in loaded if m is not None and hasattr(m, name))
         if isinstance(e, known):
             text = str(e).strip()
-            fail(text.splitlines()[0] if text else type(e).__name__)
+            exit_with_error(text.splitlines()[0] if text else type(e).__name__)
         raise
 
 
@@ -212,7 +212,7 @@ def run(
             spec = spec.select(spec.split_names(only))
         seed_list = parse_seeds(seeds) if seeds else None
         if not dry_run:
-            runner.warm_up(spec, seed_list, workers, executor)
+            runner.start_workers(spec, seed_list, workers, executor)
         try:
             from suite.tracking import Tracker
 
@@ -238,7 +238,7 @@ def run(
                     cpus_per_run,
                 )
         finally:
-            runner.discard_warm()
+            runner.stop_unused_workers()
     out.print(display.summary_table(result))
     line = (
         f"{result.count('finished')} finished, {result.count('skipped')} skipped, "

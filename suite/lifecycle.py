@@ -138,9 +138,10 @@ def train_run(
 
 
 def conclude(leases: Leases, key: RunKey, run_id: str, trained: Trained) -> RunResult:
-    """Record a trained run's outcome in the store and end it: the one place a run of the
-    suite is finished, failed or marked killed. A run another invocation ended meanwhile
-    (it took the run as abandoned) comes back `lost`, to be looked at again."""
+    """Record a trained run's outcome in the store and end it: the one place a trained run
+    is finished, failed or marked killed (a claim ends abandoned runs, `suite.claims`). A run
+    another invocation ended meanwhile (it took the run as abandoned) comes back `lost`, to be
+    looked at again. An error of the store is raised."""
     from suite.claims import ClaimLost
 
     memory = trained.peak_memory_mb
@@ -167,14 +168,10 @@ def fail(
 
 
 def train_claimed(
-    key: RunKey,
-    run_id: str,
-    leases: Leases,
-    observer: Observer,
-    stop: Stoppable,
-    source: Source | None = None,
+    key: RunKey, run_id: str, leases: Leases, observer: Observer, stop: Stoppable
 ) -> RunResult:
-    """Train and log one claimed run in this process, its epochs streamed to the store.
+    """Train and log one claimed run in this process, its epochs streamed to the store. Any
+    failure, recording included, ends the run FAILED with its reason and is returned.
 
     Raises:
         KeyboardInterrupt: after a stop request, once the run is marked KILLED.
@@ -194,11 +191,19 @@ def train_claimed(
         # the run exists before its data is cut, so a data failure is recorded too
         tracker.set_tags(run_id, size_tags(sizes))
 
-    trained = train_run(key, on_epoch, on_sizes, source, flush=logger.flush)
-    result = conclude(leases, key, run_id, trained)
+    trained = train_run(key, on_epoch, on_sizes, flush=logger.flush)
+    try:
+        result = conclude(leases, key, run_id, trained)
+    except KeyboardInterrupt:  # a second Ctrl-C while the run is recorded
+        if leases.tracker.still_running(run_id):
+            leases.fail(run_id, INTERRUPTED, Stored.KILLED)
+        raise
+    except Exception as err:  # noqa: BLE001 - one failing run never stops the study
+        result = fail(leases, key, run_id, f"{type(err).__name__}: {err}")
     if trained.status == KILLED:
         raise KeyboardInterrupt
-    return result
+    # measured once the run is recorded: its figures and artifacts count too
+    return replace(result, peak_memory_mb=peak_memory_mb())
 
 
 def _record(leases: Leases, run_id: str, history: History) -> dict[str, float]:

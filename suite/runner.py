@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING
 
 from suite.executors import workers as worker_processes
 from suite.executors.base import EXECUTORS, Claims, Executor, StopRequest
+from suite.executors.local import LocalExecutor
 from suite.lifecycle import Observer, RunResult, Silent
 from suite.names import FAILED, FINISHED, SKIPPED, Stored
 from suite.store import resolve_uri
 from suite.study import RunKey, Study
 
 if TYPE_CHECKING:  # MLflow is imported once the store is opened: `overfit run` starts its
-    from suite.tracking import RunRecord, Tracker  # workers before that (`warm_up`)
+    from suite.tracking import RunRecord, Tracker  # workers before that (`start_workers`)
 
 
 class OptionError(ValueError):
@@ -130,11 +131,11 @@ def check_executor(
             raise OptionError(ray_tasks.MISSING)
 
 
-def warm_up(
+def start_workers(
     study: Study, seeds: tuple[int, ...] | None, workers: int | None, executor: str | None
 ) -> None:
     """Start the worker processes `run_study` will want, now: they import TensorFlow while
-    this process imports MLflow and plans. `discard_warm` stops them if nothing takes them."""
+    this process imports MLflow and plans. `stop_unused_workers` stops them if nothing takes them."""
     if executor in (None, "process") and workers != 1:
         runs = len(study.runs(seeds))
         wanted = min(workers or worker_processes.default_workers(runs), runs)
@@ -142,7 +143,7 @@ def warm_up(
             worker_processes.warm_up(wanted)
 
 
-discard_warm = worker_processes.discard_warm
+stop_unused_workers = worker_processes.discard_warm
 
 
 def choose_executor(
@@ -157,19 +158,17 @@ def choose_executor(
     imports TensorFlow while this process imports MLflow and opens the store. Otherwise the
     executor defaults to `process` for more than one worker, else `local`."""
     if executor == "ray":
-        from suite.executors.ray_tasks import RayTasks, address
+        from suite.executors.ray_tasks import RayExecutor, address
 
-        return RayTasks(address(ray_address), cpus_per_run, workers)
+        return RayExecutor(address(ray_address), cpus_per_run, workers)
     if workers is None:
         executor = executor or "process"
         workers = 1 if executor == "local" else worker_processes.default_workers(runs)
     if (executor or ("process" if workers > 1 else "local")) == "process":
-        from suite.executors.process import WorkerPool
+        from suite.executors.process import ProcessExecutor
 
-        return WorkerPool(workers)
-    from suite.executors.local import Local
-
-    return Local()
+        return ProcessExecutor(workers)
+    return LocalExecutor()
 
 
 def run_study(
@@ -212,7 +211,7 @@ def run_study(
         if (key.cell.hash, key.seed) not in todo_ids:
             record = finished[(key.cell.hash, key.seed)]
             results.append(RunResult(key, SKIPPED, record.run_id, record.metrics))
-    if todo and type(chosen).__name__ == "Local":
+    if todo and isinstance(chosen, LocalExecutor):
         import suite.train  # noqa: F401  TensorFlow's import takes seconds: before the clock starts
     observer.study_started(study, todo, len(results))
     if not todo:
@@ -222,9 +221,9 @@ def run_study(
     assert experiment_id is not None
     if study.path is not None:  # so `overfit report` finds the file from any folder
         tracker.note_study_file(experiment_id, study.path)
-    from suite.claims import Leases
+    from suite.claims import leases_of
 
-    claims = Claims(todo, Leases(tracker), experiment_id, study.name, rerun, observer)
+    claims = Claims(todo, leases_of(tracker), experiment_id, study.name, rerun, observer)
     stop = StopRequest()
     with stop.installed():
         chosen.run(claims, stop)

@@ -86,10 +86,6 @@ class TrackingError(RuntimeError):
     """The tracking store cannot be used; the message is one line."""
 
 
-class ClaimLost(RuntimeError):
-    """A run this process trained was ended by another, which took it as abandoned."""
-
-
 @functools.cache
 def git_commit() -> str | None:
     """The commit of the suite's source tree, when it is a git checkout."""
@@ -478,8 +474,9 @@ def _locked(err: BaseException | None) -> bool:
 # growing, jittered pause, until it succeeds or LOCKED_RETRY_SECONDS have passed; any other
 # error is raised at once.
 _retry_locked = tenacity.retry(
-    retry=tenacity.retry_if_exception(_locked),
-    wait=tenacity.wait_exponential_jitter(initial=0.05, max=2.0, jitter=0.05),
+    retry=tenacity.retry_if_exception(lambda err: isinstance(err, Exception) and _locked(err)),
+    # a random pause up to 0.05 s, 0.1 s, ... 2 s: writers that collided do not meet again
+    wait=tenacity.wait_random_exponential(multiplier=0.05, max=2.0),
     stop=tenacity.stop_after_delay(LOCKED_RETRY_SECONDS),
     reraise=True,
 )

@@ -247,3 +247,32 @@ def test_bulk_histories_keep_nan_and_repeated_steps(
     for _, _, step, value in points:
         by_step.setdefault(step, []).append(value)
     assert by_step[1] == [2.0, 1.5] and np.isnan(by_step[2]).all()
+
+
+def test_a_run_that_cannot_be_recorded_fails_and_the_study_goes_on(
+    write_study: Callable[[str], Path],
+    tracker: Tracker,
+    tiny_study: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An error while a trained run is recorded (its confusion matrix, here a full disk) ends
+    that run FAILED with the reason, its lease gone; the other runs train and finish."""
+    real = Tracker.log_confusion
+    calls: list[str] = []
+
+    def full_disk_once(self: Tracker, run_id: str, matrix: object) -> None:
+        calls.append(run_id)
+        if len(calls) == 1:
+            raise OSError("No space left on device")
+        real(self, run_id, matrix)
+
+    monkeypatch.setattr(Tracker, "log_confusion", full_disk_once)
+    study = load_study(write_study(tiny_study))
+    result = run_study(study, tracker, workers=1)
+    [failed] = [r for r in result.results if r.status == FAILED]
+    assert failed.reason == "OSError: No space left on device"
+    assert failed.run_id == calls[0] and result.count(FINISHED) == 3
+    run = MlflowClient(tracker.uri).get_run(calls[0])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure_reason"] == failed.reason
+    assert "owner" not in run.data.tags and "heartbeat" not in run.data.tags

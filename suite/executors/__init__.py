@@ -1,9 +1,9 @@
 """Where runs train: one typed protocol (`base.Executor`), three executors.
 
-- `local`: in this process, one run after another (`local.Local`);
+- `local`: in this process, one run after another (`local.LocalExecutor`);
 - `process`: in long-lived spawned worker processes (`workers`), logged by this process
-  (`process.WorkerPool`);
-- `ray`: as Ray tasks, here or on a cluster, each logging its own run (`ray_tasks.RayTasks`).
+  (`process.ProcessExecutor`);
+- `ray`: as Ray tasks, here or on a cluster, each logging its own run (`ray_tasks.RayExecutor`).
 
 Every executor takes runs from the invocation's `base.Claims` (claimed in the store first, so
 invocations sharing a store train each run once) and ends each through `suite.lifecycle`.

@@ -14,7 +14,7 @@ from suite.lifecycle import train_claimed
 
 
 @dataclass
-class Local:
+class LocalExecutor:
     """`--executor local` (or `--workers 1`)."""
 
     def run(self, claims: Claims, stop: StopRequest) -> None:

@@ -3,8 +3,8 @@
 Owns: the parent's side of the worker pool (`suite.executors.workers`): it claims a run when
 a worker is free for it, hands it over, streams the epochs the worker reports to the store,
 and ends the run through `suite.lifecycle.conclude`. One process writes the store, so a
-sqlite store sees no competing writers. Must not: train (the workers do), nor import
-TensorFlow.
+sqlite store sees no competing writers. Must not: train (the workers do; TensorFlow is
+imported here only to unpickle a finished run's history).
 
 A run's history does not depend on the worker that trains it nor on the runs it trained
 before. It may depend, in the last bits, on the worker's thread count (`--workers 1` trains in
@@ -64,7 +64,7 @@ class _Round:
         own = take_workers(workers)
         self.stop = stop
         self.workers = workers
-        self.pool, self.events, self.stop_event = own.pool, own.events, own.stop_event
+        self.executor, self.events, self.stop_event = own.executor, own.events, own.stop_event
         self.claims = claims
         self.leases: Leases = claims.leases
         self.futures: dict[Future[bool], _Flight] = {}
@@ -79,7 +79,7 @@ class _Round:
         self.flights[(key.cell.hash, key.seed)] = flight
         try:
             # the data each run reads is resolved here, once: workers read the same file
-            future = self.pool.submit(work, key, resolve_source(key.cell.config.data.path))
+            future = self.executor.submit(work, key, resolve_source(key.cell.config.data.path))
         except (BrokenProcessPool, RuntimeError):  # it broke while idle: withdrawn, retried
             self.broken = True
             return
@@ -139,7 +139,7 @@ class _Round:
     def close(self, stopping: bool) -> None:
         if stopping:
             self.stop_event.set()  # also after a second Ctrl-C, which does not wait for them
-        self.pool.shutdown(wait=not stopping, cancel_futures=True)
+        self.executor.shutdown(wait=not stopping, cancel_futures=True)
         self.events.close()
 
 
@@ -154,7 +154,7 @@ def _failed_quietly(leases: Leases, flight: _Flight, reason: str) -> RunResult:
 
 
 @dataclass
-class WorkerPool:
+class ProcessExecutor:
     """`--executor process`: `workers` spawned worker processes, this process logging."""
 
     workers: int

@@ -3,7 +3,8 @@
 Owns: the driver's loop (submit no more tasks than the cluster has CPUs for, show their
 progress, collect how each ended) and the task itself (`_task`: claim, train and log one run
 through `suite.lifecycle.train_claimed`). Must not: import Ray before a study asks for this
-executor, nor end a run but through `suite.lifecycle`.
+executor, nor end a trained run but through `suite.lifecycle` (a cancelled task marks its
+run KILLED itself, since nothing else will).
 
 Each (cell, seed) is one task, one CPU by default (`--cpus-per-run`). A task claims its run in
 the store, trains it and logs it there itself, exactly as an invocation in this process
@@ -38,7 +39,7 @@ from typing import Any
 
 from suite.claims import Leases
 from suite.executors.base import Claims, StopRequest
-from suite.lifecycle import RunResult, Silent, as_dict, fail, from_dict, peak_memory_mb
+from suite.lifecycle import INTERRUPTED, RunResult, Silent, as_dict, fail, from_dict
 from suite.names import FAILED, KILLED, TOKEN_TAG, Stored
 from suite.store import sqlite_file
 from suite.study import RunKey
@@ -157,10 +158,10 @@ def _task(
         # lives on, and so would the run's heartbeat, holding the run for good
         with contextlib.suppress(Exception):
             if leases.tracker.still_running(claim.run_id):
-                leases.fail(claim.run_id, "interrupted", Stored.KILLED)
+                leases.fail(claim.run_id, INTERRUPTED, Stored.KILLED)
         leases.release(claim.run_id)
         raise
-    return {"claim": "won", **as_dict(result), "peak_memory_mb": peak_memory_mb()}
+    return {"claim": "won", **as_dict(result)}
 
 
 def _send(events: Any, event: tuple[Any, ...]) -> None:
@@ -192,7 +193,7 @@ class _NoStop:
 
 
 @dataclass
-class RayTasks:
+class RayExecutor:
     """`--executor ray`: a task of `cpus_per_run` CPUs per run on the cluster at `cluster`
     (None: a Ray started here), at most `workers` at once if given."""
 
@@ -226,7 +227,7 @@ class RayTasks:
 class _Driver:
     """One study's tasks: submitted, watched, collected."""
 
-    def __init__(self, settings: RayTasks, claims: Claims, stop: StopRequest) -> None:
+    def __init__(self, settings: RayExecutor, claims: Claims, stop: StopRequest) -> None:
         import ray
         from ray.util.queue import Queue
 
@@ -287,7 +288,7 @@ class _Driver:
         try:
             out = ray.get(ref)
         except TaskCancelledError:  # Ctrl-C: the task marked its run, unless cut short
-            self.end_orphans(key, "interrupted", KILLED)
+            self.end_orphans(key, INTERRUPTED, KILLED)
             return
         except (WorkerCrashedError, NodeDiedError):  # on every attempt Ray made
             self.end_orphans(key, WORKER_DIED)
@@ -335,7 +336,7 @@ class _Driver:
                 for ref in list(self.flights):
                     with contextlib.suppress(GetTimeoutError, RayError):
                         ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
-                    self.end_orphans(self.flights.pop(ref), "interrupted", KILLED)
+                    self.end_orphans(self.flights.pop(ref), INTERRUPTED, KILLED)
                 raise KeyboardInterrupt
         finally:
             self.relay()

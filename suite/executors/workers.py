@@ -117,7 +117,7 @@ class Workers:
         self.events, self.stop_event = context.Queue(), context.Event()
         # this process's children from before: the pool's are those that come after
         self.others = set(multiprocessing.active_children())
-        self.pool = ProcessPoolExecutor(
+        self.executor = ProcessPoolExecutor(
             max_workers=workers,
             mp_context=context,
             initializer=_init_worker,
@@ -127,13 +127,13 @@ class Workers:
     def start(self) -> None:
         """Start every worker now (the pool starts them on demand otherwise)."""
         for _ in range(self.workers):
-            self.pool.submit(os.getpid)
+            self.executor.submit(os.getpid)
 
     def terminate(self) -> None:
         """End the workers now, mid-import or idle: waiting would take seconds, for nothing.
         No run is in progress: nothing to mark KILLED."""
         mine = [p for p in multiprocessing.active_children() if p not in self.others]
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.executor.shutdown(wait=False, cancel_futures=True)
         for process in mine:
             process.kill()
         for process in mine:
