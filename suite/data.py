@@ -1,4 +1,4 @@
-"""Datasets: resolve the MNIST source, load it once, cut the subsets a run trains and tests on.
+"""Datasets: resolve a dataset's source, load it once, cut the subsets a run trains and tests on.
 
 `dataset: mnist` resolves in this order (design.md, data policy):
 
@@ -10,6 +10,15 @@
    Its first 8,000 digits are the training pool and its last 2,000 (training indices
    8000-9999) stand in for the test set, so `x_train[:300]` is still the textbook's first 300
    images. A warning says so, and `data_source` records it.
+
+`dataset: fashion_mnist` and `cifar10` resolve to `data.path` (a Keras-layout `.npz`, or a
+folder holding the dataset's original files as Keras' loader reads them: Fashion-MNIST's four
+`*-idx?-ubyte.gz` files, as Debian's `dataset-fashion-mnist` installs them in
+/usr/share/datasets/fashion-mnist; CIFAR-10's `cifar-10-batches-py` folder), else Keras'
+cache, else Keras' download unless `SUITE_OFFLINE=1`. `dataset: npz` is `data.path`, any
+archive with `x_train`, `y_train`, `x_test`, `y_test`: images (N, H, W) or (N, H, W, C), or
+flat feature vectors (N, D); integer labels 0..K-1, K >= 2. Pixels stored as uint8 are divided
+by 255; floats are taken as they are.
 
 This module imports numpy only; Keras is imported lazily for the download step alone, and
 scikit-learn for a stratified draw (`subset: random`, a validation split).
@@ -35,6 +44,22 @@ from pathlib import Path
 
 import numpy as np
 
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "npz")
+# what a named dataset holds: image shape and class count, checked when it is read
+KNOWN_SHAPES = {"mnist": (28, 28), "fashion_mnist": (28, 28), "cifar10": (32, 32, 3)}
+KNOWN_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10}
+# Keras' cache of each: a file or the folder its loader extracts
+KERAS_HOME = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "datasets"
+KERAS_CACHED = {
+    "fashion_mnist": KERAS_HOME / "fashion-mnist",
+    "cifar10": KERAS_HOME / "cifar-10-batches-py",
+}
+FASHION_FILES = (
+    "train-labels-idx1-ubyte.gz",
+    "train-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+)
 BUNDLED_FILE = "mnist-train-10k.npz"
 BUNDLED_TRAIN_POOL = 8000  # the bundled file's first 8000 digits train, the last 2000 test
 # Keras' own cache; KERAS_HOME moves it, as it does for Keras
@@ -54,22 +79,27 @@ class OfflineDataWarning(UserWarning):
 
 @dataclass(frozen=True)
 class Source:
-    """Where a dataset comes from: `kind` is `file`, `keras` or `bundled`."""
+    """Where a dataset comes from: `kind` is `file`, `folder`, `keras` or `bundled`."""
 
     kind: str
     path: str
+    dataset: str = "mnist"
 
     @property
     def label(self) -> str:
-        """The `data_source` tag: a readable name for the source."""
-        return {"file": f"file:{self.path}", "keras": "keras-mnist", "bundled": "bundled-subset"}[
-            self.kind
-        ]
+        """The `data_source` tag: a readable name for the source (MNIST's as they always
+        were, so that the runs a store holds keep their cells)."""
+        if self.dataset == "mnist":
+            names = {"file": f"file:{self.path}", "keras": "keras-mnist"}
+            return names.get(self.kind, "bundled-subset")
+        if self.kind == "keras":
+            return f"keras-{self.dataset}"
+        return f"{self.dataset}:{self.kind}:{self.path}"
 
 
 @dataclass(frozen=True)
 class Pool:
-    """A whole dataset, as stored: uint8 images and integer labels."""
+    """A whole dataset, as stored: images (uint8 pixels, or floats) and integer labels."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -77,10 +107,15 @@ class Pool:
     y_test: np.ndarray
     source: Source
 
+    @property
+    def num_classes(self) -> int:
+        """Labels are 0..K-1: K, from both parts (at least 2)."""
+        return int(max(self.y_train.max(), self.y_test.max())) + 1
+
 
 @dataclass(frozen=True)
 class Split:
-    """What one run sees: float32 inputs in [0, 1], flattened, and int32 labels."""
+    """What one run sees: float32 inputs (pixels in [0, 1]), flattened, and int32 labels."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -89,6 +124,8 @@ class Split:
     x_val: np.ndarray | None
     y_val: np.ndarray | None
     source: Source
+    num_classes: int = 10
+    image_shape: tuple[int, ...] = (28, 28)  # of one input before flattening
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -104,15 +141,19 @@ def bundled_path() -> Path:
     return Path(str(resources.files("suite.assets").joinpath(BUNDLED_FILE)))
 
 
-def resolve_source(path: str | None = None) -> Source:
-    """Pick the MNIST source by the data policy's resolution order.
+def resolve_source(path: str | None = None, dataset: str = "mnist") -> Source:
+    """Pick a dataset's source by the data policy's resolution order (see the module's
+    docstring).
 
     Args:
         path: the study's `data.path`, if any.
+        dataset: the study's `data.dataset`.
 
     Returns:
         The source to load. A missing explicit path is an error, not a fallback.
     """
+    if dataset != "mnist":
+        return _resolve_other(path, dataset)
     explicit = path or os.environ.get("SUITE_MNIST_PATH")
     if explicit:
         resolved = Path(explicit).expanduser()
@@ -125,6 +166,44 @@ def resolve_source(path: str | None = None) -> Source:
     if os.environ.get("SUITE_OFFLINE", "") not in ("1", "true", "yes") and _keras_download():
         return Source("keras", str(KERAS_CACHE))
     return Source("bundled", str(bundled_path()))
+
+
+def _resolve_other(path: str | None, dataset: str) -> Source:
+    """`fashion_mnist`, `cifar10` or `npz`: `data.path`, else Keras' cache or download."""
+    if dataset not in DATASETS:
+        raise DataError(f"data.dataset: unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")
+    if path:
+        resolved = Path(path).expanduser()
+        if resolved.is_dir() and dataset != "npz":
+            return Source("folder", str(resolved.resolve()), dataset)
+        if not resolved.is_file():
+            raise DataError(f"data.path: no such file {path}")
+        return Source("file", str(resolved.resolve()), dataset)
+    if dataset == "npz":
+        raise DataError("data.path: dataset npz needs the path of an .npz file")
+    cached = KERAS_CACHED[dataset]
+    if cached.is_dir():
+        return Source("keras", str(cached), dataset)
+    if os.environ.get("SUITE_OFFLINE", "") not in ("1", "true", "yes") and _keras_load(dataset):
+        return Source("keras", str(cached), dataset)
+    raise DataError(
+        f"data.dataset {dataset}: not found offline (Keras' cache {cached}); set data.path to "
+        "a Keras-layout .npz or a folder of its original files"
+    )
+
+
+@functools.cache
+def _keras_load(dataset: str) -> bool:
+    """Keras' own download of a dataset into its cache; False when it cannot."""
+    try:
+        import keras
+
+        import suite._tf  # noqa: F401
+
+        getattr(keras.datasets, dataset).load_data()
+    except Exception:  # noqa: BLE001 - offline or refused: the caller says what to do
+        return False
+    return KERAS_CACHED[dataset].is_dir()
 
 
 KERAS_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
@@ -157,6 +236,8 @@ def _keras_download() -> bool:
 @functools.lru_cache(maxsize=4)
 def load_pool(source: Source) -> Pool:
     """Load a source once per process (cached), checking its layout."""
+    if source.dataset != "mnist":
+        return _load_other(source)
     if source.kind == "bundled":
         arrays = _read_npz(source.path, ("x", "y"), "bundled subset")
         x, y = arrays["x"], arrays["y"]
@@ -203,19 +284,133 @@ def _read_npz(path: str, keys: tuple[str, ...], what: str) -> dict[str, np.ndarr
     return arrays
 
 
+def _load_other(source: Source) -> Pool:
+    """A dataset other than MNIST: its arrays read and checked (`_check_arrays`)."""
+    where = f"data.path: {source.path}" if source.kind != "keras" else source.path
+    if source.kind == "file":
+        arrays = _read_arrays(source.path, where)
+    elif source.dataset == "fashion_mnist":
+        arrays = _read_fashion(Path(source.path), where)
+    else:
+        arrays = _read_cifar(Path(source.path), where)
+    _check_arrays(arrays, where, source.dataset)
+    return Pool(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], source)
+
+
+def _read_arrays(path: str, where: str) -> dict[str, np.ndarray]:
+    """The four arrays of an .npz archive in Keras' layout."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise DataError(
+                f"{where}: not an .npz archive (expected x_train, y_train, x_test, y_test)"
+            )
+        with loaded as npz:
+            missing = [k for k in MNIST_KEYS if k not in npz.files]
+            if missing:
+                raise DataError(
+                    f"{where}: has no {missing[0]} array (an .npz needs {', '.join(MNIST_KEYS)})"
+                )
+            return {k: npz[k] for k in MNIST_KEYS}
+    except DataError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, AttributeError, TypeError) as err:
+        raise DataError(f"{where}: unreadable ({type(err).__name__}: {err})") from None
+
+
+def _read_fashion(folder: Path, where: str) -> dict[str, np.ndarray]:
+    """Fashion-MNIST's four original gzip files, read as Keras' loader reads them."""
+    import gzip
+
+    missing = [name for name in FASHION_FILES if not (folder / name).is_file()]
+    if missing:
+        raise DataError(f"{where}: no {missing[0]} (Fashion-MNIST's original files)")
+    try:
+        raw = []
+        for name in FASHION_FILES:
+            with gzip.open(folder / name) as file:
+                raw.append(file.read())
+    except (OSError, EOFError) as err:
+        raise DataError(f"{where}: unreadable ({type(err).__name__}: {err})") from None
+    y_train, y_test = (np.frombuffer(raw[i], np.uint8, offset=8) for i in (0, 2))
+    x_train = np.frombuffer(raw[1], np.uint8, offset=16).reshape(len(y_train), 28, 28)
+    x_test = np.frombuffer(raw[3], np.uint8, offset=16).reshape(len(y_test), 28, 28)
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+
+
+def _read_cifar(folder: Path, where: str) -> dict[str, np.ndarray]:
+    """CIFAR-10's `cifar-10-batches-py` folder (five training batches and `test_batch`,
+    Python pickles), read as Keras' loader reads it: images (N, 32, 32, 3)."""
+    import pickle
+
+    def batch(name: str) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            with open(folder / name, "rb") as file:
+                content = pickle.load(file, encoding="bytes")
+            images = np.asarray(content[b"data"], np.uint8).reshape(-1, 3, 32, 32)
+            return images.transpose(0, 2, 3, 1), np.asarray(content[b"labels"], np.int64)
+        except FileNotFoundError:
+            raise DataError(f"{where}: no {name} (CIFAR-10's cifar-10-batches-py files)") from None
+        except (OSError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as err:
+            raise DataError(f"{where}: {name} unreadable ({type(err).__name__})") from None
+
+    parts = [batch(f"data_batch_{i}") for i in range(1, 6)]
+    x_test, y_test = batch("test_batch")
+    x_train = np.concatenate([x for x, _ in parts])
+    y_train = np.concatenate([y for _, y in parts])
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+
+
+def _check_arrays(arrays: dict[str, np.ndarray], where: str, dataset: str) -> None:
+    """Images (N, H, W), (N, H, W, C) or features (N, D); test inputs shaped as the training
+    ones; integer labels 0..K-1 (K >= 2), one per input. Any problem is one `DataError` line."""
+    x_train = arrays["x_train"]
+    if x_train.ndim not in (2, 3, 4) or len(x_train) == 0:
+        raise DataError(
+            f"{where}: x_train has shape {x_train.shape}, expected (N, H, W), (N, H, W, C) or (N, D)"
+        )
+    if arrays["x_test"].shape[1:] != x_train.shape[1:] or len(arrays["x_test"]) == 0:
+        raise DataError(
+            f"{where}: x_test has shape {arrays['x_test'].shape}, expected (N, "
+            f"{', '.join(map(str, x_train.shape[1:]))}) as x_train"
+        )
+    expected = KNOWN_SHAPES.get(dataset)
+    if expected is not None and x_train.shape[1:] != expected:
+        raise DataError(
+            f"{where}: x_train has shape {x_train.shape}, expected (N, {', '.join(map(str, expected))}) for {dataset}"
+        )
+    for part in ("train", "test"):
+        x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
+        if y.ndim == 2 and y.shape[1:] == (1,):  # CIFAR's labels as Keras stores them
+            y = arrays[f"y_{part}"] = y.reshape(-1)
+        if y.ndim != 1 or len(y) != len(x):
+            raise DataError(
+                f"{where}: y_{part} has shape {y.shape}, expected ({len(x)},) as x_{part}"
+            )
+        if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
+            raise DataError(f"{where}: y_{part} must hold integer labels 0..K-1")
+    classes = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
+    if classes < 2 or len(np.unique(arrays["y_train"])) < 2:
+        raise DataError(f"{where}: y_train must hold at least 2 classes, labels 0..K-1")
+    known = KNOWN_CLASSES.get(dataset)
+    if known is not None and classes > known:
+        raise DataError(f"{where}: labels go up to {classes - 1}; {dataset} has {known} classes")
+
+
 def check_sizes(
     path: str | None,
     train_size: int | None,
     val_size: int,
     test_size: int | None,
     source: Source | None = None,
+    dataset: str = "mnist",
 ) -> Source:
     """Check that the data `path` resolves to holds the images asked for; return its source.
 
     Raises:
         DataError: naming the `data.*` key that asks for more than there is.
     """
-    source = source or resolve_source(path)
+    source = source or resolve_source(path, dataset)
     pool = load_pool(source)
     n_pool, n_test = len(pool.y_train), len(pool.y_test)
     n_train = n_pool - val_size if train_size is None else train_size
@@ -242,6 +437,7 @@ def make_split(
     test_size: int | None,
     seed: int,
     source: Source | None = None,
+    dataset: str = "mnist",
 ) -> Split:
     """Cut one run's data out of the pool.
 
@@ -251,7 +447,7 @@ def make_split(
     first N test images (all of them by default). `source`, when given, is used instead of
     resolving `path` again (a worker process uses the source its parent resolved).
     """
-    pool = load_pool(check_sizes(path, train_size, val_size, test_size, source))
+    pool = load_pool(check_sizes(path, train_size, val_size, test_size, source, dataset))
     n_pool = len(pool.y_train)
     n_train = n_pool - val_size if train_size is None else train_size
     n_take = n_train + val_size
@@ -274,6 +470,8 @@ def make_split(
         x_val=x_val,
         y_val=y_val,
         source=pool.source,
+        num_classes=pool.num_classes,
+        image_shape=tuple(int(n) for n in pool.x_train.shape[1:]),
     )
 
 
@@ -296,5 +494,7 @@ def _stratified_split(
 
 
 def _prepare(x: np.ndarray) -> np.ndarray:
-    """Pixels / 255 as float32, flattened to 784, as the textbook's `normalize=True`."""
-    return (x.reshape(len(x), -1).astype(np.float32) / 255.0).astype(np.float32)
+    """Inputs flattened, as float32: uint8 pixels / 255 (the textbook's `normalize=True`),
+    other numbers as they are."""
+    flat = x.reshape(len(x), -1).astype(np.float32)
+    return (flat / 255.0).astype(np.float32) if x.dtype == np.uint8 else flat

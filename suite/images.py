@@ -20,9 +20,9 @@ MARGIN = 46  # room for the axis labels
 
 
 def confusion_png(matrix: np.ndarray, title: str = "") -> bytes:
-    """A confusion matrix (rows: true digit, columns: predicted) as a PNG heatmap.
+    """A confusion matrix (rows: true class, columns: predicted) as a PNG heatmap.
 
-    Each row is shaded by its share of that digit's images (white 0, dark blue 1) and every
+    Each row is shaded by its share of that class's images (white 0, dark blue 1) and every
     entry shows its count, so both the rates and the raw numbers read off the picture.
     """
     counts = np.asarray(matrix, dtype=np.int64)
@@ -45,7 +45,7 @@ def confusion_png(matrix: np.ndarray, title: str = "") -> bytes:
             draw.text((x + (CELL - w) / 2, y + CELL / 2 - 5), text, fill=ink, font=font)
         draw.text((MARGIN - 14, top + i * CELL + CELL / 2 - 5), str(i), fill="black", font=font)
         draw.text((MARGIN + i * CELL + CELL / 2 - 3, top - 14), str(i), fill="black", font=font)
-    draw.text((MARGIN, top - 30), "predicted digit ->", fill="black", font=font)
+    draw.text((MARGIN, top - 30), "predicted class ->", fill="black", font=font)
     draw.text((2, top - 14), "true", fill="black", font=font)
     if title:
         draw.text((4, 2), title, fill="black", font=font)

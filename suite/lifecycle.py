@@ -94,7 +94,7 @@ def peak_memory_mb() -> float:
 
 
 def size_tags(sizes: dict[str, int]) -> dict[str, str]:
-    """A run's data sizes as its `n_train`, `n_val`, `n_test` tags."""
+    """A run's data sizes as its `n_train`, `n_val`, `n_test` and `n_classes` tags."""
     return {f"n_{part}": str(n) for part, n in sizes.items()}
 
 
@@ -119,9 +119,9 @@ def train_run(
     d = cfg.data
     try:
         split = data.make_split(
-            d.path, d.train_size, d.subset, d.val_size, d.test_size, key.seed, source
+            d.path, d.train_size, d.subset, d.val_size, d.test_size, key.seed, source, d.dataset
         )
-        on_sizes(split.sizes)
+        on_sizes({**split.sizes, "classes": split.num_classes})
         try:
             history = train(cfg, split, key.seed, on_epoch=on_epoch)
         finally:

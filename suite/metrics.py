@@ -29,7 +29,7 @@ FINAL_METRICS = (
     "best_test_accuracy",
     "best_epoch",
     "train_seconds",
-    # on the test set at the end, macro-averaged over the 10 digits (the confusion matrix
+    # on the test set at the end, macro-averaged over the classes (the confusion matrix
     # itself is the run's `confusion_matrix.json` artifact)
     "test_precision_macro",
     "test_recall_macro",

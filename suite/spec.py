@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from suite.report.figure_spec import FIGURE_KINDS, ReportSpec
 from suite.schema_base import NonNegativeFloat, PositiveFloat, PositiveInt, Probability, Strict
@@ -128,12 +135,22 @@ def read_study_file(path: Path) -> Any:
 class DataSpec(Strict):
     """Which images a run trains and tests on."""
 
-    dataset: Literal["mnist"] = "mnist"
-    path: str | None = None  # a Keras mnist.npz; else SUITE_MNIST_PATH, Keras' cache, bundled
+    dataset: Literal["mnist", "fashion_mnist", "cifar10", "npz"] = "mnist"
+    # mnist: a Keras mnist.npz, else SUITE_MNIST_PATH, Keras' cache, the bundled subset;
+    # fashion_mnist, cifar10: a Keras-layout .npz or a folder of the original files, else
+    # Keras' cache; npz: the archive (x_train, y_train, x_test, y_test), required
+    path: str | None = Field(default=None, validate_default=True)
     train_size: PositiveInt | None = None  # None: the whole training pool
     subset: Literal["first", "random"] = "first"  # first N (textbook) or stratified seeded draw
     val_size: Annotated[int, Field(ge=0)] = 0  # held out of the selected training images
     test_size: PositiveInt | None = None  # first N test images; None: the whole test set
+
+    @field_validator("path")
+    @classmethod
+    def _npz_has_a_path(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and info.data.get("dataset") == "npz":
+            raise ValueError("dataset npz needs the path of an .npz file")
+        return value
 
 
 class StdInit(Strict):

@@ -202,8 +202,9 @@ def _data_source(cell: Cell, where: str, check_sizes: bool) -> str:
     spec: DataSpec = cell.config.data
     try:
         if check_sizes:
-            return data.check_sizes(spec.path, spec.train_size, spec.val_size, spec.test_size).label
-        return data.resolve_source(spec.path).label
+            sizes = (spec.train_size, spec.val_size, spec.test_size)
+            return data.check_sizes(spec.path, *sizes, dataset=spec.dataset).label
+        return data.resolve_source(spec.path, spec.dataset).label
     except data.DataError as err:
         if check_sizes:
             raise SpecError(f"{where}: cell {cell.name}: {err}") from None

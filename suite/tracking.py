@@ -50,6 +50,7 @@ from suite.names import (
     CELL_TAG,
     CONFUSION_ARTIFACT,
     DATA_SOURCE_TAG,
+    DATASET_TAG,
     FAILURE_TAG,
     GIT_COMMIT_TAG,
     REPORT_ARTIFACT_PATH,
@@ -295,6 +296,7 @@ class Tracker:
             VARIANT_TAG: cell.variant,
             SEED_TAG: str(seed),
             DATA_SOURCE_TAG: data_source,
+            DATASET_TAG: cell.config.data.dataset,
             SUITE_VERSION_TAG: suite.__version__,
             **(extra_tags or {}),
         }
@@ -410,7 +412,7 @@ class Tracker:
         """The run's test-set confusion matrix as the artifacts `confusion_matrix.json` and
         `confusion_matrix.png` (a heatmap with counts, drawn in ~30 ms with Pillow)."""
         rows = [[int(v) for v in row] for row in matrix]
-        document = {"rows": "true digit", "columns": "predicted digit", "matrix": rows}
+        document = {"rows": "true class", "columns": "predicted class", "matrix": rows}
         self.client.log_dict(run_id, document, CONFUSION_ARTIFACT + ".json")
         total = sum(map(sum, rows))
         png = confusion_png(matrix, f"test-set confusion matrix, {total} images")

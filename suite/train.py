@@ -220,7 +220,7 @@ def train(
     if split.x_val is not None and split.y_val is not None:
         parts["val"] = split.y_val
     sizes = {name: len(labels) for name, labels in parts.items()}
-    program = _program(config, sizes, split.x_train.shape[1])
+    program = _program(config, sizes, split.x_train.shape[1], split.num_classes)
     program.reset(config, seed)
     model = program.model
 
@@ -259,7 +259,7 @@ def train(
                 on_epoch(epoch, values)
     history.train_seconds = time.perf_counter() - start
     predicted = np.argmax(model(x_eval_t[n : n + sizes["test"]], training=False).numpy(), axis=1)
-    history.confusion = confusion_matrix(split.y_test, predicted)
+    history.confusion = confusion_matrix(split.y_test, predicted, split.num_classes)
     if at_init is not None:
         activation = config.model.activation
         history.activations = {
@@ -287,22 +287,26 @@ class _Program:
     model would give, to the bit.
     """
 
-    def __init__(self, config: RunConfig, sizes: dict[str, int], input_dim: int) -> None:
+    def __init__(
+        self, config: RunConfig, sizes: dict[str, int], input_dim: int, num_classes: int = 10
+    ) -> None:
         """Build the model and optimizer of runs shaped like `config`, and the `tf.function`
         that trains and evaluates their epochs (traced on its first call).
 
-        It is long (96 lines) because it is one compiled program's set-up: `penalty`, `epoch`
+        It is long (100 lines) because it is one compiled program's set-up: `penalty`, `epoch`
         and the `tf.function` `run` are closures over the same model, optimizer, kernels,
         penalty coefficients, step count and evaluation slices, traced together into one graph;
         they stay in one body so that what TensorFlow traces reads in one place.
         """
         spec = config.train
-        self.model = build_model(_shape_of(config.model), seed=0, input_dim=input_dim)
+        self.model = build_model(
+            _shape_of(config.model), seed=0, input_dim=input_dim, num_classes=num_classes
+        )
         self.optimizer = make_optimizer(spec.optimizer)
         self.optimizer.build(self.model.trainable_variables)
         self.l1 = tf.Variable(0.0, trainable=False, name="l1")
         self.l2 = tf.Variable(0.0, trainable=False, name="l2")
-        self.input_dim = input_dim
+        self.input_dim, self.num_classes = input_dim, num_classes
         n = sizes["train"]
         batch = spec.batch_size
         self.steps = steps = spec.steps_per_epoch or steps_per_epoch(n, batch)
@@ -390,7 +394,9 @@ class _Program:
 
     def reset(self, config: RunConfig, seed: int) -> None:
         """Start a run: every variable as a freshly built model and optimizer would hold it."""
-        fresh = build_model(config.model, seed=seed, input_dim=self.input_dim)
+        fresh = build_model(
+            config.model, seed=seed, input_dim=self.input_dim, num_classes=self.num_classes
+        )
         optimizer = make_optimizer(config.train.optimizer)
         optimizer.build(fresh.trainable_variables)
         for target, source in (
@@ -415,7 +421,9 @@ def _shape_of(model: ModelSpec) -> ModelSpec:
     return model.model_copy(update={"init": "he", "weight_decay": 0.0, "l1": 0.0})
 
 
-def _program(config: RunConfig, sizes: dict[str, int], input_dim: int) -> _Program:
+def _program(
+    config: RunConfig, sizes: dict[str, int], input_dim: int, num_classes: int = 10
+) -> _Program:
     """The compiled program for runs shaped like `config`, made on first use."""
     spec = config.train
     key = json.dumps(
@@ -425,6 +433,7 @@ def _program(config: RunConfig, sizes: dict[str, int], input_dim: int) -> _Progr
             spec.model_dump(mode="json", exclude={"optimizer", "epochs", "log_activations"}),
             sizes,
             input_dim,
+            num_classes,
         ],
         sort_keys=True,
     )
@@ -432,7 +441,7 @@ def _program(config: RunConfig, sizes: dict[str, int], input_dim: int) -> _Progr
     if program is None:
         if len(_PROGRAMS) >= MAX_PROGRAMS:
             _PROGRAMS.pop(next(iter(_PROGRAMS)))
-        program = _Program(config, sizes, input_dim)
+        program = _Program(config, sizes, input_dim, num_classes)
     _PROGRAMS[key] = program  # most recently used last
     return program
 

@@ -79,7 +79,8 @@ class _Round:
         self.flights[(key.cell.hash, key.seed)] = flight
         try:
             # the data each run reads is resolved here, once: workers read the same file
-            future = self.executor.submit(work, key, resolve_source(key.cell.config.data.path))
+            data = key.cell.config.data
+            future = self.executor.submit(work, key, resolve_source(data.path, data.dataset))
         except (BrokenProcessPool, RuntimeError):  # it broke while idle: withdrawn, retried
             self.broken = True
             return

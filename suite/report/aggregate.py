@@ -295,10 +295,15 @@ def cell_rows(runs: pd.DataFrame, study: Study | None = None) -> list[CellRow]:
 
 
 def chance_level(runs: pd.DataFrame) -> float:
-    """1 / number of classes of the runs' data (`data.dataset` in their params; NaN without
-    runs). Classes are not logged: a dataset missing from `DATASET_CLASSES` counts 10."""
+    """1 / number of classes of the runs' data: their `n_classes` tag, else their
+    `data.dataset` param (runs logged before the tag; a dataset missing from
+    `DATASET_CLASSES` counts 10). NaN without runs."""
     if "params" not in runs or not len(runs):
         return math.nan
+    if "n_classes" in runs:
+        logged = pd.to_numeric(runs["n_classes"], errors="coerce").dropna()
+        if len(logged):
+            return 1.0 / float(logged.max())
     datasets = {(p or {}).get("data.dataset") for p in runs["params"]}
     classes = max(DATASET_CLASSES.get(str(d), DEFAULT_CLASSES) for d in datasets)
     return 1.0 / classes

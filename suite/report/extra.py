@@ -525,10 +525,10 @@ def confusion(
             ax.grid(False)
         for ax in list(axes.flat)[len(shown) :]:
             ax.set_visible(False)
-        figure.supxlabel("predicted digit")
-        figure.supylabel("true digit")
+        figure.supxlabel("predicted class")
+        figure.supylabel("true class")
         if drawn is not None:
-            figure.colorbar(drawn, ax=axes, shrink=0.6, label="share of the true digit's images")
+            figure.colorbar(drawn, ax=axes, shrink=0.6, label="share of the true class's images")
         figure.suptitle(
             f"{study}: test-set confusion matrices, summed over seeds", fontsize="large"
         )
