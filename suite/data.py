@@ -13,9 +13,9 @@
 
 `dataset: fashion_mnist` and `cifar10` resolve to `data.path` (a Keras-layout `.npz`, or a
 folder holding the dataset's original files as Keras' loader reads them: Fashion-MNIST's four
-`*-idx?-ubyte.gz` files, as Debian's `dataset-fashion-mnist` installs them in
-/usr/share/datasets/fashion-mnist; CIFAR-10's `cifar-10-batches-py` folder), else Keras'
-cache, else Keras' download unless `SUITE_OFFLINE=1`. `dataset: npz` is `data.path`, any
+`*-idx?-ubyte.gz` files; CIFAR-10's `cifar-10-batches-py` folder), else Keras' cache, else
+(Fashion-MNIST) the folder Debian's `dataset-fashion-mnist` installs,
+/usr/share/datasets/fashion-mnist, else Keras' download unless `SUITE_OFFLINE=1`. `dataset: npz` is `data.path`, any
 archive with `x_train`, `y_train`, `x_test`, `y_test`: images (N, H, W) or (N, H, W, C), or
 flat feature vectors (N, D); integer labels 0..K-1, K >= 2. Pixels stored as uint8 are divided
 by 255; floats are taken as they are.
@@ -54,6 +54,8 @@ KERAS_CACHED = {
     "fashion_mnist": KERAS_HOME / "fashion-mnist",
     "cifar10": KERAS_HOME / "cifar-10-batches-py",
 }
+# where Debian's `dataset-fashion-mnist` installs Fashion-MNIST's original files
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 FASHION_FILES = (
     "train-labels-idx1-ubyte.gz",
     "train-images-idx3-ubyte.gz",
@@ -184,6 +186,8 @@ def _resolve_other(path: str | None, dataset: str) -> Source:
     cached = KERAS_CACHED[dataset]
     if cached.is_dir():
         return Source("keras", str(cached), dataset)
+    if dataset == "fashion_mnist" and all((DEBIAN_FASHION / f).is_file() for f in FASHION_FILES):
+        return Source("folder", str(DEBIAN_FASHION), dataset)
     if os.environ.get("SUITE_OFFLINE", "") not in ("1", "true", "yes") and _keras_load(dataset):
         return Source("keras", str(cached), dataset)
     raise DataError(

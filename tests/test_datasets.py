@@ -116,6 +116,7 @@ def test_fashion_mnist_offline_without_files_says_what_to_do(
 ) -> None:
     monkeypatch.setenv("SUITE_OFFLINE", "1")
     monkeypatch.setitem(data.KERAS_CACHED, "fashion_mnist", tmp_path / "no-cache")
+    monkeypatch.setattr(data, "DEBIAN_FASHION", tmp_path / "no-debian")
     with pytest.raises(DataError, match="data.dataset fashion_mnist: not found offline"):
         resolve_source(None, "fashion_mnist")
 
@@ -148,8 +149,13 @@ def test_fashion_mnist_from_its_original_files(tmp_path: Path) -> None:
 @pytest.mark.skipif(
     not DEBIAN_FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed"
 )
-def test_fashion_mnist_from_debians_package() -> None:
-    pool = load_pool(resolve_source(str(DEBIAN_FASHION), "fashion_mnist"))
+def test_fashion_mnist_from_debians_package(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(data.KERAS_CACHED, "fashion_mnist", tmp_path / "no-cache")
+    source = resolve_source(None, "fashion_mnist")  # found where Debian installs it
+    assert source == data.Source("folder", str(DEBIAN_FASHION), "fashion_mnist")
+    pool = load_pool(source)
     assert pool.x_train.shape == (60000, 28, 28) and pool.x_test.shape == (10000, 28, 28)
     assert pool.y_train[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]  # the dataset's own
     assert pool.num_classes == 10
