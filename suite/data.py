@@ -126,8 +126,8 @@ class Split:
     x_val: np.ndarray | None
     y_val: np.ndarray | None
     source: Source
-    num_classes: int = 10
-    image_shape: tuple[int, ...] = (28, 28)  # of one input before flattening
+    num_classes: int
+    image_shape: tuple[int, ...]  # of one input before flattening
 
     @property
     def sizes(self) -> dict[str, int]:

@@ -288,7 +288,7 @@ class _Program:
     """
 
     def __init__(
-        self, config: RunConfig, sizes: dict[str, int], input_dim: int, num_classes: int = 10
+        self, config: RunConfig, sizes: dict[str, int], input_dim: int, num_classes: int
     ) -> None:
         """Build the model and optimizer of runs shaped like `config`, and the `tf.function`
         that trains and evaluates their epochs (traced on its first call).
@@ -422,7 +422,7 @@ def _shape_of(model: ModelSpec) -> ModelSpec:
 
 
 def _program(
-    config: RunConfig, sizes: dict[str, int], input_dim: int, num_classes: int = 10
+    config: RunConfig, sizes: dict[str, int], input_dim: int, num_classes: int
 ) -> _Program:
     """The compiled program for runs shaped like `config`, made on first use."""
     spec = config.train
@@ -469,7 +469,7 @@ def layer_histograms(model: keras.Model, x: np.ndarray, activation: str) -> list
     return out
 
 
-def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: int = 10) -> np.ndarray:
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
     """Counts of (true class, predicted class) pairs: a `classes` x `classes` int matrix."""
     from sklearn.metrics import confusion_matrix as counts
 
