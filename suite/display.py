@@ -25,7 +25,7 @@ from rich.progress import (
 from rich.table import Table
 
 from suite.names import FAILED, KILLED, SKIPPED, Stored
-from suite.spec import describe_init
+from suite.spec import ModelSpec, describe_init
 from suite.study import RunKey, Study
 
 if TYPE_CHECKING:
@@ -53,6 +53,20 @@ def plain(text: str) -> None:
     out.print(text, soft_wrap=True, highlight=False, markup=False)
 
 
+def _layers(model: ModelSpec) -> str:
+    """`100x100` for an mlp; `conv 30:5/2 > 100` for a cnn (filters:kernel, /pool)."""
+    dense = "x".join(str(h) for h in model.hidden)
+    if model.kind != "cnn":
+        return dense
+    convs = ",".join(
+        f"{c.filters}:{c.kernel}"
+        + (f"s{c.stride}" if c.stride > 1 else "")
+        + (f"/{c.pool}" if c.pool > 1 else "")
+        for c in model.conv
+    )
+    return f"conv {convs} > {dense}"
+
+
 def cells_table(study: Study) -> Table:
     table = Table(title=f"{study.name}: {len(study.cells)} cells x {len(study.seeds)} seeds")
     widest = max((len(c.name) for c in study.cells), default=4)
@@ -65,7 +79,7 @@ def cells_table(study: Study) -> Table:
         table.add_row(
             escape(cell.name),
             cell.hash,
-            "x".join(str(h) for h in m.hidden),
+            _layers(m),
             describe_init(m.init),
             f"{m.weight_decay:g}",
             f"{m.dropout:g} {m.dropout_style}" if m.dropout else "-",

@@ -23,7 +23,7 @@ from typing import Any
 
 import keras
 
-from suite.spec import ModelSpec, StdInit
+from suite.spec import ModelSpec, StdInit, conv_input_shape, conv_output_sizes
 
 ACTIVATIONS = {
     "relu": keras.activations.relu,
@@ -91,19 +91,26 @@ def kernel_regularizer(spec: ModelSpec) -> keras.regularizers.Regularizer | None
 
 
 def build_model(
-    spec: ModelSpec, seed: int = 0, input_dim: int = 784, num_classes: int = 10
+    spec: ModelSpec,
+    seed: int = 0,
+    input_dim: int = 784,
+    num_classes: int = 10,
+    image_shape: tuple[int, ...] | None = None,
 ) -> keras.Sequential:
-    """Build the MLP a `ModelSpec` describes.
+    """Build the network a `ModelSpec` describes.
 
     Args:
         spec: the resolved model spec.
         seed: seeds every initializer and dropout layer, so the model is a function of
             (spec, seed) alone.
-        input_dim: flattened input size.
+        input_dim: flattened input size (inputs come flat: a `cnn` reshapes them to images).
         num_classes: output logits.
+        image_shape: one input's shape, (H, W) or (H, W, C); a `cnn` needs it.
     """
     layers: list[keras.layers.Layer] = [keras.Input(shape=(input_dim,))]
     regularizer = kernel_regularizer(spec)
+    if spec.kind == "cnn":
+        layers += _conv_stack(spec, seed, conv_input_shape(image_shape), regularizer)
     sizes = [*spec.hidden, num_classes]
     for i, units in enumerate(sizes):
         last = i == len(sizes) - 1
@@ -119,25 +126,63 @@ def build_model(
         if last:
             break
         if spec.batch_norm:
-            layers.append(
-                keras.layers.BatchNormalization(
-                    momentum=spec.bn_momentum,
-                    epsilon=spec.bn_epsilon,
-                    # the textbook's running statistics start at 0, Keras' variance at 1
-                    moving_variance_initializer="zeros",
-                    name=f"bn_{i + 1}",
-                )
-            )
+            layers.append(_batch_norm(spec, f"bn_{i + 1}"))
         layers.append(keras.layers.Activation(ACTIVATIONS[spec.activation], name=f"act_{i + 1}"))
         if spec.dropout > 0:
-            drop_seed = seed * 1000 + 500 + i
-            if spec.dropout_style == "classic":
-                layers.append(ClassicDropout(spec.dropout, seed=drop_seed, name=f"drop_{i + 1}"))
-            else:
-                layers.append(
-                    keras.layers.Dropout(spec.dropout, seed=drop_seed, name=f"drop_{i + 1}")
-                )
-    return keras.Sequential(layers, name="mlp")
+            layers.append(_dropout(spec, seed * 1000 + 500 + i, f"drop_{i + 1}"))
+    return keras.Sequential(layers, name=spec.kind)
+
+
+def _batch_norm(spec: ModelSpec, name: str) -> keras.layers.Layer:
+    """Batch norm with the textbook's momentum and epsilon (over a conv layer's channels)."""
+    return keras.layers.BatchNormalization(
+        momentum=spec.bn_momentum,
+        epsilon=spec.bn_epsilon,
+        # the textbook's running statistics start at 0, Keras' variance at 1
+        moving_variance_initializer="zeros",
+        name=name,
+    )
+
+
+def _dropout(spec: ModelSpec, seed: int, name: str) -> keras.layers.Layer:
+    """The textbook's classic dropout, or Keras' inverted one (`dropout_style`)."""
+    if spec.dropout_style == "classic":
+        return ClassicDropout(spec.dropout, seed=seed, name=name)
+    return keras.layers.Dropout(spec.dropout, seed=seed, name=name)
+
+
+def _conv_stack(
+    spec: ModelSpec, seed: int, shape: tuple[int, int, int], regularizer: Any
+) -> list[keras.layers.Layer]:
+    """Reshape to images, then Conv -> [BatchNorm] -> activation -> [MaxPool] -> [Dropout]
+    per conv layer, then Flatten: the dense head follows. The same init, penalty, batch norm
+    and dropout as the dense layers (the textbook's semantics)."""
+    conv_output_sizes(spec, shape)
+    layers: list[keras.layers.Layer] = [keras.layers.Reshape(shape, name="image")]
+    for i, conv in enumerate(spec.conv):
+        layers.append(
+            keras.layers.Conv2D(
+                conv.filters,
+                conv.kernel,
+                strides=conv.stride,
+                padding="valid",
+                kernel_initializer=kernel_initializer(spec.init, seed * 1000 + 100 + i),
+                bias_initializer="zeros",
+                kernel_regularizer=regularizer,
+                name=f"conv_{i + 1}",
+            )
+        )
+        if spec.batch_norm:
+            layers.append(_batch_norm(spec, f"conv_bn_{i + 1}"))
+        layers.append(
+            keras.layers.Activation(ACTIVATIONS[spec.activation], name=f"conv_act_{i + 1}")
+        )
+        if conv.pool > 1:
+            layers.append(keras.layers.MaxPooling2D(conv.pool, name=f"pool_{i + 1}"))
+        if spec.dropout > 0:
+            layers.append(_dropout(spec, seed * 1000 + 600 + i, f"conv_drop_{i + 1}"))
+    layers.append(keras.layers.Flatten(name="flatten"))
+    return layers
 
 
 def parameter_count(spec: ModelSpec, input_dim: int = 784, num_classes: int = 10) -> int:

@@ -45,6 +45,7 @@ __all__ = [
     "OPTIMIZER_DEFAULTS",
     "DataSpec",
     "Distribution",
+    "ConvLayer",
     "ModelSpec",
     "OptimizerSpec",
     "RunConfig",
@@ -162,9 +163,28 @@ class StdInit(Strict):
 InitSpec = StdInit | str
 
 
-class ModelSpec(Strict):
-    """The MLP: Dense -> [BatchNorm] -> activation -> [Dropout] per hidden layer, logits out."""
+class ConvLayer(Strict):
+    """One convolution of a `cnn`: `filters` maps of `kernel` x `kernel`, `stride`, no padding,
+    then (after its activation) a `pool` x `pool` max pool of stride `pool` (1: none)."""
 
+    filters: PositiveInt
+    kernel: PositiveInt
+    stride: PositiveInt = 1
+    pool: PositiveInt = 1
+
+
+# the textbook's chapter-7 SimpleConvNet: conv 30 x 5x5 stride 1, ReLU, 2x2 max pool, dense 100
+SIMPLE_CONV = [{"filters": 30, "kernel": 5, "stride": 1, "pool": 2}]
+SIMPLE_CONV_HIDDEN = [100]
+
+
+class ModelSpec(Strict):
+    """The network: `mlp`, Dense -> [BatchNorm] -> activation -> [Dropout] per hidden layer,
+    logits out; `cnn`, the same after a stack of Conv -> [BatchNorm] -> activation -> [MaxPool]
+    -> [Dropout] (`conv`; without one, the textbook's SimpleConvNet and its dense 100)."""
+
+    kind: Literal["mlp", "cnn"] = "mlp"
+    conv: list[ConvLayer] = Field(default_factory=list)  # cnn only
     hidden: list[PositiveInt] = Field(default_factory=lambda: [100] * 6, min_length=1)
     activation: Literal["relu", "leaky_relu", "elu", "sigmoid", "tanh"] = "relu"
     init: InitSpec = "he"  # he/xavier: the textbook's untruncated N(0,1)*sqrt(2|1 / fan_in)
@@ -175,6 +195,23 @@ class ModelSpec(Strict):
     batch_norm: bool = False
     bn_momentum: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.9  # textbook; Keras uses 0.99
     bn_epsilon: PositiveFloat = 1e-6  # textbook; Keras uses 1e-3
+
+    @model_validator(mode="before")
+    @classmethod
+    def _simple_conv(cls, value: Any) -> Any:
+        """A `cnn` given no `conv` (and no `hidden`) is the textbook's SimpleConvNet."""
+        if isinstance(value, dict) and value.get("kind") == "cnn":
+            value = dict(value)
+            if not value.get("conv"):
+                value["conv"] = SIMPLE_CONV
+                value.setdefault("hidden", SIMPLE_CONV_HIDDEN)
+        return value
+
+    @model_validator(mode="after")
+    def _conv_for_cnn(self) -> ModelSpec:
+        if self.conv and self.kind != "cnn":
+            raise ValueError("conv: only with kind: cnn (the mlp has no convolutions)")
+        return self
 
     @field_validator("init", mode="before")
     @classmethod
@@ -194,6 +231,33 @@ class ModelSpec(Strict):
             hint = did_you_mean(value, ("he", "xavier", *KERAS_INITIALIZERS))
             raise ValueError(f"unknown init {value!r}{hint}; or give {{std: 0.01}}")
         return value
+
+
+def conv_input_shape(image_shape: tuple[int, ...] | None) -> tuple[int, int, int]:
+    """(H, W, C) of an image input; ValueError for flat feature vectors."""
+    if image_shape is None or len(image_shape) not in (2, 3):
+        raise ValueError(
+            f"kind: a cnn needs images, (H, W) or (H, W, C); the data's inputs have shape "
+            f"{tuple(image_shape or ())}: flat feature vectors"
+        )
+    return (*image_shape, 1) if len(image_shape) == 2 else image_shape  # type: ignore[return-value]
+
+
+def conv_output_sizes(spec: ModelSpec, image_shape: tuple[int, ...]) -> list[tuple[int, int]]:
+    """Each conv layer's output height and width (after its pool); ValueError when the stack
+    shrinks the image below 1x1, naming the layer."""
+    height, width, _ = conv_input_shape(image_shape)
+    out = []
+    for i, layer in enumerate(spec.conv):
+        height = (height - layer.kernel) // layer.stride + 1
+        width = (width - layer.kernel) // layer.stride + 1
+        height, width = height // layer.pool, width // layer.pool
+        if height < 1 or width < 1:
+            raise ValueError(
+                f"conv[{i}]: the stack shrinks the {image_shape[0]}x{image_shape[1]} image below 1x1"
+            )
+        out.append((height, width))
+    return out
 
 
 class OptimizerSpec(Strict):
@@ -280,6 +344,8 @@ class RunConfig(Strict):
 
 # settings added after runs were first stored, with their defaults (see RunConfig.identity)
 LATE_SETTINGS: dict[str, Any] = {
+    "model.kind": "mlp",
+    "model.conv": [],
     "train.steps_per_epoch": None,
     "train.loss": "cross_entropy",
     "train.log_batch_loss": False,

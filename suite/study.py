@@ -37,6 +37,7 @@ from suite.spec import (
     SearchSpec,
     SpecError,
     StudyFile,
+    conv_output_sizes,
     did_you_mean,
     flatten,
     read_study_file,
@@ -203,12 +204,17 @@ def _data_source(cell: Cell, where: str, check_sizes: bool) -> str:
     try:
         if check_sizes:
             sizes = (spec.train_size, spec.val_size, spec.test_size)
-            return data.check_sizes(spec.path, *sizes, dataset=spec.dataset).label
+            source = data.check_sizes(spec.path, *sizes, dataset=spec.dataset)
+            if cell.config.model.kind == "cnn":  # the data's images must fit the conv stack
+                conv_output_sizes(cell.config.model, data.load_pool(source).x_train.shape[1:])
+            return source.label
         return data.resolve_source(spec.path, spec.dataset).label
     except data.DataError as err:
         if check_sizes:
             raise SpecError(f"{where}: cell {cell.name}: {err}") from None
         return ""
+    except ValueError as err:  # a cnn on flat features, a conv stack too deep for the images
+        raise SpecError(f"{where}: cell {cell.name}: model.{err}") from None
 
 
 def _where(path: Path | None) -> str:

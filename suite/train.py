@@ -220,7 +220,7 @@ def train(
     if split.x_val is not None and split.y_val is not None:
         parts["val"] = split.y_val
     sizes = {name: len(labels) for name, labels in parts.items()}
-    program = _program(config, sizes, split.x_train.shape[1], split.num_classes)
+    program = _program(config, sizes, split.x_train.shape[1], split.num_classes, split.image_shape)
     program.reset(config, seed)
     model = program.model
 
@@ -288,7 +288,12 @@ class _Program:
     """
 
     def __init__(
-        self, config: RunConfig, sizes: dict[str, int], input_dim: int, num_classes: int
+        self,
+        config: RunConfig,
+        sizes: dict[str, int],
+        input_dim: int,
+        num_classes: int,
+        image_shape: tuple[int, ...],
     ) -> None:
         """Build the model and optimizer of runs shaped like `config`, and the `tf.function`
         that trains and evaluates their epochs (traced on its first call).
@@ -299,14 +304,12 @@ class _Program:
         they stay in one body so that what TensorFlow traces reads in one place.
         """
         spec = config.train
-        self.model = build_model(
-            _shape_of(config.model), seed=0, input_dim=input_dim, num_classes=num_classes
-        )
+        self.shape = (input_dim, num_classes, image_shape)  # what build_model needs of the data
+        self.model = build_model(_shape_of(config.model), 0, *self.shape)
         self.optimizer = make_optimizer(spec.optimizer)
         self.optimizer.build(self.model.trainable_variables)
         self.l1 = tf.Variable(0.0, trainable=False, name="l1")
         self.l2 = tf.Variable(0.0, trainable=False, name="l2")
-        self.input_dim, self.num_classes = input_dim, num_classes
         n = sizes["train"]
         batch = spec.batch_size
         self.steps = steps = spec.steps_per_epoch or steps_per_epoch(n, batch)
@@ -316,7 +319,11 @@ class _Program:
         log_batch = spec.log_batch_loss
         loss_fn = make_loss(spec.loss)
         model, optimizer = self.model, self.optimizer
-        kernels = [layer.kernel for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+        kernels = [  # every Dense and Conv2D kernel: the penalty and the weight norm cover them
+            layer.kernel
+            for layer in model.layers
+            if isinstance(layer, keras.layers.Dense | keras.layers.Conv2D)
+        ]
         bounds, offset = {}, 0
         for name, size in sizes.items():
             bounds[name] = (offset, offset + size)
@@ -394,9 +401,7 @@ class _Program:
 
     def reset(self, config: RunConfig, seed: int) -> None:
         """Start a run: every variable as a freshly built model and optimizer would hold it."""
-        fresh = build_model(
-            config.model, seed=seed, input_dim=self.input_dim, num_classes=self.num_classes
-        )
+        fresh = build_model(config.model, seed, *self.shape)
         optimizer = make_optimizer(config.train.optimizer)
         optimizer.build(fresh.trainable_variables)
         for target, source in (
@@ -422,7 +427,11 @@ def _shape_of(model: ModelSpec) -> ModelSpec:
 
 
 def _program(
-    config: RunConfig, sizes: dict[str, int], input_dim: int, num_classes: int
+    config: RunConfig,
+    sizes: dict[str, int],
+    input_dim: int,
+    num_classes: int,
+    image_shape: tuple[int, ...],
 ) -> _Program:
     """The compiled program for runs shaped like `config`, made on first use."""
     spec = config.train
@@ -434,6 +443,7 @@ def _program(
             sizes,
             input_dim,
             num_classes,
+            list(image_shape),
         ],
         sort_keys=True,
     )
@@ -441,7 +451,7 @@ def _program(
     if program is None:
         if len(_PROGRAMS) >= MAX_PROGRAMS:
             _PROGRAMS.pop(next(iter(_PROGRAMS)))
-        program = _Program(config, sizes, input_dim, num_classes)
+        program = _Program(config, sizes, input_dim, num_classes, image_shape)
     _PROGRAMS[key] = program  # most recently used last
     return program
 
