@@ -195,6 +195,8 @@ def pin_threads(threads: int) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
+# what a network needs of its data: flat input size, class count, one input's image shape
+DataShape = tuple[int, int, tuple[int, ...]]
 EPOCHS_PER_CALL = 10  # epochs one compiled call runs before the host reads their metrics
 
 
@@ -220,7 +222,8 @@ def train(
     if split.x_val is not None and split.y_val is not None:
         parts["val"] = split.y_val
     sizes = {name: len(labels) for name, labels in parts.items()}
-    program = _program(config, sizes, split.x_train.shape[1], split.num_classes, split.image_shape)
+    shape = (split.x_train.shape[1], split.num_classes, split.image_shape)
+    program = _program(config, sizes, shape)
     program.reset(config, seed)
     model = program.model
 
@@ -287,25 +290,19 @@ class _Program:
     model would give, to the bit.
     """
 
-    def __init__(
-        self,
-        config: RunConfig,
-        sizes: dict[str, int],
-        input_dim: int,
-        num_classes: int,
-        image_shape: tuple[int, ...],
-    ) -> None:
+    def __init__(self, config: RunConfig, sizes: dict[str, int], shape: DataShape) -> None:
         """Build the model and optimizer of runs shaped like `config`, and the `tf.function`
         that trains and evaluates their epochs (traced on its first call).
 
-        It is long (100 lines) because it is one compiled program's set-up: `penalty`, `epoch`
+        It is long (101 lines) because it is one compiled program's set-up: `penalty`, `epoch`
         and the `tf.function` `run` are closures over the same model, optimizer, kernels,
         penalty coefficients, step count and evaluation slices, traced together into one graph;
         they stay in one body so that what TensorFlow traces reads in one place.
         """
         spec = config.train
-        self.shape = (input_dim, num_classes, image_shape)  # what build_model needs of the data
-        self.model = build_model(_shape_of(config.model), 0, *self.shape)
+        self.shape = shape
+        self.model = build_model(_shape_of(config.model), 0, *shape)
+        input_dim = shape[0]
         self.optimizer = make_optimizer(spec.optimizer)
         self.optimizer.build(self.model.trainable_variables)
         self.l1 = tf.Variable(0.0, trainable=False, name="l1")
@@ -426,13 +423,7 @@ def _shape_of(model: ModelSpec) -> ModelSpec:
     return model.model_copy(update={"init": "he", "weight_decay": 0.0, "l1": 0.0})
 
 
-def _program(
-    config: RunConfig,
-    sizes: dict[str, int],
-    input_dim: int,
-    num_classes: int,
-    image_shape: tuple[int, ...],
-) -> _Program:
+def _program(config: RunConfig, sizes: dict[str, int], shape: DataShape) -> _Program:
     """The compiled program for runs shaped like `config`, made on first use."""
     spec = config.train
     key = json.dumps(
@@ -441,9 +432,7 @@ def _program(
             spec.optimizer.model_copy(update={"learning_rate": None}).model_dump(mode="json"),
             spec.model_dump(mode="json", exclude={"optimizer", "epochs", "log_activations"}),
             sizes,
-            input_dim,
-            num_classes,
-            list(image_shape),
+            [shape[0], shape[1], list(shape[2])],
         ],
         sort_keys=True,
     )
@@ -451,7 +440,7 @@ def _program(
     if program is None:
         if len(_PROGRAMS) >= MAX_PROGRAMS:
             _PROGRAMS.pop(next(iter(_PROGRAMS)))
-        program = _Program(config, sizes, input_dim, num_classes, image_shape)
+        program = _Program(config, sizes, shape)
     _PROGRAMS[key] = program  # most recently used last
     return program
 
