@@ -8,6 +8,10 @@ Rows (each a fresh measurement on this machine, now):
 - canonical run in process: the headline study's `baseline` cell, seed 0 (300 training
   images, 784-100x6-10 ReLU, SGD, 200 epochs, the whole test set evaluated after every epoch),
   trained by `suite.train` in this process. First call (compiling) and best of the rest.
+- CNN canonical run: experiments/cnn.yaml's `cnn` cell (the textbook's SimpleConvNet on the same
+  300 images, 200 epochs), seed 0, in process; its floor is its convolutions at the measured
+  convolution peak plus its dense layers at the matmul peak; beside it naive Keras `fit` of the
+  same network doing the same work (`bench/naive_fit.py --cnn`), in process, in one invocation.
 - logging: the same run through the runner with MLflow logging to a sqlite store (params,
   config artifact, per-epoch metrics, confusion matrix), against training alone.
 - canonical run through the CLI, and naive Keras `fit(validation_data=...)` doing the same
@@ -56,7 +60,18 @@ import report_bench  # noqa: E402
 from suite.tracking import git_commit  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "mnist.npz"
-SECTIONS = ("inprocess", "logging", "cli", "naive", "study", "study1", "ray", "server", "report")
+SECTIONS = (
+    "inprocess",
+    "cnn",
+    "logging",
+    "cli",
+    "naive",
+    "study",
+    "study1",
+    "ray",
+    "server",
+    "report",
+)
 TRIES = 3
 HEADLINE_RUNS = 21  # the headline study: 7 cells x 3 seeds
 
@@ -98,6 +113,84 @@ def matmul_peak(rows: int, tries: int = 5) -> float:
         seconds = (time.perf_counter() - start) / 20
         best = max(best, 2 * rows * 784 * 100 / seconds / 1e9)
     return best
+
+
+def cnn_flops(
+    config: Any, image: tuple[int, int], n_train: int, n_eval: int
+) -> tuple[float, float]:
+    """A CNN run's arithmetic, (in its convolutions, in its dense layers), counted as
+    `run_flops` counts an MLP's: 3 forward passes per trained image, 1 per evaluated one."""
+    from suite.spec import conv_output_sizes, steps_per_epoch
+
+    model, spec = config.model, config.train
+    conv, channels, (height, width) = 0, 1, image
+    for layer, (out_h, out_w) in zip(model.conv, conv_output_sizes(model, image), strict=True):
+        before_pool = (out_h * layer.pool, out_w * layer.pool)
+        conv += 2 * before_pool[0] * before_pool[1] * layer.filters * layer.kernel**2 * channels
+        channels, (height, width) = layer.filters, (out_h, out_w)
+    dense = forward_flops([height * width * channels, *model.hidden, 10])
+    steps = spec.steps_per_epoch or steps_per_epoch(n_train, spec.batch_size)
+    images = spec.epochs * (steps * spec.batch_size * 3 + n_eval)
+    return float(images * conv), float(images * dense)
+
+
+def conv_peak(rows: int, tries: int = 5) -> float:
+    """Best GFLOP/s of the SimpleConvNet's convolution (30 filters of 5x5 over 28x28 images)
+    on `rows` images in a compiled function."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.random((rows, 28, 28, 1), dtype=np.float32))
+    w = tf.constant(rng.normal(0, 0.05, (5, 5, 1, 30)).astype(np.float32))
+    convolve = tf.function(lambda: tf.reduce_sum(tf.nn.conv2d(x, w, 1, "VALID")))
+    convolve()
+    best = 0.0
+    for _ in range(tries):
+        start = time.perf_counter()
+        for _ in range(5):
+            convolve()
+        seconds = (time.perf_counter() - start) / 5
+        best = max(best, 2 * rows * 24 * 24 * 30 * 25 / seconds / 1e9)
+    return best
+
+
+def bench_cnn(data_path: Path | None, epochs: int) -> dict[str, Any]:
+    """The CNN canonical run: experiments/cnn.yaml's `cnn` cell, seed 0, in this process,
+    against its floor (its convolutions at the convolution's peak, its dense layers at the
+    matmul's) and against naive Keras `fit` of the same network doing the same work."""
+    from suite import data
+    from suite.study import load_study
+    from suite.train import train
+
+    overrides: dict[str, Any] = {"train.epochs": epochs}
+    if data_path:
+        overrides["data.path"] = str(data_path)
+    study = load_study(ROOT / "experiments" / "cnn.yaml", overrides).select(["cnn"])
+    (cell,) = study.cells
+    d = cell.config.data
+    split = data.make_split(d.path, d.train_size, d.subset, d.val_size, d.test_size, 0)
+    n_train, n_eval = len(split.y_train), len(split.y_train) + len(split.y_test)
+    conv_flops, dense_flops = cnn_flops(cell.config, (28, 28), n_train, n_eval)
+    first = train(cell.config, split, 0)
+    runs, conv_peaks, matmul_peaks = [], [], []
+    for _ in range(TRIES):
+        conv_peaks.append(conv_peak(n_eval))
+        matmul_peaks.append(matmul_peak(n_eval))
+        runs.append(train(cell.config, split, 0).train_seconds)
+    floor = conv_flops / (max(conv_peaks) * 1e9) + dense_flops / (max(matmul_peaks) * 1e9)
+    return {
+        "conv_flops": conv_flops,
+        "dense_flops": dense_flops,
+        "conv_peak_gflops": max(conv_peaks),
+        "conv_peaks_gflops": conv_peaks,
+        "floor_seconds": floor,
+        "first_seconds": first.train_seconds,
+        "seconds": min(runs),
+        "all_seconds": runs,
+        "vs_floor": min(runs) / floor,
+        "final_test_accuracy": first.metrics["test_accuracy"][-1],
+    }
 
 
 def canonical(data_path: Path | None, epochs: int) -> tuple[Any, Any, Any]:
@@ -412,6 +505,15 @@ def main() -> None:
     if "inprocess" not in skip:
         step("canonical run in process, against the matmul peak")
         record["inprocess"] = bench_inprocess(data_path, epochs)
+    if "cnn" not in skip:
+        step("CNN canonical run in process, against its floor and naive Keras fit")
+        record["cnn"] = bench_cnn(data_path, epochs)
+        command = [sys.executable, str(ROOT / "bench/naive_fit.py")]
+        command += [str(data_path) if data_path else "--bundled", str(epochs), "--cnn"]
+        seconds, output, _ = timed(command, {**env, "PYTHONPATH": str(ROOT)}, ROOT)
+        found = re.search(r"([0-9.]+) s in process", output)
+        record["cnn"]["naive_seconds"] = seconds
+        record["cnn"]["naive_in_process_seconds"] = float(found.group(1)) if found else None
     if "logging" not in skip:
         step("logging cost: the run with and without MLflow")
         record["logging"] = bench_logging(data_path, epochs)
@@ -506,6 +608,46 @@ def table(record: dict[str, Any]) -> list[tuple[str, str, str]]:
                 "",
             )
         )
+    cnn = record.get("cnn")
+    if cnn:
+        rows.append(
+            (
+                "conv peak (30 x 5x5 over the evaluation's images)",
+                f"{cnn['conv_peak_gflops']:.0f} GFLOP/s",
+                f"best of {len(cnn['conv_peaks_gflops'])}",
+            )
+        )
+        total = (cnn["conv_flops"] + cnn["dense_flops"]) / 1e12
+        rows.append(
+            (
+                "floor of a CNN canonical run (SimpleConvNet)",
+                f"{cnn['floor_seconds']:.2f} s",
+                f"{total:.3f} TFLOP, {cnn['conv_flops'] / 1e12:.3f} in convolutions",
+            )
+        )
+        rows.append(
+            (
+                "CNN canonical run in process (compiled before)",
+                f"{cnn['seconds']:.2f} s",
+                f"{cnn['vs_floor']:.2f}x the floor",
+            )
+        )
+        rows.append(
+            (
+                "  first CNN run in a process (compiling included)",
+                f"{cnn['first_seconds']:.2f} s",
+                "",
+            )
+        )
+        if cnn.get("naive_in_process_seconds"):
+            ratio = cnn["naive_in_process_seconds"] / cnn["first_seconds"]
+            rows.append(
+                (
+                    "naive Keras fit of the CNN, same work (in process)",
+                    f"{cnn['naive_in_process_seconds']:.1f} s",
+                    f"{ratio:.1f}x the first in-process CNN run",
+                )
+            )
     logging = record.get("logging")
     if logging:
         rows.append(
