@@ -55,6 +55,8 @@ def plain(text: str) -> None:
 
 def _layers(model: ModelSpec) -> str:
     """`100x100` for an mlp; `conv 30:5/2 > 100` for a cnn (filters:kernel, /pool)."""
+    if model.builder is not None:
+        return f"builder {model.builder}"
     dense = "x".join(str(h) for h in model.hidden)
     if model.kind != "cnn":
         return dense
@@ -80,7 +82,7 @@ def cells_table(study: Study) -> Table:
             escape(cell.name),
             cell.hash,
             _layers(m),
-            describe_init(m.init),
+            "-" if m.builder else describe_init(m.init),
             f"{m.weight_decay:g}",
             f"{m.dropout:g} {m.dropout_style}" if m.dropout else "-",
             "yes" if m.batch_norm else "-",

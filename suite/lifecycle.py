@@ -123,7 +123,7 @@ def train_run(
         )
         on_sizes({**split.sizes, "classes": split.num_classes})
         try:
-            history = train(cfg, split, key.seed, on_epoch=on_epoch)
+            history = train(cfg, split, key.seed, on_epoch, key.cell.builder_file or None)
         finally:
             if flush is not None:
                 flush()

@@ -23,6 +23,7 @@ from typing import Any
 
 import keras
 
+from suite import builders
 from suite.spec import ModelSpec, StdInit, conv_input_shape, conv_output_sizes
 
 ACTIVATIONS = {
@@ -96,6 +97,7 @@ def build_model(
     input_dim: int = 784,
     num_classes: int = 10,
     image_shape: tuple[int, ...] | None = None,
+    builder_file: str | None = None,
 ) -> keras.Sequential:
     """Build the network a `ModelSpec` describes.
 
@@ -106,8 +108,15 @@ def build_model(
         input_dim: flattened input size (inputs come flat: a `cnn` reshapes them to images).
         num_classes: output logits.
         image_shape: one input's shape, (H, W) or (H, W, C); a `cnn` needs it.
+        builder_file: with `model.builder`, the file its module was found in (`Cell`).
     """
     layers: list[keras.layers.Layer] = [keras.Input(shape=(input_dim,))]
+    if spec.builder is not None:
+        shape = image_shape or (input_dim,)
+        if len(shape) > 1:
+            layers.append(keras.layers.Reshape(shape, name="image"))
+        built = builders.build(spec.builder, builder_file or "", shape, num_classes, seed)
+        return keras.Sequential([*layers, built], name="builder")
     regularizer = kernel_regularizer(spec)
     if spec.kind == "cnn":
         layers += _conv_stack(spec, seed, conv_input_shape(image_shape), regularizer)

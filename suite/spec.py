@@ -173,6 +173,8 @@ class ConvLayer(Strict):
     pool: PositiveInt = 1
 
 
+# what a builder decides itself: given beside `model.builder`, they are an error
+BUILDER_OWNS = ("kind", "conv", "hidden", "batch_norm", "dropout", "dropout_style", "init")
 # the textbook's chapter-7 SimpleConvNet: conv 30 x 5x5 stride 1, ReLU, 2x2 max pool, dense 100
 SIMPLE_CONV = [{"filters": 30, "kernel": 5, "stride": 1, "pool": 2}]
 SIMPLE_CONV_HIDDEN = [100]
@@ -185,6 +187,9 @@ class ModelSpec(Strict):
 
     kind: Literal["mlp", "cnn"] = "mlp"
     conv: list[ConvLayer] = Field(default_factory=list)  # cnn only
+    # "module:function", a Keras model of one's own (see suite.builders): the module is found
+    # beside the study file, then on sys.path; the architecture keys below are then its own
+    builder: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")] | None = None
     hidden: list[PositiveInt] = Field(default_factory=lambda: [100] * 6, min_length=1)
     activation: Literal["relu", "leaky_relu", "elu", "sigmoid", "tanh"] = "relu"
     init: InitSpec = "he"  # he/xavier: the textbook's untruncated N(0,1)*sqrt(2|1 / fan_in)
@@ -209,6 +214,13 @@ class ModelSpec(Strict):
 
     @model_validator(mode="after")
     def _conv_for_cnn(self) -> ModelSpec:
+        if self.builder is not None:
+            given = [key for key in BUILDER_OWNS if key in self.model_fields_set]
+            if given:
+                raise ValueError(
+                    f"{given[0]}: an architecture key beside model.builder, which builds the "
+                    "whole network; remove it (weight_decay and l1 still apply)"
+                )
         if self.conv and self.kind != "cnn":
             raise ValueError("conv: only with kind: cnn (the mlp has no convolutions)")
         return self
@@ -346,6 +358,7 @@ class RunConfig(Strict):
 LATE_SETTINGS: dict[str, Any] = {
     "model.kind": "mlp",
     "model.conv": [],
+    "model.builder": None,
     "train.steps_per_epoch": None,
     "train.loss": "cross_entropy",
     "train.log_batch_loss": False,

@@ -58,17 +58,20 @@ class Cell:
     config: RunConfig
     grid_point: dict[str, Any] = field(default_factory=dict)
     data_source: str = ""  # which data `dataset: mnist` resolved to (see suite.data)
+    builder_file: str = ""  # the module file `model.builder` resolved to (see suite.builders)
+    builder_source: str = ""  # a fingerprint of that file's source
 
     @functools.cached_property
     def hash(self) -> str:
         """The cell's identity: its resolved configuration and the data it resolved to, so
-        runs on the bundled subset never count as done once full MNIST is found."""
-        if not self.data_source:
+        runs on the bundled subset never count as done once full MNIST is found; with a
+        builder, its source too, so an edited builder is a new cell."""
+        if not self.data_source and not self.builder_source:
             return self.config.hash
-        canonical = json.dumps(
-            {"config": self.config.identity(), "data_source": self.data_source},
-            sort_keys=True,
-        )
+        identity = {"config": self.config.identity(), "data_source": self.data_source}
+        if self.builder_source:
+            identity["builder_source"] = self.builder_source
+        canonical = json.dumps(identity, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:10]
 
 
@@ -189,11 +192,42 @@ def resolve_data(study: Study, where: str, check_sizes: bool) -> Study:
     Raises:
         SpecError: with `check_sizes`, the first cell whose data cannot serve its sizes.
     """
+    folder = study.path.parent if study.path is not None else None
     cells = tuple(
-        dataclasses.replace(cell, data_source=_data_source(cell, where, check_sizes))
+        _with_builder(
+            dataclasses.replace(cell, data_source=_data_source(cell, where, check_sizes)),
+            folder,
+            where,
+            check_sizes,
+        )
         for cell in study.cells
     )
     return dataclasses.replace(study, cells=cells)
+
+
+def _with_builder(cell: Cell, folder: Path | None, where: str, check: bool) -> Cell:
+    """A cell whose `model.builder` is found (its file and source fingerprint set); with
+    `check`, the builder is called once on the cell's data shape (imports TensorFlow)."""
+    builder = cell.config.model.builder
+    if builder is None:
+        return cell
+    from suite import builders, data
+
+    try:
+        path = builders.locate(builder, folder)
+        found = dataclasses.replace(
+            cell, builder_file=str(path), builder_source=builders.fingerprint(path)
+        )
+        if check:
+            d = cell.config.data
+            pool = data.load_pool(data.resolve_source(d.path, d.dataset))
+            shape = tuple(int(n) for n in pool.x_train.shape[1:])
+            builders.build(builder, str(path), shape, pool.num_classes, 0)
+        return found
+    except builders.BuilderError as err:
+        if check:
+            raise SpecError(f"{where}: cell {cell.name}: {err}") from None
+        return cell
 
 
 def _data_source(cell: Cell, where: str, check_sizes: bool) -> str:

@@ -49,6 +49,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from suite import builders
 from suite.data import Split
 from suite.metrics import EPOCH_METRICS, FINAL_METRICS, VAL_METRICS
 from suite.models import (
@@ -195,13 +196,18 @@ def pin_threads(threads: int) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
-# what a network needs of its data: flat input size, class count, one input's image shape
-DataShape = tuple[int, int, tuple[int, ...]]
+# what a network needs besides its spec: flat input size, class count, one input's image shape,
+# and the file of its `model.builder`, if any
+DataShape = tuple[int, int, tuple[int, ...], str | None]
 EPOCHS_PER_CALL = 10  # epochs one compiled call runs before the host reads their metrics
 
 
 def train(
-    config: RunConfig, split: Split, seed: int, on_epoch: EpochCallback | None = None
+    config: RunConfig,
+    split: Split,
+    seed: int,
+    on_epoch: EpochCallback | None = None,
+    builder_file: str | None = None,
 ) -> History:
     """Train one run and return its per-epoch history.
 
@@ -222,7 +228,7 @@ def train(
     if split.x_val is not None and split.y_val is not None:
         parts["val"] = split.y_val
     sizes = {name: len(labels) for name, labels in parts.items()}
-    shape = (split.x_train.shape[1], split.num_classes, split.image_shape)
+    shape = (split.x_train.shape[1], split.num_classes, split.image_shape, builder_file)
     program = _program(config, sizes, shape)
     program.reset(config, seed)
     model = program.model
@@ -321,6 +327,8 @@ class _Program:
             for layer in model.layers
             if isinstance(layer, keras.layers.Dense | keras.layers.Conv2D)
         ]
+        if config.model.builder is not None:  # a user's model: every kernel, nested or not
+            kernels = [v for v in model.trainable_variables if v.path.split("/")[-1] == "kernel"]
         bounds, offset = {}, 0
         for name, size in sizes.items():
             bounds[name] = (offset, offset + size)
@@ -432,7 +440,8 @@ def _program(config: RunConfig, sizes: dict[str, int], shape: DataShape) -> _Pro
             spec.optimizer.model_copy(update={"learning_rate": None}).model_dump(mode="json"),
             spec.model_dump(mode="json", exclude={"optimizer", "epochs", "log_activations"}),
             sizes,
-            [shape[0], shape[1], list(shape[2])],
+            [shape[0], shape[1], list(shape[2]), shape[3]],
+            builders.fingerprint(shape[3]) if shape[3] else None,
         ],
         sort_keys=True,
     )
