@@ -9,7 +9,7 @@ import keras
 
 
 def build(input_shape: tuple[int, ...], num_classes: int, seed: int) -> keras.Model:
-    """Two small convolutions with max pooling, then a dense layer: about 23,000 weights."""
+    """Two small convolutions with max pooling, then a dense layer: 12,810 weights on 28x28 images."""
     init = keras.initializers.HeNormal(seed=seed)
     channels = (*input_shape, 1) if len(input_shape) == 2 else input_shape
     return keras.Sequential(
