@@ -300,7 +300,7 @@ class _Program:
         """Build the model and optimizer of runs shaped like `config`, and the `tf.function`
         that trains and evaluates their epochs (traced on its first call).
 
-        It is long (101 lines) because it is one compiled program's set-up: `penalty`, `epoch`
+        It is long (103 lines) because it is one compiled program's set-up: `penalty`, `epoch`
         and the `tf.function` `run` are closures over the same model, optimizer, kernels,
         penalty coefficients, step count and evaluation slices, traced together into one graph;
         they stay in one body so that what TensorFlow traces reads in one place.
