@@ -200,20 +200,33 @@ def _look(db: Path) -> _Look:
     journal = Path(f"{db}-journal")
     signature: tuple[object, ...] = (stat.st_size, stat.st_mtime_ns, journal.exists())
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)) as c:
-            tables = frozenset(
-                name for (name,) in c.execute("SELECT name FROM sqlite_master WHERE type='table'")
-            )
-            version = None
-            if "alembic_version" in tables:
-                row = c.execute("SELECT version_num FROM alembic_version").fetchone()
-                version = row[0] if row else None
-            runs = c.execute("SELECT count(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+        try:
+            tables, version, runs = _read(f"file:{db}?mode=ro")
+        except sqlite3.OperationalError as err:
+            if "readonly" not in str(err):
+                raise
+            # a hot journal: a writer was killed mid-transaction (a server's crash) and only a
+            # writable connection rolls it back, as any client's next open would
+            tables, version, runs = _read(f"file:{db}?mode=rw")
     except sqlite3.DatabaseError as err:
         if "locked" in str(err):  # a writer holds it: a look as "changing"
             return _Look(exists=True, signature=(*signature, time.monotonic()))
         raise StoreError(f"{db}: not an MLflow sqlite store ({err})") from None
     return _Look(True, tables, version, runs, (*signature, tables, version))
+
+
+def _read(address: str) -> tuple[frozenset[str], str | None, int]:
+    """The store's tables, schema version and run count, through a connection to `address`."""
+    with contextlib.closing(sqlite3.connect(address, uri=True, timeout=30)) as c:
+        tables = frozenset(
+            name for (name,) in c.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        )
+        version = None
+        if "alembic_version" in tables:
+            row = c.execute("SELECT version_num FROM alembic_version").fetchone()
+            version = row[0] if row else None
+        runs = c.execute("SELECT count(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+    return tables, version, int(runs)
 
 
 @functools.cache

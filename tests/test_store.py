@@ -97,6 +97,34 @@ def test_a_half_migrated_store_with_runs_is_a_one_line_error_saying_how_to_repai
     assert not list(tmp_path.glob("mlflow.db.broken-*")), "a store with runs is never moved"
 
 
+def test_a_store_whose_writer_was_killed_mid_transaction_opens(
+    pristine: Path, tmp_path: Path
+) -> None:
+    """A server SIGKILLed mid-write leaves a hot rollback journal, which a read-only look
+    cannot roll back ("attempt to write a readonly database"): the store is still whole."""
+    db = tmp_path / "mlflow.db"
+    shutil.copy(pristine, db)
+    writer = f"""
+import sqlite3, time
+c = sqlite3.connect({str(db)!r}, isolation_level=None)
+c.execute("PRAGMA cache_size=1")  # spill to the file: the journal holds the old pages
+c.execute("BEGIN")
+c.execute("CREATE TABLE filler (x)")
+c.executemany("INSERT INTO filler VALUES (randomblob(500))", [()] * 3000)
+print("written", flush=True)
+time.sleep(60)
+"""
+    process = subprocess.Popen([PYTHON, "-c", writer], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdout.readline().strip() == "written"
+    process.kill()
+    process.wait()
+    assert Path(f"{db}-journal").stat().st_size > 0  # hot
+    prepare(f"sqlite:///{db}")
+    look = _look(db)
+    assert look.version == _head_revision() and "filler" not in look.tables
+    assert _experiments(db) == ["Default"]
+
+
 def test_a_file_that_is_not_a_database_is_a_one_line_error(tmp_path: Path) -> None:
     db = tmp_path / "mlflow.db"
     db.write_bytes(b"not a database, just some text that is long enough " * 50)
