@@ -95,6 +95,19 @@ def run_flops(config: Any, n_train: int, n_eval: int) -> float:
     return float(training + evaluation)
 
 
+def best_gflops(compiled: Any, flops: float, tries: int, calls: int) -> float:
+    """Best GFLOP/s of a compiled function doing `flops` per call: `calls` calls timed
+    together, `tries` times (after one call that compiles it)."""
+    compiled()
+    best = 0.0
+    for _ in range(tries):
+        start = time.perf_counter()
+        for _ in range(calls):
+            compiled()
+        best = max(best, flops / ((time.perf_counter() - start) / calls) / 1e9)
+    return best
+
+
 def matmul_peak(rows: int, tries: int = 5) -> float:
     """Best GFLOP/s of a float32 (rows x 784) @ (784 x 100) matmul in a compiled function."""
     import numpy as np
@@ -104,15 +117,7 @@ def matmul_peak(rows: int, tries: int = 5) -> float:
     x = tf.constant(rng.random((rows, 784), dtype=np.float32))
     w = tf.constant(rng.normal(0, 0.05, (784, 100)).astype(np.float32))
     product = tf.function(lambda: tf.reduce_sum(tf.matmul(x, w)))
-    product()
-    best = 0.0
-    for _ in range(tries):
-        start = time.perf_counter()
-        for _ in range(20):
-            product()
-        seconds = (time.perf_counter() - start) / 20
-        best = max(best, 2 * rows * 784 * 100 / seconds / 1e9)
-    return best
+    return best_gflops(product, 2 * rows * 784 * 100, tries, 20)
 
 
 def cnn_flops(
@@ -144,32 +149,16 @@ def conv_peak(rows: int, tries: int = 5) -> float:
     x = tf.constant(rng.random((rows, 28, 28, 1), dtype=np.float32))
     w = tf.constant(rng.normal(0, 0.05, (5, 5, 1, 30)).astype(np.float32))
     convolve = tf.function(lambda: tf.reduce_sum(tf.nn.conv2d(x, w, 1, "VALID")))
-    convolve()
-    best = 0.0
-    for _ in range(tries):
-        start = time.perf_counter()
-        for _ in range(5):
-            convolve()
-        seconds = (time.perf_counter() - start) / 5
-        best = max(best, 2 * rows * 24 * 24 * 30 * 25 / seconds / 1e9)
-    return best
+    return best_gflops(convolve, 2 * rows * 24 * 24 * 30 * 25, tries, 5)
 
 
 def bench_cnn(data_path: Path | None, epochs: int) -> dict[str, Any]:
     """The CNN canonical run: experiments/cnn.yaml's `cnn` cell, seed 0, in this process,
     against its floor (its convolutions at the convolution's peak, its dense layers at the
     matmul's) and against naive Keras `fit` of the same network doing the same work."""
-    from suite import data
-    from suite.study import load_study
     from suite.train import train
 
-    overrides: dict[str, Any] = {"train.epochs": epochs}
-    if data_path:
-        overrides["data.path"] = str(data_path)
-    study = load_study(ROOT / "experiments" / "cnn.yaml", overrides).select(["cnn"])
-    (cell,) = study.cells
-    d = cell.config.data
-    split = data.make_split(d.path, d.train_size, d.subset, d.val_size, d.test_size, 0)
+    _, cell, split = canonical(data_path, epochs, "cnn", "cnn")
     n_train, n_eval = len(split.y_train), len(split.y_train) + len(split.y_test)
     conv_flops, dense_flops = cnn_flops(cell.config, (28, 28), n_train, n_eval)
     first = train(cell.config, split, 0)
@@ -193,15 +182,21 @@ def bench_cnn(data_path: Path | None, epochs: int) -> dict[str, Any]:
     }
 
 
-def canonical(data_path: Path | None, epochs: int) -> tuple[Any, Any, Any]:
-    """The headline study cut down to the canonical run's cell, that cell, and its data."""
+def canonical(
+    data_path: Path | None,
+    epochs: int,
+    study_name: str = "overfitting",
+    cell_name: str = "baseline",
+) -> tuple[Any, Any, Any]:
+    """A study cut down to its canonical run's cell (the headline's `baseline` unless told),
+    that cell, and its data."""
     from suite import data
     from suite.study import load_study
 
     overrides: dict[str, Any] = {"train.epochs": epochs}
     if data_path:
         overrides["data.path"] = str(data_path)
-    study = load_study(ROOT / "experiments" / "overfitting.yaml", overrides).select(["baseline"])
+    study = load_study(ROOT / "experiments" / f"{study_name}.yaml", overrides).select([cell_name])
     (cell,) = study.cells
     d = cell.config.data
     split = data.make_split(d.path, d.train_size, d.subset, d.val_size, d.test_size, 0)
