@@ -38,11 +38,14 @@ FINAL_METRICS = (
 
 # per run, at the end, when the run has a validation split
 FINAL_VAL_METRICS = ("final_val_accuracy", "best_val_accuracy")
+# per run, at the end, when `train.early_stopping` stopped it: the last epoch trained (its
+# curves end there) and the epoch whose weights it kept (`restore_best`; else the same epoch)
+EARLY_STOP_METRICS = ("stopped_epoch", "restored_epoch")
 # a run's last train_loss / test_loss, as the report names them
 LAST_LOSSES = ("final_train_loss", "final_test_loss")
 # what a report figure may draw: curves of the first, per-run values of the second
 CURVE_METRICS = (*EPOCH_METRICS, *VAL_METRICS, *STEP_METRICS)
-RUN_METRICS = (*FINAL_METRICS, *FINAL_VAL_METRICS, *LAST_LOSSES)
+RUN_METRICS = (*FINAL_METRICS, *FINAL_VAL_METRICS, *EARLY_STOP_METRICS, *LAST_LOSSES)
 
 # what a study's `reference:` may name: a final metric, or a per-epoch name meaning its final value
 REFERENCE_METRICS = (
