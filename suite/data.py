@@ -442,19 +442,29 @@ def make_split(
     seed: int,
     source: Source | None = None,
     dataset: str = "mnist",
+    val_from: str = "selection",
 ) -> Split:
     """Cut one run's data out of the pool.
 
-    `subset: first` takes the first `train_size + val_size` images of the pool (the textbook's
-    `x_train[:N]`); `random` draws them stratified by class with `seed`. A validation split, when
-    asked for, is then held out of that selection, stratified and seeded. `test_size` keeps the
-    first N test images (all of them by default). `source`, when given, is used instead of
-    resolving `path` again (a worker process uses the source its parent resolved).
+    `subset: first` takes the first images of the pool (the textbook's `x_train[:N]`); `random`
+    draws them stratified by class with `seed`. A validation split, when asked for, comes from
+    `val_from`:
+
+    - `selection`: `train_size + val_size` images are selected, and the validation images are
+      held out of them, stratified and seeded;
+    - `pool`: the `train_size` training images are the ones a run without validation trains
+      on, and the validation images come from the rest of the pool: the next `val_size`
+      images with `first`, a stratified seeded draw with `random`.
+
+    `test_size` keeps the first N test images (all of them by default). `source`, when given,
+    is used instead of resolving `path` again (a worker process uses the source its parent
+    resolved).
     """
     pool = load_pool(check_sizes(path, train_size, val_size, test_size, source, dataset))
     n_pool = len(pool.y_train)
     n_train = n_pool - val_size if train_size is None else train_size
-    n_take = n_train + val_size
+    by_pool = val_from == "pool" and val_size > 0
+    n_take = n_train if by_pool else n_train + val_size
     if subset == "first" or n_take == n_pool:
         idx = np.arange(n_take)
     else:
@@ -462,7 +472,15 @@ def make_split(
         idx = np.sort(idx)
     x_val = y_val = None
     if val_size:
-        idx, val_idx = _stratified_split(idx, pool.y_train[idx], seed, test_size=val_size)
+        if not by_pool:
+            idx, val_idx = _stratified_split(idx, pool.y_train[idx], seed, test_size=val_size)
+        elif subset == "first":
+            val_idx = np.arange(n_train, n_train + val_size)
+        else:
+            rest = np.setdiff1d(np.arange(n_pool), idx)
+            val_idx = rest
+            if val_size < len(rest):
+                val_idx, _ = _stratified_split(rest, pool.y_train[rest], seed, train_size=val_size)
         idx, val_idx = np.sort(idx), np.sort(val_idx)
         x_val, y_val = _prepare(pool.x_train[val_idx]), pool.y_train[val_idx].astype(np.int32)
     n_test = len(pool.y_test) if test_size is None else test_size

@@ -119,7 +119,15 @@ def train_run(
     d = cfg.data
     try:
         split = data.make_split(
-            d.path, d.train_size, d.subset, d.val_size, d.test_size, key.seed, source, d.dataset
+            d.path,
+            d.train_size,
+            d.subset,
+            d.val_size,
+            d.test_size,
+            key.seed,
+            source,
+            d.dataset,
+            d.val_from,
         )
         on_sizes({**split.sizes, "classes": split.num_classes})
         try:

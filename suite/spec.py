@@ -45,7 +45,9 @@ __all__ = [
     "OPTIMIZER_DEFAULTS",
     "DataSpec",
     "Distribution",
+    "AugmentSpec",
     "ConvLayer",
+    "EarlyStopping",
     "ModelSpec",
     "OptimizerSpec",
     "RunConfig",
@@ -57,6 +59,7 @@ __all__ = [
     "TrainSpec",
     "describe_init",
     "did_you_mean",
+    "check_inputs",
     "flatten",
     "parse_yaml",
     "read_study_file",
@@ -143,7 +146,10 @@ class DataSpec(Strict):
     path: str | None = Field(default=None, validate_default=True)
     train_size: PositiveInt | None = None  # None: the whole training pool
     subset: Literal["first", "random"] = "first"  # first N (textbook) or stratified seeded draw
-    val_size: Annotated[int, Field(ge=0)] = 0  # held out of the selected training images
+    val_size: Annotated[int, Field(ge=0)] = 0  # validation images (see val_from)
+    # selection: held out of the train_size + val_size images selected; pool: taken from the
+    # pool's images beyond the train_size training images, which stay the same as without one
+    val_from: Literal["selection", "pool"] = "selection"
     test_size: PositiveInt | None = None  # first N test images; None: the whole test set
 
     @field_validator("path")
@@ -200,6 +206,9 @@ class ModelSpec(Strict):
     batch_norm: bool = False
     bn_momentum: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.9  # textbook; Keras uses 0.99
     bn_epsilon: PositiveFloat = 1e-6  # textbook; Keras uses 1e-3
+    # Keras' MaxNorm(max_norm) on every kernel after each update: each unit's incoming weight
+    # vector (a conv filter's whole kernel) is scaled back to this L2 norm when longer
+    max_norm: PositiveFloat | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -255,6 +264,23 @@ def conv_input_shape(image_shape: tuple[int, ...] | None) -> tuple[int, int, int
     return (*image_shape, 1) if len(image_shape) == 2 else image_shape  # type: ignore[return-value]
 
 
+def check_inputs(config: RunConfig, image_shape: tuple[int, ...]) -> None:
+    """What a run asks of its data's inputs, checked against one input's shape (`(D,)` for flat
+    feature vectors); ValueError naming the key: a cnn's stack must fit the images, and
+    geometric augmentation needs images."""
+    if config.model.kind == "cnn":
+        try:
+            conv_output_sizes(config.model, image_shape)
+        except ValueError as err:
+            raise ValueError(f"model.{err}") from None
+    augment = config.train.augment
+    if augment is not None and augment.geometric and len(image_shape) not in (2, 3):
+        raise ValueError(
+            f"train.augment.{augment.geometric[0]}: needs images, and the data's inputs are flat "
+            f"feature vectors of shape {tuple(image_shape)}; only noise applies to them"
+        )
+
+
 def conv_output_sizes(spec: ModelSpec, image_shape: tuple[int, ...]) -> list[tuple[int, int]]:
     """Each conv layer's output height and width (after its pool); ValueError when the stack
     shrinks the image below 1x1, naming the layer."""
@@ -301,6 +327,72 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return max(math.ceil(n / batch_size), 1)
 
 
+class EarlyStopping(Strict):
+    """`train.early_stopping`: Keras' `EarlyStopping` semantics, on the validation split.
+
+    After each epoch the monitored metric improves when it beats the best so far by more than
+    `min_delta` (lower for `val_loss`, higher for `val_accuracy`); the run stops at the end of
+    the epoch that makes `patience` epochs in a row without improvement (never after the
+    first). With `restore_best` the run ends with the weights of its best epoch, stopped or
+    not (Keras 3), and its final metrics are theirs.
+    """
+
+    monitor: str = "val_loss"
+    patience: Annotated[int, Field(ge=0)] = 10
+    min_delta: NonNegativeFloat = 0.0
+    restore_best: bool = True
+
+    @field_validator("monitor")
+    @classmethod
+    def _validation_metric(cls, value: str) -> str:
+        if value in MONITORS:
+            return value
+        if value.startswith("test_"):
+            raise ValueError(
+                f"{value!r} is a test-set metric: stopping on it is tuning on the test set, "
+                "and the test accuracy would no longer measure generalisation; monitor "
+                "val_loss or val_accuracy (with data.val_size)"
+            )
+        if value.startswith("train_"):
+            raise ValueError(
+                f"{value!r} is a training metric: it keeps improving while the network "
+                "overfits; monitor val_loss or val_accuracy (with data.val_size)"
+            )
+        raise ValueError(
+            f"unknown metric {value!r}{did_you_mean(value, MONITORS)}; "
+            "expected val_loss or val_accuracy"
+        )
+
+
+MONITORS = ("val_loss", "val_accuracy")
+
+
+class AugmentSpec(Strict):
+    """`train.augment`: random transforms of each training minibatch, inside the compiled step
+    (Keras' preprocessing layers, seeded per run); evaluation sees the images as they are.
+    Each is off at 0; images only, except `noise`."""
+
+    translate: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0  # up to this fraction of H and W
+    rotate: Annotated[float, Field(ge=0.0, le=180.0)] = 0.0  # up to this many degrees
+    zoom: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # in or out by up to this fraction
+    flip: bool = False  # left-right, half of the images
+    noise: NonNegativeFloat = 0.0  # Gaussian noise of this standard deviation on the inputs
+
+    @model_validator(mode="after")
+    def _something(self) -> AugmentSpec:
+        if not self.geometric and not self.noise:
+            raise ValueError(
+                "every transform is off; set translate, rotate, zoom, flip or noise "
+                "(e.g. {translate: 0.1, rotate: 10, zoom: 0.1})"
+            )
+        return self
+
+    @property
+    def geometric(self) -> list[str]:
+        """The transforms given that need images."""
+        return [k for k in ("translate", "rotate", "zoom", "flip") if getattr(self, k)]
+
+
 class TrainSpec(Strict):
     """How a run trains: optimizer, minibatches, length."""
 
@@ -320,6 +412,17 @@ class TrainSpec(Strict):
     # (1000 standard-normal inputs through 5 layers of 100) and the MNIST network's hidden
     # layers on 1000 test images, at initialisation and after training
     log_activations: bool = False
+    early_stopping: EarlyStopping | None = None
+    augment: AugmentSpec | None = None
+    # Keras' categorical cross-entropy with smoothed targets, y * (1 - s) + s / K, as the training
+    # objective; the logged losses stay the plain cross-entropy (see suite.metrics)
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+
+    @model_validator(mode="after")
+    def _smoothing_needs_cross_entropy(self) -> TrainSpec:
+        if self.label_smoothing and self.loss != "cross_entropy":
+            raise ValueError("label_smoothing: applies to the cross_entropy loss only")
+        return self
 
 
 class RunConfig(Strict):
@@ -328,6 +431,15 @@ class RunConfig(Strict):
     data: DataSpec = Field(default_factory=DataSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
+
+    @model_validator(mode="after")
+    def _stopping_needs_validation(self) -> RunConfig:
+        if self.train.early_stopping is not None and not self.data.val_size:
+            raise ValueError(
+                "train.early_stopping: needs a validation split to monitor: set data.val_size "
+                "(with data.val_from: pool the training images stay the same)"
+            )
+        return self
 
     def flat(self) -> dict[str, Any]:
         """Dotted-key params, as logged to MLflow."""
@@ -363,6 +475,11 @@ LATE_SETTINGS: dict[str, Any] = {
     "train.loss": "cross_entropy",
     "train.log_batch_loss": False,
     "train.log_activations": False,
+    "data.val_from": "selection",
+    "model.max_norm": None,
+    "train.early_stopping": None,
+    "train.augment": None,
+    "train.label_smoothing": 0.0,
 }
 
 
@@ -463,6 +580,11 @@ def validate(model: type[Any], raw: Any, where: str, origin: str | dict[str, str
         loc = [
             p for i, p in enumerate(loc) if not (i and loc[i - 1].isdigit() and p in FIGURE_KINDS)
         ]
+        message = _explain(first, model, loc)
+        # a check across sections names its key first: "train.early_stopping: needs ..."
+        named = re.fullmatch(r"([a-z_]+(?:\.[a-z_]+)+): (.*)", message) if not loc else None
+        if named:
+            loc, message = named[1].split("."), named[2]
         dotted = ".".join(loc)
         if isinstance(origin, str):
             prefix = origin
@@ -477,7 +599,6 @@ def validate(model: type[Any], raw: Any, where: str, origin: str | dict[str, str
                 "base.",
             )
         key = (prefix if not prefix.startswith("--set") else "") + dotted
-        message = _explain(first, model, loc)
         label = f"--set {dotted}" if prefix.startswith("--set") else key
         raise SpecError(f"{where}: {label or '(top level)'}: {message}") from None
 

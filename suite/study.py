@@ -37,7 +37,7 @@ from suite.spec import (
     SearchSpec,
     SpecError,
     StudyFile,
-    conv_output_sizes,
+    check_inputs,
     did_you_mean,
     flatten,
     read_study_file,
@@ -239,16 +239,16 @@ def _data_source(cell: Cell, where: str, check_sizes: bool) -> str:
         if check_sizes:
             sizes = (spec.train_size, spec.val_size, spec.test_size)
             source = data.check_sizes(spec.path, *sizes, dataset=spec.dataset)
-            if cell.config.model.kind == "cnn":  # the data's images must fit the conv stack
-                conv_output_sizes(cell.config.model, data.load_pool(source).x_train.shape[1:])
+            # a cnn's stack must fit the images; geometric augmentation needs images
+            check_inputs(cell.config, data.load_pool(source).x_train.shape[1:])
             return source.label
         return data.resolve_source(spec.path, spec.dataset).label
     except data.DataError as err:
         if check_sizes:
             raise SpecError(f"{where}: cell {cell.name}: {err}") from None
         return ""
-    except ValueError as err:  # a cnn on flat features, a conv stack too deep for the images
-        raise SpecError(f"{where}: cell {cell.name}: model.{err}") from None
+    except ValueError as err:  # a cnn or augmentation on flat features, a stack too deep
+        raise SpecError(f"{where}: cell {cell.name}: {err}") from None
 
 
 def _where(path: Path | None) -> str:

@@ -49,7 +49,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from suite import builders
+from suite import builders, cures
 from suite.data import Split
 from suite.metrics import EPOCH_METRICS, FINAL_METRICS, VAL_METRICS
 from suite.models import (
@@ -89,6 +89,11 @@ class History:
     # per-layer activation histograms (`train.log_activations`): the textbook's probe and the
     # network's hidden layers before and after training (see `layer_histograms`)
     activations: dict[str, Any] | None = None
+    # with `train.early_stopping`: the epoch it stopped at (None: it ran every epoch), the
+    # epoch whose weights the run ended with, and their metrics, evaluated once more
+    stopped_epoch: int | None = None
+    restored_epoch: int | None = None
+    restored: dict[str, float] | None = None
 
     @property
     def epochs(self) -> int:
@@ -100,18 +105,31 @@ class History:
 
     def final(self) -> dict[str, float]:
         """The end-of-run summary metrics (design.md): final values, best test epoch, time;
-        the final and best validation accuracy when the run has a validation split."""
+        the final and best validation accuracy when the run has a validation split. With early
+        stopping the final values are those of the weights the run ended with (`restored`),
+        and `stopped_epoch` (when it stopped) and `restored_epoch` are added."""
         test = self.metrics["test_accuracy"]
         best = int(np.argmax(test))
         val = self.metrics.get("val_accuracy")
+        last = {name: values[-1] for name, values in self.metrics.items()}
+        end = self.restored or last
+        stop = {
+            **({"stopped_epoch": float(self.stopped_epoch)} if self.stopped_epoch else {}),
+            **({"restored_epoch": float(self.restored_epoch)} if self.restored_epoch else {}),
+        }
         return {
-            "final_train_accuracy": self.metrics["train_accuracy"][-1],
-            "final_test_accuracy": test[-1],
-            "final_gap": self.metrics["gap"][-1],
+            "final_train_accuracy": end["train_accuracy"],
+            "final_test_accuracy": end["test_accuracy"],
+            "final_gap": end["train_accuracy"] - end["test_accuracy"],
             "best_test_accuracy": test[best],
             "best_epoch": float(best + 1),
             "train_seconds": self.train_seconds,
-            **({"final_val_accuracy": val[-1], "best_val_accuracy": max(val)} if val else {}),
+            **(
+                {"final_val_accuracy": end["val_accuracy"], "best_val_accuracy": max(val)}
+                if val
+                else {}
+            ),
+            **stop,
             **(per_class(self.confusion) if self.confusion is not None else {}),
         }
 
@@ -218,6 +236,9 @@ def train(
         on_epoch: called after every epoch with (epoch starting at 1, that epoch's metrics),
             in bursts of up to `EPOCHS_PER_CALL` epochs.
 
+    With `train.early_stopping` the history ends at the stop; the run's final metrics are
+    those of the weights it ends with (see `History.final`).
+
     Raises:
         Diverged: a loss or accuracy became NaN or infinite; carries the history so far.
     """
@@ -253,7 +274,7 @@ def train(
         result = {k: v.numpy() for k, v in program.run(chunk, x_eval_t, y_eval_t).items()}
         if spec.log_batch_loss:
             batch_losses = result.pop("batch_loss").reshape(-1).tolist()
-        for i in range(len(chunk)):
+        for i in range(len(result["train_loss"])):  # fewer than the chunk after a stop
             epoch = first + i + 1
             values = {k: float(v[i]) for k, v in result.items()}
             values["gap"] = values["train_accuracy"] - values["test_accuracy"]
@@ -266,6 +287,10 @@ def train(
             history.append(values)
             if on_epoch is not None:
                 on_epoch(epoch, values)
+        if program.stop is not None and int(program.stop.stopped):
+            break
+    if program.stop is not None:
+        _conclude_stopping(program, history, x_eval_t, y_eval_t)
     history.train_seconds = time.perf_counter() - start
     predicted = np.argmax(model(x_eval_t[n : n + sizes["test"]], training=False).numpy(), axis=1)
     history.confusion = confusion_matrix(split.y_test, predicted, split.num_classes)
@@ -284,6 +309,19 @@ def train(
     return history
 
 
+def _conclude_stopping(program: _Program, history: History, x: tf.Tensor, y: tf.Tensor) -> None:
+    """An early-stopping run's end: the stop, the weights it keeps (the best epoch's with
+    `restore_best`) and their metrics, evaluated once more."""
+    assert program.stop is not None
+    history.stopped_epoch = int(program.stop.stopped) or None
+    history.restored_epoch = program.stop.restore()
+    if history.restored_epoch != history.epochs:
+        measured = program.evaluate(x, y)
+        history.restored = {k: v for k, v in measured.items() if k.endswith("_accuracy")}
+    else:
+        history.restored = None
+
+
 class _Program:
     """A model, its optimizer and the compiled epochs that train and evaluate them.
 
@@ -294,115 +332,151 @@ class _Program:
     coefficients are variables, so runs that differ only in those (a search, a weight-decay
     sweep, an initialisation grid) share one compiled program, with the results a fresh
     model would give, to the bit.
+
+    The cures of `suite.cures` a run asks for (early stopping, augmentation, label smoothing,
+    max-norm) are traced into the same program; each is absent from the graph when off.
     """
 
     def __init__(self, config: RunConfig, sizes: dict[str, int], shape: DataShape) -> None:
-        """Build the model and optimizer of runs shaped like `config`, and the `tf.function`
-        that trains and evaluates their epochs (traced on its first call).
-
-        It is long (103 lines) because it is one compiled program's set-up: `penalty`, `epoch`
-        and the `tf.function` `run` are closures over the same model, optimizer, kernels,
-        penalty coefficients, step count and evaluation slices, traced together into one graph;
-        they stay in one body so that what TensorFlow traces reads in one place.
-        """
+        """Build the model and optimizer of runs shaped like `config`, and the `tf.function`s
+        that train and evaluate their epochs (traced on their first call)."""
         spec = config.train
         self.shape = shape
         self.model = build_model(_shape_of(config.model), 0, *shape)
-        input_dim = shape[0]
         self.optimizer = make_optimizer(spec.optimizer)
         self.optimizer.build(self.model.trainable_variables)
         self.l1 = tf.Variable(0.0, trainable=False, name="l1")
         self.l2 = tf.Variable(0.0, trainable=False, name="l2")
-        n = sizes["train"]
-        batch = spec.batch_size
-        self.steps = steps = spec.steps_per_epoch or steps_per_epoch(n, batch)
+        n, self.batch = sizes["train"], spec.batch_size
+        self.steps = spec.steps_per_epoch or steps_per_epoch(n, self.batch)
         per_epoch = (
-            steps * batch if spec.sampling == "with_replacement" or spec.steps_per_epoch else n
+            self.steps * self.batch
+            if spec.sampling == "with_replacement" or spec.steps_per_epoch
+            else n
         )
-        log_batch = spec.log_batch_loss
-        loss_fn = make_loss(spec.loss)
-        model, optimizer = self.model, self.optimizer
-        kernels = [  # every Dense and Conv2D kernel: the penalty and the weight norm cover them
+        self.log_batch = spec.log_batch_loss
+        self.loss_fn = make_loss(spec.loss)
+        self.objective = cures.objective(self.loss_fn, spec.label_smoothing, shape[1])
+        # every Dense and Conv2D kernel (a user's model: every kernel, nested or not): the
+        # penalty, the weight norm and max-norm cover them
+        self.kernels = [
             layer.kernel
-            for layer in model.layers
+            for layer in self.model.layers
             if isinstance(layer, keras.layers.Dense | keras.layers.Conv2D)
         ]
-        if config.model.builder is not None:  # a user's model: every kernel, nested or not
-            kernels = [v for v in model.trainable_variables if v.path.split("/")[-1] == "kernel"]
-        bounds, offset = {}, 0
+        if config.model.builder is not None:
+            self.kernels = [
+                v for v in self.model.trainable_variables if v.path.split("/")[-1] == "kernel"
+            ]
+        self.max_norm = (
+            cures.MaxNorm(config.model.max_norm, self.kernels) if config.model.max_norm else None
+        )
+        self.augment = cures.Augmenter(spec.augment, shape[2]) if spec.augment else None
+        self.stop = (
+            cures.EarlyStop(spec.early_stopping, self.model.weights)
+            if spec.early_stopping
+            else None
+        )
+        self.bounds: dict[str, tuple[int, int]] = {}
+        offset = 0
         for name, size in sizes.items():
-            bounds[name] = (offset, offset + size)
+            self.bounds[name] = (offset, offset + size)
             offset += size
-
-        def penalty() -> tf.Tensor:
-            # Keras' L1L2 regulariser, with variable coefficients: l1*sum|W| + l2*sum(W^2)
-            # per kernel, summed; a zero coefficient adds an exact zero
-            return tf.add_n(
-                [
-                    0.0 + self.l1 * tf.reduce_sum(tf.abs(k)) + self.l2 * tf.reduce_sum(tf.square(k))
-                    for k in kernels
-                ]
-            )
-
-        def epoch(
-            order: tf.Tensor, x: tf.Tensor, y: tf.Tensor
-        ) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
-            losses = tf.TensorArray(tf.float32, size=steps, element_shape=[])
-            for step in tf.range(steps):
-                idx = order[step * batch : (step + 1) * batch]
-                xb, yb = tf.gather(x, idx), tf.gather(y, idx)
-                with tf.GradientTape() as tape:
-                    logits = model(xb, training=True)
-                    data_loss = loss_fn(yb, logits)
-                    loss = data_loss + penalty()
-                grads = tape.gradient(loss, model.trainable_variables)
-                optimizer.apply(grads, model.trainable_variables)
-                if log_batch:
-                    losses = losses.write(step, data_loss)
-            logits = model(x, training=False)
-            out = {}
-            for name, (lo, hi) in bounds.items():
-                part, labels = logits[lo:hi], y[lo:hi]
-                out[f"{name}_loss"] = loss_fn(labels, part)
-                hits = tf.argmax(part, axis=1, output_type=tf.int32) == labels
-                out[f"{name}_accuracy"] = tf.reduce_mean(tf.cast(hits, tf.float32))
-            out["reg_loss"] = penalty()
-            out["weight_norm"] = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(k)) for k in kernels]))
-            return out, losses.stack() if log_batch else tf.zeros([0])
-
-        names = [f"{p}_{m}" for p in sizes for m in ("loss", "accuracy")] + [
+        self.names = [f"{p}_{m}" for p in sizes for m in ("loss", "accuracy")] + [
             "reg_loss",
             "weight_norm",
         ]
-        eval_rows = sum(sizes.values())
+        x_spec = tf.TensorSpec([offset, shape[0]], tf.float32)
+        y_spec = tf.TensorSpec([offset], tf.int32)
+        self._run = tf.function(
+            self._epochs,
+            input_signature=[tf.TensorSpec([None, per_epoch], tf.int32), x_spec, y_spec],
+        )
+        self._evaluate = tf.function(self._measure, input_signature=[x_spec, y_spec])
 
-        @tf.function(
-            input_signature=[
-                tf.TensorSpec([None, per_epoch], tf.int32),
-                tf.TensorSpec([eval_rows, input_dim], tf.float32),
-                tf.TensorSpec([eval_rows], tf.int32),
+    def _penalty(self) -> tf.Tensor:
+        # Keras' L1L2 regulariser, with variable coefficients: l1*sum|W| + l2*sum(W^2)
+        # per kernel, summed; a zero coefficient adds an exact zero
+        return tf.add_n(
+            [
+                0.0 + self.l1 * tf.reduce_sum(tf.abs(k)) + self.l2 * tf.reduce_sum(tf.square(k))
+                for k in self.kernels
             ]
         )
-        def run(orders: tf.Tensor, x: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
-            count = tf.shape(orders)[0]
-            arrays = {name: tf.TensorArray(tf.float32, size=count) for name in names}
-            batch_losses = tf.TensorArray(
-                tf.float32, size=count, element_shape=[steps if log_batch else 0]
-            )
-            for e in tf.range(count):
-                values, losses = epoch(orders[e], x, y)
-                arrays = {name: arrays[name].write(e, values[name]) for name in names}
-                batch_losses = batch_losses.write(e, losses)
-            out = {name: array.stack() for name, array in arrays.items()}
-            if log_batch:
-                out["batch_loss"] = batch_losses.stack()
-            return out
 
-        self._run = run
+    def _update(self, xb: tf.Tensor, yb: tf.Tensor) -> tf.Tensor:
+        """One minibatch update (traced); the minibatch's data loss before it, as logged."""
+        model = self.model
+        if self.augment is not None:
+            xb = self.augment(xb)
+        with tf.GradientTape() as tape:
+            logits = model(xb, training=True)
+            data_loss = self.objective(yb, logits)
+            loss = data_loss + self._penalty()
+        grads = tape.gradient(loss, model.trainable_variables)
+        self.optimizer.apply(grads, model.trainable_variables)
+        if self.max_norm is not None:
+            self.max_norm.apply()
+        if self.log_batch and self.objective is not self.loss_fn:
+            data_loss = self.loss_fn(yb, logits)  # logged losses leave the smoothing out
+        return data_loss
+
+    def _epoch(
+        self, order: tf.Tensor, x: tf.Tensor, y: tf.Tensor
+    ) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+        """One epoch's updates, then its evaluation (traced)."""
+        batch, steps = self.batch, self.steps
+        losses = tf.TensorArray(tf.float32, size=steps, element_shape=[])
+        for step in tf.range(steps):
+            idx = order[step * batch : (step + 1) * batch]
+            data_loss = self._update(tf.gather(x, idx), tf.gather(y, idx))
+            if self.log_batch:
+                losses = losses.write(step, data_loss)
+        return self._measure(x, y), losses.stack() if self.log_batch else tf.zeros([0])
+
+    def _measure(self, x: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Every part's loss and accuracy in inference mode, the penalty and the weight norm,
+        from one pass over the evaluation batch (traced)."""
+        logits = self.model(x, training=False)
+        out = {}
+        for name, (lo, hi) in self.bounds.items():
+            part, labels = logits[lo:hi], y[lo:hi]
+            out[f"{name}_loss"] = self.loss_fn(labels, part)
+            hits = tf.argmax(part, axis=1, output_type=tf.int32) == labels
+            out[f"{name}_accuracy"] = tf.reduce_mean(tf.cast(hits, tf.float32))
+        out["reg_loss"] = self._penalty()
+        out["weight_norm"] = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(k)) for k in self.kernels]))
+        return out
+
+    def _epochs(self, orders: tf.Tensor, x: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
+        """`len(orders)` epochs (traced); with early stopping, up to the stop: per-metric arrays
+        of the epochs run."""
+        names, log_batch, stop = self.names, self.log_batch, self.stop
+        count = tf.shape(orders)[0]
+        size = {"size": 0, "dynamic_size": True} if stop is not None else {"size": count}
+        arrays = {name: tf.TensorArray(tf.float32, **size) for name in names}
+        batch_losses = tf.TensorArray(
+            tf.float32, element_shape=[self.steps if log_batch else 0], **size
+        )
+        for e in tf.range(count):
+            values, losses = self._epoch(orders[e], x, y)
+            arrays = {name: arrays[name].write(e, values[name]) for name in names}
+            batch_losses = batch_losses.write(e, losses)
+            if stop is not None and stop.update(values[stop.monitor]):
+                break
+        out = {name: array.stack() for name, array in arrays.items()}
+        if log_batch:
+            out["batch_loss"] = batch_losses.stack()
+        return out
 
     def run(self, orders: np.ndarray, x: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Train and evaluate `len(orders)` epochs; per-metric arrays, one value per epoch."""
+        """Train and evaluate up to `len(orders)` epochs (fewer when early stopping stops the
+        run); per-metric arrays, one value per epoch run."""
         return self._run(tf.constant(orders), x, y)
+
+    def evaluate(self, x: tf.Tensor, y: tf.Tensor) -> dict[str, float]:
+        """The metrics of the network as it is now, on the evaluation batch."""
+        return {k: float(v) for k, v in self._evaluate(x, y).items()}
 
     def reset(self, config: RunConfig, seed: int) -> None:
         """Start a run: every variable as a freshly built model and optimizer would hold it."""
@@ -419,6 +493,10 @@ class _Program:
                 mine.assign(theirs)
         self.l1.assign(config.model.l1)
         self.l2.assign(0.5 * config.model.weight_decay)
+        if self.augment is not None:
+            self.augment.reset(seed)
+        if self.stop is not None:
+            self.stop.reset()
 
 
 _PROGRAMS: dict[str, _Program] = {}
