@@ -54,12 +54,8 @@ class EarlyStop:
         self.spec = spec
         self.monitor = spec.monitor
         self.lower = spec.monitor.endswith("_loss")  # val_loss falls, val_accuracy rises
-        self.weights = list(weights)
-        self.saved = (
-            [tf.Variable(tf.zeros_like(w.value), trainable=False) for w in self.weights]
-            if spec.restore_best
-            else []
-        )
+        self.weights = list(weights) if spec.restore_best else []  # what an improvement saves
+        self.saved = [tf.Variable(tf.zeros_like(w.value), trainable=False) for w in self.weights]
         self.best = tf.Variable(0.0, trainable=False, name="stop_best")
         self.wait = tf.Variable(0, trainable=False, name="stop_wait")
         self.epoch = tf.Variable(0, trainable=False, name="stop_epoch")
