@@ -165,9 +165,14 @@ class RichObserver:
             self.progress.console.print(f"elsewhere {name}: {result.reason}", highlight=False)
             return
         final = result.final
+        stop = ""
+        if "stopped_epoch" in final:  # early stopping ended it before its last epoch
+            stop = f"  stopped at epoch {final['stopped_epoch']:.0f}"
+        if final.get("restored_epoch", final.get("stopped_epoch")) != final.get("stopped_epoch"):
+            stop += f", kept epoch {final['restored_epoch']:.0f}"
         self.progress.console.print(
             f"finished {name}: train {final['final_train_accuracy']:.3f}  "
-            f"test {final['final_test_accuracy']:.3f}  gap {final['final_gap']:.3f}  "
+            f"test {final['final_test_accuracy']:.3f}  gap {final['final_gap']:.3f}{stop}  "
             f"({final['train_seconds']:.1f} s)",
             highlight=False,
         )

@@ -267,3 +267,54 @@ def test_geometric_augmentation_is_refused_on_flat_features_and_noise_is_not(
     split = make_split(str(path), None, "first", 0, None, 0, dataset="npz")
     history = training.train(cell.config, split, seed=0)
     assert history.epochs == 2
+
+
+def test_the_acceptance_run_through_the_command_line(tmp_path: Path, tracking_uri: str) -> None:
+    """`overfit run` with every cure at once finishes, logs where it stopped and what it kept,
+    and its curves end at the stop; a bad cure exits non-zero and creates no run."""
+    import os
+    import subprocess
+    import sys
+
+    from suite.tracking import Tracker
+
+    study = tmp_path / "acceptance.yaml"
+    study.write_text(
+        "name: acceptance\nbase:\n  data: {train_size: 300, test_size: 1000}\n"
+        "  model: {hidden: [50, 50]}\n  train: {epochs: 300, optimizer: {learning_rate: 0.1}}\n"
+    )
+    cures_set = [
+        "data.val_size=100",
+        "train.early_stopping.monitor=val_loss",
+        "train.early_stopping.patience=2",
+        "train.augment.translate=0.1",
+        "train.augment.rotate=10",
+        "train.augment.zoom=0.1",
+        "train.label_smoothing=0.1",
+        "model.max_norm=3",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+
+    def overfit(*sets: str) -> subprocess.CompletedProcess[str]:
+        args = [sys.executable, "-m", "suite", "run", str(study), "--tracking-uri", tracking_uri]
+        for item in sets:
+            args += ["--set", item]
+        return subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
+
+    refused = overfit(*cures_set, "train.early_stopping.monitor=test_loss")
+    assert refused.returncode != 0 and "tuning on the test set" in refused.stderr
+    tracker = Tracker(tracking_uri)
+    assert tracker.experiment_id("acceptance", create=False) is None  # nothing created
+
+    done = overfit(*cures_set)
+    assert done.returncode == 0, done.stderr
+    assert "stopped at epoch" in done.stdout
+    experiment = tracker.experiment_id("acceptance", create=False)
+    assert experiment is not None
+    (run,) = tracker.runs(experiment)
+    metrics = tracker.client.get_run(run.run_id).data.metrics
+    stopped = metrics["stopped_epoch"]
+    assert 1 < stopped < 300 and 1 <= metrics["restored_epoch"] <= stopped
+    for name in ("train_loss", "val_loss", "test_accuracy"):
+        steps = [m.step for m in tracker.client.get_metric_history(run.run_id, name)]
+        assert max(steps) == stopped and len(steps) == stopped
