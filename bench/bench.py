@@ -12,6 +12,8 @@ Rows (each a fresh measurement on this machine, now):
   300 images, 200 epochs), seed 0, in process; its floor is its convolutions at the measured
   convolution peak plus its dense layers at the matmul peak; beside it naive Keras `fit` of the
   same network doing the same work (`bench/naive_fit.py --cnn`), in process, in one invocation.
+- cures (`bench/cures_bench.py`): an augmented run against the same run without augmentation,
+  and what early stopping saves on experiments/cures.yaml.
 - logging: the same run through the runner with MLflow logging to a sqlite store (params,
   config artifact, per-epoch metrics, confusion matrix), against training alone.
 - canonical run through the CLI, and naive Keras `fit(validation_data=...)` doing the same
@@ -55,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
+import cures_bench  # noqa: E402
 import report_bench  # noqa: E402
 
 from suite.tracking import git_commit  # noqa: E402
@@ -63,6 +66,7 @@ SHARED = ROOT.parent / "shared" / "data" / "mnist.npz"
 SECTIONS = (
     "inprocess",
     "cnn",
+    "cures",
     "logging",
     "cli",
     "naive",
@@ -199,7 +203,10 @@ def canonical(
     study = load_study(ROOT / "experiments" / f"{study_name}.yaml", overrides).select([cell_name])
     (cell,) = study.cells
     d = cell.config.data
-    split = data.make_split(d.path, d.train_size, d.subset, d.val_size, d.test_size, 0)
+    split = data.make_split(
+        d.path, d.train_size, d.subset, d.val_size, d.test_size, 0,
+        dataset=d.dataset, val_from=d.val_from,
+    )  # fmt: skip
     return study, cell, split
 
 
@@ -509,6 +516,12 @@ def main() -> None:
         found = re.search(r"([0-9.]+) s in process", output)
         record["cnn"]["naive_seconds"] = seconds
         record["cnn"]["naive_in_process_seconds"] = float(found.group(1)) if found else None
+    if "cures" not in skip:
+        step("cures: augmentation's cost and early stopping's saving (cures study)")
+        record["cures"] = {
+            "augmentation": cures_bench.augmentation(data_path, epochs),
+            "early_stopping": cures_bench.early_stopping(data_path, epochs),
+        }
     if "logging" not in skip:
         step("logging cost: the run with and without MLflow")
         record["logging"] = bench_logging(data_path, epochs)
@@ -643,6 +656,7 @@ def table(record: dict[str, Any]) -> list[tuple[str, str, str]]:
                     f"{ratio:.1f}x the first in-process CNN run",
                 )
             )
+    rows += cures_bench.rows(record.get("cures") or {})
     logging = record.get("logging")
     if logging:
         rows.append(

@@ -25,7 +25,7 @@ from rich.progress import (
 from rich.table import Table
 
 from suite.names import FAILED, KILLED, SKIPPED, Stored
-from suite.spec import ModelSpec, describe_init
+from suite.spec import ModelSpec, RunConfig, describe_init
 from suite.study import RunKey, Study
 
 if TYPE_CHECKING:
@@ -76,6 +76,9 @@ def cells_table(study: Study) -> Table:
     table.add_column("hash", no_wrap=True, min_width=10)
     for column in ("hidden", "init", "wd", "dropout", "bn", "optimizer", "epochs"):
         table.add_column(column)
+    cured = any(_cures(cell.config) for cell in study.cells)
+    if cured:  # only studies that use them get the column
+        table.add_column("cures")
     for cell in study.cells:
         m, t = cell.config.model, cell.config.train
         table.add_row(
@@ -88,8 +91,27 @@ def cells_table(study: Study) -> Table:
             "yes" if m.batch_norm else "-",
             f"{t.optimizer.name} {t.optimizer.learning_rate:g}",
             str(t.epochs),
+            *([_cures(cell.config) or "-"] if cured else []),
         )
     return table
+
+
+def _cures(config: RunConfig) -> str:
+    """The everyday cures a cell uses, short: `stop val_loss/10, aug t0.1 r10 z0.1`."""
+    t, parts = config.train, []
+    if t.early_stopping is not None:
+        parts.append(f"stop {t.early_stopping.monitor}/{t.early_stopping.patience}")
+    if t.augment is not None:
+        a = t.augment
+        given = [("t", a.translate), ("r", a.rotate), ("z", a.zoom), ("noise", a.noise)]
+        parts.append(
+            "aug " + " ".join(f"{k}{v:g}" for k, v in given if v) + (" flip" if a.flip else "")
+        )
+    if t.label_smoothing:
+        parts.append(f"smooth {t.label_smoothing:g}")
+    if config.model.max_norm:
+        parts.append(f"max-norm {config.model.max_norm:g}")
+    return ", ".join(parts)
 
 
 class RichObserver:
