@@ -1,14 +1,16 @@
 """The pydantic base every study-file schema builds on: `Strict` and the shared field types.
 
-Owns: `Strict` (frozen, no unknown keys, no coercion) and the constrained number types that the
-run schema (`suite.spec`) and the report-figure schema (`suite.report.figure_spec`) both use.
+Owns: `Strict` (frozen, no unknown keys, no coercion), the constrained number types that the
+run schema (`suite.spec`, `suite.schema_cures`) and the report-figure schema
+(`suite.report.figure_spec`) use, and the "did you mean" hint of their errors.
 Must not touch: anything else of the suite. It imports pydantic only, so both schemas can
 import it without importing each other.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import difflib
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,3 +25,9 @@ Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
 PositiveFloat = Annotated[float, Field(gt=0.0)]
 NonNegativeFloat = Annotated[float, Field(ge=0.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
+
+
+def did_you_mean(word: str, options: Any) -> str:
+    """` (did you mean 'x'?)` for the option closest to `word`, or nothing."""
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

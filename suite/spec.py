@@ -18,7 +18,6 @@ two schema modules only: `overfit validate` stays light.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import math
@@ -37,7 +36,15 @@ from pydantic import (
 )
 
 from suite.report.figure_spec import FIGURE_KINDS, ReportSpec
-from suite.schema_base import NonNegativeFloat, PositiveFloat, PositiveInt, Probability, Strict
+from suite.schema_base import (
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    Strict,
+    did_you_mean,
+)
+from suite.schema_cures import AugmentSpec, EarlyStopping
 
 __all__ = [
     "KERAS_INITIALIZERS",
@@ -59,7 +66,6 @@ __all__ = [
     "TrainSpec",
     "describe_init",
     "did_you_mean",
-    "check_inputs",
     "flatten",
     "parse_yaml",
     "read_study_file",
@@ -264,23 +270,6 @@ def conv_input_shape(image_shape: tuple[int, ...] | None) -> tuple[int, int, int
     return (*image_shape, 1) if len(image_shape) == 2 else image_shape  # type: ignore[return-value]
 
 
-def check_inputs(config: RunConfig, image_shape: tuple[int, ...]) -> None:
-    """What a run asks of its data's inputs, checked against one input's shape (`(D,)` for flat
-    feature vectors); ValueError naming the key: a cnn's stack must fit the images, and
-    geometric augmentation needs images."""
-    if config.model.kind == "cnn":
-        try:
-            conv_output_sizes(config.model, image_shape)
-        except ValueError as err:
-            raise ValueError(f"model.{err}") from None
-    augment = config.train.augment
-    if augment is not None and augment.geometric and len(image_shape) not in (2, 3):
-        raise ValueError(
-            f"train.augment.{augment.geometric[0]}: needs images, and the data's inputs are flat "
-            f"feature vectors of shape {tuple(image_shape)}; only noise applies to them"
-        )
-
-
 def conv_output_sizes(spec: ModelSpec, image_shape: tuple[int, ...]) -> list[tuple[int, int]]:
     """Each conv layer's output height and width (after its pool); ValueError when the stack
     shrinks the image below 1x1, naming the layer."""
@@ -325,72 +314,6 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     """Updates per epoch when `train.steps_per_epoch` is unset: the textbook's
     max(n / batch, 1), rounded up for uneven sizes."""
     return max(math.ceil(n / batch_size), 1)
-
-
-class EarlyStopping(Strict):
-    """`train.early_stopping`: Keras' `EarlyStopping` semantics, on the validation split.
-
-    After each epoch the monitored metric improves when it beats the best so far by more than
-    `min_delta` (lower for `val_loss`, higher for `val_accuracy`); the run stops at the end of
-    the epoch that makes `patience` epochs in a row without improvement (never after the
-    first). With `restore_best` the run ends with the weights of its best epoch, stopped or
-    not (Keras 3), and its final metrics are theirs.
-    """
-
-    monitor: str = "val_loss"
-    patience: Annotated[int, Field(ge=0)] = 10
-    min_delta: NonNegativeFloat = 0.0
-    restore_best: bool = True
-
-    @field_validator("monitor")
-    @classmethod
-    def _validation_metric(cls, value: str) -> str:
-        if value in MONITORS:
-            return value
-        if value.startswith("test_"):
-            raise ValueError(
-                f"{value!r} is a test-set metric: stopping on it is tuning on the test set, "
-                "and the test accuracy would no longer measure generalisation; monitor "
-                "val_loss or val_accuracy (with data.val_size)"
-            )
-        if value.startswith("train_"):
-            raise ValueError(
-                f"{value!r} is a training metric: it keeps improving while the network "
-                "overfits; monitor val_loss or val_accuracy (with data.val_size)"
-            )
-        raise ValueError(
-            f"unknown metric {value!r}{did_you_mean(value, MONITORS)}; "
-            "expected val_loss or val_accuracy"
-        )
-
-
-MONITORS = ("val_loss", "val_accuracy")
-
-
-class AugmentSpec(Strict):
-    """`train.augment`: random transforms of each training minibatch, inside the compiled step
-    (Keras' preprocessing layers, seeded per run); evaluation sees the images as they are.
-    Each is off at 0; images only, except `noise`."""
-
-    translate: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0  # up to this fraction of H and W
-    rotate: Annotated[float, Field(ge=0.0, le=180.0)] = 0.0  # up to this many degrees
-    zoom: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # in or out by up to this fraction
-    flip: bool = False  # left-right, half of the images
-    noise: NonNegativeFloat = 0.0  # Gaussian noise of this standard deviation on the inputs
-
-    @model_validator(mode="after")
-    def _something(self) -> AugmentSpec:
-        if not self.geometric and not self.noise:
-            raise ValueError(
-                "every transform is off; set translate, rotate, zoom, flip or noise "
-                "(e.g. {translate: 0.1, rotate: 10, zoom: 0.1})"
-            )
-        return self
-
-    @property
-    def geometric(self) -> list[str]:
-        """The transforms given that need images."""
-        return [k for k in ("translate", "rotate", "zoom", "flip") if getattr(self, k)]
 
 
 class TrainSpec(Strict):
@@ -653,11 +576,6 @@ def _model_at(model: type[Any], loc: list[str]) -> type[BaseModel] | None:
     if isinstance(current, type) and issubclass(current, BaseModel):
         return current
     return None
-
-
-def did_you_mean(word: str, options: Any) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def describe_init(init: InitSpec) -> str:

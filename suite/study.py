@@ -37,7 +37,7 @@ from suite.spec import (
     SearchSpec,
     SpecError,
     StudyFile,
-    check_inputs,
+    conv_output_sizes,
     did_you_mean,
     flatten,
     read_study_file,
@@ -249,6 +249,23 @@ def _data_source(cell: Cell, where: str, check_sizes: bool) -> str:
         return ""
     except ValueError as err:  # a cnn or augmentation on flat features, a stack too deep
         raise SpecError(f"{where}: cell {cell.name}: {err}") from None
+
+
+def check_inputs(config: RunConfig, image_shape: tuple[int, ...]) -> None:
+    """What a run asks of its data's inputs, checked against one input's shape (`(D,)` for flat
+    feature vectors); ValueError naming the key: a cnn's stack must fit the images, and
+    geometric augmentation needs images."""
+    if config.model.kind == "cnn":
+        try:
+            conv_output_sizes(config.model, image_shape)
+        except ValueError as err:
+            raise ValueError(f"model.{err}") from None
+    augment = config.train.augment
+    if augment is not None and augment.geometric and len(image_shape) not in (2, 3):
+        raise ValueError(
+            f"train.augment.{augment.geometric[0]}: needs images, and the data's inputs are flat "
+            f"feature vectors of shape {tuple(image_shape)}; only noise applies to them"
+        )
 
 
 def _where(path: Path | None) -> str:

@@ -1,0 +1,80 @@
+"""The schema of the everyday cures a run's training applies: `train.early_stopping` and
+`train.augment` (`label_smoothing` and `max_norm` are single numbers in `suite.spec`).
+
+Owns: `EarlyStopping` (what it may monitor, and why not the others), `AugmentSpec` (each
+transform's range). Must not: train (`suite.cures` applies them) or know the data (whether the
+inputs are images is checked by `suite.spec.check_inputs`). It imports pydantic and
+`suite.schema_base` only.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+
+from suite.schema_base import NonNegativeFloat, Strict, did_you_mean
+
+MONITORS = ("val_loss", "val_accuracy")
+
+
+class EarlyStopping(Strict):
+    """`train.early_stopping`: Keras' `EarlyStopping` semantics, on the validation split.
+
+    After each epoch the monitored metric improves when it beats the best so far by more than
+    `min_delta` (lower for `val_loss`, higher for `val_accuracy`); the run stops at the end of
+    the epoch that makes `patience` epochs in a row without improvement (never after the
+    first). With `restore_best` the run ends with the weights of its best epoch, stopped or
+    not (Keras 3), and its final metrics are theirs.
+    """
+
+    monitor: str = "val_loss"
+    patience: Annotated[int, Field(ge=0)] = 10
+    min_delta: NonNegativeFloat = 0.0
+    restore_best: bool = True
+
+    @field_validator("monitor")
+    @classmethod
+    def _validation_metric(cls, value: str) -> str:
+        if value in MONITORS:
+            return value
+        if value.startswith("test_"):
+            raise ValueError(
+                f"{value!r} is a test-set metric: stopping on it is tuning on the test set, "
+                "and the test accuracy would no longer measure generalisation; monitor "
+                "val_loss or val_accuracy (with data.val_size)"
+            )
+        if value.startswith("train_"):
+            raise ValueError(
+                f"{value!r} is a training metric: it keeps improving while the network "
+                "overfits; monitor val_loss or val_accuracy (with data.val_size)"
+            )
+        raise ValueError(
+            f"unknown metric {value!r}{did_you_mean(value, MONITORS)}; expected val_loss or val_accuracy"
+        )
+
+
+class AugmentSpec(Strict):
+    """`train.augment`: random transforms of each training minibatch, inside the compiled step
+    (Keras' preprocessing layers, seeded per run); evaluation sees the images as they are.
+    Each is off at 0; images only, except `noise`."""
+
+    translate: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0  # up to this fraction of H and W
+    rotate: Annotated[float, Field(ge=0.0, le=180.0)] = 0.0  # up to this many degrees
+    zoom: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # in or out by up to this fraction
+    flip: bool = False  # left-right, half of the images
+    noise: NonNegativeFloat = 0.0  # Gaussian noise of this standard deviation on the inputs
+
+    @model_validator(mode="after")
+    def _something(self) -> AugmentSpec:
+        if not self.geometric and not self.noise:
+            raise ValueError(
+                "every transform is off; set translate, rotate, zoom, flip or noise "
+                "(e.g. {translate: 0.1, rotate: 10, zoom: 0.1})"
+            )
+        return self
+
+    @property
+    def geometric(self) -> list[str]:
+        """The transforms given that need images."""
+        return [k for k in ("translate", "rotate", "zoom", "flip") if getattr(self, k)]
