@@ -39,7 +39,7 @@ from suite.report.figure_spec import (
 )
 from suite.report.links import UI_DEFAULT, check_ui_url
 from suite.report.source import missing_notice, recorded
-from suite.spec import short_value, steps_per_epoch
+from suite.spec import steps_per_epoch
 from suite.study import Study
 from suite.tracking import Tracker
 
@@ -247,8 +247,8 @@ def _context(
             if settings.sort not in ("final_test_accuracy", "final_gap")
             else None
         ),
-        setting_columns=_setting_keys(spec),
-        settings=_settings(spec, cells),
+        setting_columns=groups.grid_keys(spec),
+        settings=groups.grid_values(spec, cells),
     )
 
 
@@ -444,29 +444,6 @@ def _activations(tracker: Tracker, used: pd.DataFrame) -> dict[str, list[dict[st
         if run_id in documents:
             out.setdefault(cell_hash, []).append(documents[run_id])
     return out
-
-
-def _setting_keys(spec: Study | None) -> list[str]:
-    """The grid and search keys, as table columns (none for a study of plain variants)."""
-    if spec is None:
-        return []
-    keys: list[str] = []
-    for cell in spec.cells:
-        keys += [k for k in cell.grid_point if k not in keys]
-    return keys
-
-
-def _settings(spec: Study | None, cells: list[aggregate.CellRow]) -> dict[str, dict[str, str]]:
-    """Each table row's grid and search values, by cell hash (found by the cell's name, so a
-    cell shown with runs of other settings keeps them)."""
-    if spec is None:
-        return {}
-    points = {c.name: c.grid_point for c in spec.cells}
-    return {
-        row.cell_hash: {k: short_value(v) for k, v in points[row.name].items()}
-        for row in cells
-        if row.name in points
-    }
 
 
 def _figure(
