@@ -27,7 +27,18 @@ import pandas as pd
 
 from suite.metrics import STEP_METRICS
 from suite.names import ACTIVATIONS_ARTIFACT, CONFUSION_ARTIFACT
-from suite.report import aggregate, colours, extra, figures, finding, groups, links, load, render
+from suite.report import (
+    aggregate,
+    colours,
+    extra,
+    figures,
+    finding,
+    groups,
+    links,
+    load,
+    render,
+    stopping,
+)
 from suite.report.figure_spec import (
     GROUP_FIELDS,
     ActivationsFigure,
@@ -172,6 +183,7 @@ def _cell_figures(
     cells = numbers.cells
     drawn = [m for view in views for m in view.lines]
     curves = aggregate.curves(histories[histories["metric"].isin(drawn)])
+    stops = stopping.stop_points(histories, numbers.used)
     palette = figures.palette(cells)
     view_cells = numbers.table[: settings.top] if settings.top else cells
     if settings.top and len(cells) > settings.top:
@@ -181,7 +193,9 @@ def _cell_figures(
         )
     out: list[render.Figure] = []
     for view in views:
-        png = figures.curves_figure(view, curves, view_cells, palette, study, settings.columns)
+        png = figures.curves_figure(
+            view, curves, view_cells, palette, study, settings.columns, stops
+        )
         if png is not None:
             out.append(_figure(folder, f"{view.name}.png", png, view.title, view.caption, "curves"))
     png = figures.final_gap_figure(numbers.used, view_cells, palette, study)
@@ -333,7 +347,10 @@ Values = dict[str, dict[str, Any]]
 def _curves(fig: CurvesFigure, name: str, inputs: _Inputs, values: Values) -> Images:
     smoothed = extra.smoothed(inputs.histories, fig.metric, fig.smooth)
     curves = aggregate.curves(smoothed)
-    png = extra.curves_by(fig, curves, values, inputs.table, inputs.study, inputs.failures)
+    # a run stops at an epoch: marked on per-epoch curves, not on per-update ones
+    stops = None if fig.metric in STEP_METRICS else stopping.stop_points(smoothed, inputs.used)
+    table, failures = inputs.table, inputs.failures
+    png = extra.curves_by(fig, curves, values, table, inputs.study, failures, stops)
     caption = (
         f"{extra.metric_label(fig.metric).capitalize()} per cell: colour by {fig.hue}"
         + (f", line style by {fig.style}" if fig.style else "")
@@ -492,6 +509,8 @@ def _notes(
         missing = len(set(used["run_id"]) - have)
         if missing:
             notes.append(f"{missing} finished runs have no per-epoch {main}; curves omit them.")
+    stopped = stopping.note(used)
+    notes += [stopped] if stopped else []
     if spec is not None and any(not c.in_study for c in cells):
         notes.append(
             "Cells marked 'not in the study file' are configurations found in the store that "

@@ -1,0 +1,147 @@
+"""How a mean curve shows the seeds behind it: thinner where fewer seeds reach an epoch, the
+count where it drops, and a mark where each early-stopped run ended.
+
+Runs of one cell can end at different epochs (`train.early_stopping`). `aggregate.curves`
+averages the seeds each epoch has (`n` of the cell's `runs`); a mean of fewer seeds than the
+rest of the line must not pass for the same thing, so from the first such epoch on the line is
+drawn thinner and lighter, and each drop in the count is labelled (`n=3 of 5`). Each run that
+stopped early gets a hollow circle in its cell's colour at its last epoch, on its own curve.
+A cell whose runs all run to the end is drawn exactly as before.
+
+Owns: the mean line's look by seed count (`mean_line`), the count labels and their placement
+clear of one another (`count_labels`, `place_counts`), the stop marks (`stop_marks`), and their
+legend entries (`handles`). Must not: compute numbers (`aggregate`, `stopping`), read or write
+the tracking store, or encode or write figures (`figures` does).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.artist import Artist
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.text import Annotation
+
+FEWER, COUNT, STOP = "fewer-seeds", "seed-count", "stop-marks"  # artists' gids
+FEWER_WIDTH, FEWER_ALPHA = 0.45, 0.75  # of the full line's width; opacity
+STOP_LOOK: dict[str, Any] = {"marker": "o", "mfc": "white", "ms": 5.0, "mew": 1.4, "ls": "none"}
+
+
+def full(line: pd.DataFrame) -> np.ndarray:
+    """Per epoch of `line` (one cell's curve, by epoch): whether every run of the cell has it."""
+    if "runs" not in line:
+        return np.ones(len(line), dtype=bool)
+    return (line["n"] >= line["runs"]).to_numpy()
+
+
+def mean_line(
+    ax: Axes,
+    line: pd.DataFrame,
+    colour: Any,
+    style: Any,
+    width: float,
+    label: str | None = None,
+) -> None:
+    """One cell's mean curve (`aggregate.curves` rows, sorted by epoch): full width while
+    every seed contributes, thinner and lighter (joined to it) where fewer do."""
+    x, y = line["epoch"].to_numpy(float), line["mean"].to_numpy(float)
+    whole = full(line)
+    ax.plot(x, np.where(whole, y, np.nan), color=colour, linestyle=style, lw=width, label=label)
+    if whole.all():
+        return
+    fewer = ~whole
+    joined = fewer | np.r_[fewer[1:], False] | np.r_[False, fewer[:-1]]
+    ax.plot(
+        x,
+        np.where(joined, y, np.nan),
+        color=colour,
+        linestyle=style,
+        lw=width * FEWER_WIDTH,
+        alpha=FEWER_ALPHA,
+        gid=FEWER,
+    )
+
+
+def count_labels(ax: Axes, line: pd.DataFrame, colour: Any) -> None:
+    """`n=3 of 5` on the line at each epoch where the count of seeds drops (placed, and
+    thinned out where they would collide, by `place_counts` once the axes are final)."""
+    n, runs = line["n"].to_numpy(), line["runs"].to_numpy() if "runs" in line else None
+    if runs is None:
+        return
+    previous = runs[0] if len(runs) else 0
+    for epoch, mean, count, total in zip(line["epoch"], line["mean"], n, runs, strict=True):
+        if count < previous and count < total:
+            text = ax.annotate(
+                f"n={count} of {total}",
+                (epoch, mean),
+                xytext=(3, 5),
+                textcoords="offset points",
+                fontsize="x-small",
+                color=colour,
+                gid=COUNT,
+                annotation_clip=True,
+            )
+            text.set_in_layout(False)
+        previous = count
+
+
+def stop_marks(ax: Axes, points: pd.DataFrame, colour: Any) -> None:
+    """A hollow circle at each stopped run's last epoch, on its own curve (`points`:
+    `stopping.stop_points` rows of one cell and metric)."""
+    if points.empty:
+        return
+    ax.plot(
+        points["epoch"], points["value"], color=colour, mec=colour, zorder=4, gid=STOP, **STOP_LOOK
+    )
+
+
+def place_counts(figure: Figure) -> None:
+    """Count labels placed once the layout is final: beside the line (below it in an axes'
+    upper half, above it in the lower half; to its left near the right edge), and hidden
+    where no place is clear of the labels already kept (the latest drop, the fewest seeds,
+    is placed first)."""
+    figure.draw_without_rendering()
+    renderer = figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    for ax in figure.axes:
+        labels = [t for t in ax.texts if isinstance(t, Annotation) and t.get_gid() == COUNT]
+        labels.sort(key=lambda t: -float(t.xy[0]))
+        kept: list[Any] = []
+        inside = ax.bbox.padded(1)
+        for label in labels:
+            _, fraction = ax.transAxes.inverted().transform(ax.transData.transform(label.xy))
+            first = -1 if fraction > 0.5 else 1
+            for dy, dx in ((first, 1), (first, -1), (-first, 1), (-first, -1)):
+                label.xyann = (3 * dx, 5 * dy)
+                label.set_horizontalalignment("left" if dx > 0 else "right")
+                label.set_verticalalignment("bottom" if dy > 0 else "top")
+                box = label.get_window_extent(renderer)
+                clear = not any(box.overlaps(other) for other in kept)
+                if clear and inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1):
+                    kept.append(box)
+                    break
+            else:
+                label.set_visible(False)
+
+
+def drawn(figure: Figure) -> tuple[bool, bool]:
+    """Whether the figure has a thinner stretch of fewer seeds, and stop marks."""
+    lines = [line for ax in figure.axes for line in ax.lines]
+    return any(x.get_gid() == FEWER for x in lines), any(x.get_gid() == STOP for x in lines)
+
+
+def handles(fewer: bool, stops: bool) -> list[Artist]:
+    """Legend entries for what the figure has of the two."""
+    out: list[Artist] = []
+    if fewer:
+        label = "thinner: mean of fewer seeds\n(n=3 of 5 where it drops)"
+        out.append(
+            Line2D([], [], color="0.25", lw=1.8 * FEWER_WIDTH, alpha=FEWER_ALPHA, label=label)
+        )
+    if stops:
+        label = "a run stopped early\n(its last epoch)"
+        out.append(Line2D([], [], color="0.25", mec="0.25", label=label, **STOP_LOOK))
+    return out
