@@ -177,23 +177,11 @@ def curves_figure(
         figure = Figure(figsize=size, layout="constrained")
         FigureCanvasAgg(figure)
         axes = figure.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
+        alpha = BAND_ALPHA if view.faceted else BAND_ALPHA * min(1.0, 4 / len(shown))
         for index, cell in enumerate(shown):
             ax = axes.flat[index] if view.faceted else axes.flat[0]
             cell_curves = mine[mine["cell_hash"] == cell.cell_hash]
-            colour = colours[cell.cell_hash]
-            for number, (metric, (style, _)) in enumerate(lines.items()):
-                line = cell_curves[cell_curves["metric"] == metric].sort_values("epoch")
-                label = cell.figure_label if not view.faceted else None
-                alpha = BAND_ALPHA if view.faceted else BAND_ALPHA * min(1.0, 4 / len(shown))
-                _line_with_band(ax, line, colour, style, label, view, alpha)
-                _stops(ax, stops, cell.cell_hash, metric, colour)
-                if number == 0:  # the count is the same for every line of a cell
-                    marks.count_labels(ax, line, colour)
-            if view.faceted:
-                seeds = f"{cell.done} seed" + ("s" if cell.done != 1 else "")
-                stopped = cell.stats.get("stopped_epoch")
-                seeds += f", {stopped.n} stopped early" if stopped is not None else ""
-                ax.set_title(f"{cell.figure_label}  ({seeds})", fontsize="medium")
+            _cell_lines(ax, view, cell, cell_curves, lines, colours[cell.cell_hash], alpha, stops)
         first = axes.flat[0]
         first.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
         if view.limits is not None:
@@ -291,6 +279,31 @@ def final_gap_figure(
         figure.suptitle(f"{study}: final gap per cell", fontsize="large")
         _legend(figure, handles)
         return _png(figure)
+
+
+def _cell_lines(
+    ax: Axes,
+    view: View,
+    cell: CellRow,
+    cell_curves: pd.DataFrame,
+    lines: dict[str, tuple[LineStyleType, str]],
+    colour: ColorType,
+    alpha: float,
+    stops: pd.DataFrame | None,
+) -> None:
+    """A cell's lines of a view with their bands, seed counts and stops; a facet's title."""
+    for number, (metric, (style, _)) in enumerate(lines.items()):
+        line = cell_curves[cell_curves["metric"] == metric].sort_values("epoch")
+        label = cell.figure_label if not view.faceted else None
+        _line_with_band(ax, line, colour, style, label, view, alpha)
+        _stops(ax, stops, cell.cell_hash, metric, colour)
+        if number == 0:  # the count is the same for every line of a cell
+            marks.count_labels(ax, line, colour)
+    if view.faceted:
+        seeds = f"{cell.done} seed" + ("s" if cell.done != 1 else "")
+        stopped = cell.stats.get("stopped_epoch")
+        seeds += f", {stopped.n} stopped" if stopped is not None else ""
+        ax.set_title(f"{cell.figure_label}  ({seeds})", fontsize="medium")
 
 
 def _line_with_band(

@@ -78,9 +78,11 @@ def count_labels(ax: Axes, line: pd.DataFrame, colour: Any) -> None:
             text = ax.annotate(
                 f"n={count} of {total}",
                 (epoch, mean),
-                xytext=(3, 5),
+                xytext=(0, 5),
                 textcoords="offset points",
-                fontsize="x-small",
+                rotation=90,
+                ha="center",
+                fontsize="small",
                 color=colour,
                 gid=COUNT,
                 annotation_clip=True,
@@ -100,10 +102,12 @@ def stop_marks(ax: Axes, points: pd.DataFrame, colour: Any) -> None:
 
 
 def place_counts(figure: Figure) -> None:
-    """Count labels placed once the layout is final: beside the line (below it in an axes'
-    upper half, above it in the lower half; to its left near the right edge), and hidden
-    where no place is clear of the labels already kept (the latest drop, the fewest seeds,
-    is placed first)."""
+    """Count labels placed once the layout is final: upright, centred on their epoch, below
+    the line in an axes' upper half and above it in the lower half, moved further along the
+    line's side, then to its other side, where a label already placed is in the way (the
+    latest drop, the fewest seeds, is placed first); hidden where no place is clear."""
+    if not any(t.get_gid() == COUNT for ax in figure.axes for t in ax.texts):
+        return  # no layout pass: a figure without counts is drawn exactly as before
     figure.draw_without_rendering()
     renderer = figure.canvas.get_renderer()  # type: ignore[attr-defined]
     for ax in figure.axes:
@@ -113,12 +117,11 @@ def place_counts(figure: Figure) -> None:
         inside = ax.bbox.padded(1)
         for label in labels:
             _, fraction = ax.transAxes.inverted().transform(ax.transData.transform(label.xy))
-            first = -1 if fraction > 0.5 else 1
-            for dy, dx in ((first, 1), (first, -1), (-first, 1), (-first, -1)):
-                label.xyann = (3 * dx, 5 * dy)
-                label.set_horizontalalignment("left" if dx > 0 else "right")
+            side = -1 if fraction > 0.5 else 1
+            for dy in [s * (5 + 12 * level) for s in (side, -side) for level in range(3)]:
+                label.xyann = (0, dy)
                 label.set_verticalalignment("bottom" if dy > 0 else "top")
-                box = label.get_window_extent(renderer)
+                box = label.get_window_extent(renderer).padded(1)
                 clear = not any(box.overlaps(other) for other in kept)
                 if clear and inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1):
                     kept.append(box)
