@@ -341,8 +341,10 @@ def table_columns(rows: Sequence[CellRow], per_class: bool = False) -> list[Colu
     extra = [c for c in VAL_COLUMNS if any(c.metric in r.stats for r in rows)]
     if per_class:
         extra += [c for c in PER_CLASS_COLUMNS if any(c.metric in r.stats for r in rows)]
-    stops = any(r.early_stopping or "stopped_epoch" in r.stats for r in rows)
-    return [*TABLE_COLUMNS[:3], *extra, *TABLE_COLUMNS[3:], *(EARLY_STOP_COLUMNS if stops else ())]
+    stopped = any(r.early_stopping or "stopped_epoch" in r.stats for r in rows)
+    # early stopping's beside the best epoch, before the losses: in view on a narrow page
+    stops = list(EARLY_STOP_COLUMNS) if stopped else []
+    return [*TABLE_COLUMNS[:3], *extra, *TABLE_COLUMNS[3:5], *stops, *TABLE_COLUMNS[5:]]
 
 
 def best(
