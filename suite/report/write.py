@@ -30,6 +30,7 @@ from suite.names import ACTIVATIONS_ARTIFACT, CONFUSION_ARTIFACT
 from suite.report import (
     aggregate,
     colours,
+    cures,
     extra,
     figures,
     finding,
@@ -43,6 +44,7 @@ from suite.report.figure_spec import (
     GROUP_FIELDS,
     ActivationsFigure,
     ConfusionFigure,
+    CuresFigure,
     CurvesFigure,
     ReportSpec,
     ScatterFigure,
@@ -306,7 +308,10 @@ def _study_figures(
     out: list[render.Figure] = []
     runs, table, used = numbers.runs.runs, numbers.table, numbers.used
     failures = _failure_notes(runs, numbers.cells)
-    inputs = _Inputs(tracker, used, table, histories, study, failures)
+    # the cures figure draws its reference lines through the baseline even without the
+    # versus-baseline section
+    base = numbers.baseline or aggregate.baseline_cell(numbers.cells, spec)
+    inputs = _Inputs(tracker, used, table, histories, study, failures, base)
     # settings of every cell with runs, a finished run's first (a failed run may lack n_train)
     known = pd.concat([used, runs], ignore_index=True)
     for index, fig in enumerate(settings.figures, 1):
@@ -336,6 +341,7 @@ class _Inputs:
     histories: pd.DataFrame
     study: str
     failures: dict[str, str]  # cell hash -> the first failure's reason
+    baseline: aggregate.CellRow | None
 
 
 # the images one study figure makes: (file name without .png, PNG or None, alt text, caption)
@@ -394,6 +400,12 @@ def _confusion(fig: ConfusionFigure, name: str, inputs: _Inputs, values: Values)
     return [(name, png, "confusion matrices", caption)]
 
 
+def _cures(fig: CuresFigure, name: str, inputs: _Inputs, values: Values) -> Images:
+    palette = figures.palette(inputs.table)  # by study order: each cell's colour everywhere
+    png = cures.figure(fig, inputs.table, inputs.baseline, palette, inputs.study)
+    return [(name, png, fig.title or "cures", cures.caption(inputs.baseline))]
+
+
 def _histograms(fig: ActivationsFigure, name: str, inputs: _Inputs, values: Values) -> Images:
     documents = _activations(inputs.tracker, inputs.used)
     return [
@@ -422,6 +434,7 @@ DRAW: dict[str, Callable[[Any, str, _Inputs, Values], Images]] = {
     "scatter": _scatter,
     "activations": _histograms,
     "confusion": _confusion,
+    "cures": _cures,
 }
 # ... and what a run must have logged for it to draw anything
 NEEDS: dict[str, Callable[[Any], str]] = {
@@ -430,6 +443,7 @@ NEEDS: dict[str, Callable[[Any], str]] = {
     "scatter": lambda fig: f"{fig.color} and numeric {fig.x} and {fig.y}",
     "activations": lambda fig: "activations.json; set train.log_activations",
     "confusion": lambda fig: "confusion_matrix.json",
+    "cures": lambda fig: "final_gap and final_test_accuracy",
 }
 
 
