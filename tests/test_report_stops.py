@@ -406,6 +406,30 @@ def test_fifteen_cells_keep_their_labels_apart(
             assert not box.overlaps(boxes[j]), (labels[i].get_text(), labels[j].get_text())
 
 
+def test_top_keeps_the_best_cells_and_the_baseline(monkeypatch: pytest.MonkeyPatch) -> None:
+    def row(name: str, order: int, test: list[float], gap: list[float]) -> aggregate.CellRow:
+        stats = {
+            "final_test_accuracy": aggregate.Stat.of(test),
+            "final_gap": aggregate.Stat.of(gap),
+        }
+        return aggregate.CellRow(name, name, order, f"h{order}", True, False, 2, 2, 0, 0, stats)
+
+    base = row("baseline", 0, [0.70, 0.72], [0.30, 0.28])
+    table = [
+        row("a", 1, [0.80, 0.82], [0.10, 0.12]),
+        row("b", 2, [0.78, 0.76], [0.20, 0.22]),
+        row("c", 3, [0.75, 0.74], [0.25, 0.21]),
+        base,
+    ]
+    kept: list[Figure] = []
+    monkeypatch.setattr(cures, "_png", lambda figure: kept.append(figure) or b"png")
+    spec = CuresFigure(kind="cures", top=2)
+    assert cures.figure(spec, table, base, figures.palette(table), "s") == b"png"
+    assert sorted(cure_points(kept[0])) == ["a", "b", "baseline"]
+    assert "Dashed lines go through the baseline;" in cures.caption(base)
+    assert "through the baseline (c)" in cures.caption(table[2])
+
+
 @pytest.mark.parametrize(
     ("block", "message"),
     [

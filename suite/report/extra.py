@@ -61,6 +61,8 @@ METRIC_LABELS = {
     "final_test_loss": "final test loss",
     "train_seconds": "training time (s)",
     "best_epoch": "best epoch",
+    "stopped_epoch": "epoch stopped at (early stopping)",
+    "restored_epoch": "epoch whose weights were kept",
 }
 
 
@@ -126,7 +128,8 @@ def curves_by(
         _curve_axes(figure, axes, spec, log)
         title = spec.title or f"{metric_label(spec.metric)} by {spec.hue}"
         figure.suptitle(f"{study}: {title}", fontsize="large")
-        _legend(figure, _curve_handles(spec, look) + marks.handles(*marks.drawn(figure)))
+        marks.declutter(figure)
+        _legend(figure, _curve_handles(spec, look) + marks.handles(figure))
         marks.place_counts(figure)
         return _png(figure)
 

@@ -3,15 +3,16 @@ count where it drops, and a mark where each early-stopped run ended.
 
 Runs of one cell can end at different epochs (`train.early_stopping`). `aggregate.curves`
 averages the seeds each epoch has (`n` of the cell's `runs`); a mean of fewer seeds than the
-rest of the line must not pass for the same thing, so from the first such epoch on the line is
-drawn thinner and lighter, and each drop in the count is labelled (`n=3 of 5`). Each run that
-stopped early gets a hollow circle in its cell's colour at its last epoch, on its own curve.
-A cell whose runs all run to the end is drawn exactly as before.
+rest of the line must not pass for the same thing, so from the first such epoch on the line
+is drawn thinner and lighter, and each drop in the count is labelled (`n=3 of 5`). Each run
+that stopped early gets a hollow circle in its cell's colour at its last epoch, on its own
+curve. A cell whose runs all run to the end is drawn exactly as before.
 
-Owns: the mean line's look by seed count (`mean_line`), the count labels and their placement
-clear of one another (`count_labels`, `place_counts`), the stop marks (`stop_marks`), and their
-legend entries (`handles`). Must not: compute numbers (`aggregate`, `stopping`), read or write
-the tracking store, or encode or write figures (`figures` does).
+Owns: the mean line's look by seed count (`mean_line`), the count labels, their placement
+clear of one another and their omission where more than three cells share an axes
+(`count_labels`, `place_counts`, `declutter`), the stop marks (`stop_marks`), and their
+legend entries (`handles`). Must not: compute numbers (`aggregate`, `stopping`), read or
+write the tracking store, or encode or write figures (`figures` does).
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ import numpy as np
 import pandas as pd
 from matplotlib.artist import Artist
 from matplotlib.axes import Axes
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.text import Annotation
 
 FEWER, COUNT, STOP = "fewer-seeds", "seed-count", "stop-marks"  # artists' gids
 FEWER_WIDTH, FEWER_ALPHA = 0.45, 0.75  # of the full line's width; opacity
+CROWD = 3  # the most cells whose counts one axes labels
 STOP_LOOK: dict[str, Any] = {"marker": "o", "mfc": "white", "ms": 5.0, "mew": 1.4, "ls": "none"}
 
 
@@ -101,15 +104,26 @@ def stop_marks(ax: Axes, points: pd.DataFrame, colour: Any) -> None:
     )
 
 
+def declutter(figure: Figure, most: int = CROWD) -> None:
+    """Counts off on an axes where more than `most` cells' counts would crowd it (one axis
+    for every cell): their thinner lines and stop marks still say where fewer seeds remain."""
+    for ax in figure.axes:
+        labels = [t for t in ax.texts if t.get_gid() == COUNT]
+        if len({to_hex(t.get_color()) for t in labels}) > most:
+            for label in labels:
+                label.remove()
+
+
 def place_counts(figure: Figure) -> None:
     """Count labels placed once the layout is final: upright, centred on their epoch, below
-    the line in an axes' upper half and above it in the lower half, moved further along the
-    line's side, then to its other side, where a label already placed is in the way (the
-    latest drop, the fewest seeds, is placed first); hidden where no place is clear."""
+    the line in an axes' upper half and above it in the lower half; where a label already
+    placed is in the way, on the line's other side, then past the first label's length
+    (the latest drop, the fewest seeds, is placed first); hidden where no place is clear."""
     if not any(t.get_gid() == COUNT for ax in figure.axes for t in ax.texts):
         return  # no layout pass: a figure without counts is drawn exactly as before
     figure.draw_without_rendering()
     renderer = figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    points = 72 / figure.dpi
     for ax in figure.axes:
         labels = [t for t in ax.texts if isinstance(t, Annotation) and t.get_gid() == COUNT]
         labels.sort(key=lambda t: -float(t.xy[0]))
@@ -118,10 +132,11 @@ def place_counts(figure: Figure) -> None:
         for label in labels:
             _, fraction = ax.transAxes.inverted().transform(ax.transData.transform(label.xy))
             side = -1 if fraction > 0.5 else 1
-            for dy in [s * (5 + 12 * level) for s in (side, -side) for level in range(3)]:
+            length = label.get_window_extent(renderer).height * points
+            for dy in [s * (5 + (length + 8) * far) for far in (0, 1) for s in (side, -side)]:
                 label.xyann = (0, dy)
                 label.set_verticalalignment("bottom" if dy > 0 else "top")
-                box = label.get_window_extent(renderer).padded(1)
+                box = label.get_window_extent(renderer).padded(4)
                 clear = not any(box.overlaps(other) for other in kept)
                 if clear and inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1):
                     kept.append(box)
@@ -130,17 +145,15 @@ def place_counts(figure: Figure) -> None:
                 label.set_visible(False)
 
 
-def drawn(figure: Figure) -> tuple[bool, bool]:
-    """Whether the figure has a thinner stretch of fewer seeds, and stop marks."""
+def handles(figure: Figure) -> list[Artist]:
+    """Legend entries for what the figure has: thinner stretches (with their counts), stops."""
     lines = [line for ax in figure.axes for line in ax.lines]
-    return any(x.get_gid() == FEWER for x in lines), any(x.get_gid() == STOP for x in lines)
-
-
-def handles(fewer: bool, stops: bool) -> list[Artist]:
-    """Legend entries for what the figure has of the two."""
+    fewer = any(x.get_gid() == FEWER for x in lines)
+    stops = any(x.get_gid() == STOP for x in lines)
+    counts = any(t.get_gid() == COUNT for ax in figure.axes for t in ax.texts)
     out: list[Artist] = []
     if fewer:
-        label = "thinner: mean of fewer seeds\n(n=3 of 5 where it drops)"
+        label = "thinner: mean of fewer seeds" + ("\n(n=3 of 5 where it drops)" if counts else "")
         out.append(
             Line2D([], [], color="0.25", lw=1.8 * FEWER_WIDTH, alpha=FEWER_ALPHA, label=label)
         )
