@@ -14,16 +14,18 @@ The report opens with the study's answer in words (`finding`): which cell narrow
 against the baseline and at what cost in test accuracy, by the 95% intervals of the versus
 baseline section; a cell whose test accuracy stays near chance is flagged "does not learn"
 and never named for its small gap. Then the headline table (95% intervals over seeds, best
-cell first by `report.sort`),
-versus baseline (Welch differences and one sentence per cell), the study's own figures
-(`report.figures`: curves grouped by settings, final metrics against a setting, a search's
-scatter, activation histograms, confusion matrices), learning curves, the final gap chart, the
-reference check, failed runs, every run linked to the UI (`--ui-url`), provenance. The stages
-are separate modules: `write` (the order of the work), `source` (finding the study file),
-`load` (MLflow -> DataFrames), `aggregate` (every derived number), `finding` (the answer in
-words), `groups` (cells by setting), `colours` (the one palette), `figures` and `extra` (PNG
-bytes), `links` (URLs of the UI), `render` (jinja2 templates in `templates/`); the `report:`
-block's schema is `figure_spec`.
+cell first by `report.sort`), versus baseline (Welch differences and one sentence per cell),
+the study's own figures (`report.figures`: curves grouped by settings, final metrics against a
+setting, a search's scatter, activation histograms, confusion matrices, the cures figure of
+final gap against test accuracy), learning curves (means over the seeds still training, runs
+stopped early marked where they stopped), the final gap chart, the reference check, failed
+runs, every run linked to the UI (`--ui-url`), provenance. The stages are separate modules:
+`write` (the order of the work), `source` (finding the study file), `load` (MLflow ->
+DataFrames), `aggregate` (every derived number; early stopping's in `stopping`), `finding`
+(the answer in words), `groups` (cells by setting), `colours` (the one palette), `figures`,
+`extra` and `cures` (PNG bytes; `marks`: seed counts and stops on curves), `links` (URLs of
+the UI), `render` (jinja2 templates in `templates/`); the `report:` block's schema is
+`figure_spec`.
 
 Owns: the package's public names, each loaded from its module on first use (PEP 562), so that
 importing the package, or its light `figure_spec` (as `suite.spec` does), loads none of pandas,

@@ -10,8 +10,9 @@ narrow); differences between cells use Welch's t-test, which does not assume equ
 
 Owns: every number the report derives: which runs count (`finished_runs`, `failed_runs`), the
 cells (`CellRow`, `cell_rows`) and their ranking (`ranked`), seed statistics (`Stat`), mean
-curves with bands, chance level and "does not learn", the baseline and each cell's difference
-from it (`Comparison`, with its one sentence), reference checks, and the table's columns.
+curves with bands over the seeds each epoch has, chance level and "does not learn", the
+baseline and each cell's difference from it (`Comparison`, with its one sentence), reference
+checks, and the table's columns (early stopping's own numbers are `stopping`'s).
 Must not: read or write the tracking store (runs arrive as `load`'s tables), draw, or lay out
 the page (`render` formats the numbers).
 """
@@ -29,6 +30,7 @@ from scipy import stats as st
 
 from suite.metrics import RUN_METRICS
 from suite.names import Stored
+from suite.report import stopping
 from suite.study import Study
 
 DONE, FAILED, RUNNING = (
@@ -47,6 +49,7 @@ class Column:
     label: str
     aliases: tuple[str, ...] = ()
     digits: int = 3
+    count: bool = False  # show how many of the cell's finished runs have the metric, not its mean
 
 
 # final_train_loss / final_test_loss are the runs' last logged train_loss / test_loss
@@ -69,6 +72,13 @@ PER_CLASS_COLUMNS = (
     Column("test_precision_macro", "test macro precision"),
     Column("test_recall_macro", "test macro recall"),
     Column("test_f1_macro", "test macro F1"),
+)
+# shown when a cell sets `train.early_stopping` or a run stopped early: how many runs stopped,
+# the epoch they stopped at and the epoch whose weights they kept (their final metrics')
+EARLY_STOP_COLUMNS = (
+    Column("stopped_epoch", "stopped early", count=True),
+    Column("stopped_epoch", "stopped at epoch", digits=0),
+    Column("restored_epoch", "kept epoch", digits=0),
 )
 RANK_BY = "final_test_accuracy"  # the table lists the best cell first
 LOWER_IS_BETTER = ("final_gap",)  # ranked smallest first
@@ -179,6 +189,7 @@ class CellRow:
     stats: dict[str, Stat] = field(default_factory=dict)
     reference: dict[str, tuple[float, float]] = field(default_factory=dict)
     chance: float = math.nan  # 1 / number of classes of the cell's data (NaN: unknown)
+    early_stopping: dict[str, str] = field(default_factory=dict)  # its settings; {}: not set
 
     @property
     def learns(self) -> bool:
@@ -284,6 +295,7 @@ def cell_rows(runs: pd.DataFrame, study: Study | None = None) -> list[CellRow]:
                 running=int((running["cell_hash"] == cell_hash).sum()),
                 stats=stats,
                 chance=chance_level(mine),
+                early_stopping=stopping.settings(mine),
                 reference=(
                     _reference(study, name, variants.get(cell_hash))
                     if cell_hash in in_study
@@ -324,12 +336,15 @@ def ranked(rows: Sequence[CellRow], by: str = RANK_BY) -> list[CellRow]:
 
 
 def table_columns(rows: Sequence[CellRow], per_class: bool = False) -> list[Column]:
-    """The table's metric columns: the standard ones, validation when any cell has it, and
-    the per-class scores when asked for."""
+    """The table's metric columns: the standard ones, validation when any cell has it, the
+    per-class scores when asked for, and early stopping's when any cell sets it or stopped."""
     extra = [c for c in VAL_COLUMNS if any(c.metric in r.stats for r in rows)]
     if per_class:
         extra += [c for c in PER_CLASS_COLUMNS if any(c.metric in r.stats for r in rows)]
-    return [*TABLE_COLUMNS[:3], *extra, *TABLE_COLUMNS[3:]]
+    stopped = any(r.early_stopping or "stopped_epoch" in r.stats for r in rows)
+    # early stopping's beside the best epoch, before the losses: in view on a narrow page
+    stops = list(EARLY_STOP_COLUMNS) if stopped else []
+    return [*TABLE_COLUMNS[:3], *extra, *TABLE_COLUMNS[3:5], *stops, *TABLE_COLUMNS[5:]]
 
 
 def best(
@@ -366,13 +381,19 @@ def least_gap(rows: Sequence[CellRow]) -> CellRow | None:
 def curves(histories: pd.DataFrame) -> pd.DataFrame:
     """Mean over seeds of each cell's per-epoch metrics, with a 95% t-interval band.
 
+    Runs of one cell may end at different epochs (early stopping): at each epoch the mean and
+    band are over the runs that reached it (`n`), out of the cell's runs with the metric
+    (`runs`), so a curve goes on to the longest run and says where fewer seeds make it.
+
     Returns:
-        One row per (cell hash, metric, epoch): columns `mean`, `std`, `n`, `low`, `high`
-        (`low`/`high` NaN where only one seed has the epoch).
+        One row per (cell hash, metric, epoch): columns `mean`, `std`, `n`, `runs`, `low`,
+        `high` (`low`/`high` NaN where only one seed has the epoch).
     """
     grouped = histories.groupby(["cell_hash", "metric", "epoch"])["value"]
     out = grouped.agg(mean="mean", std="std", n="count").reset_index()
-    out = out.astype({"n": int})
+    runs = histories.groupby(["cell_hash", "metric"])["run_id"].nunique().rename("runs")
+    out = out.merge(runs.reset_index(), on=["cell_hash", "metric"], how="left")
+    out = out.astype({"n": int, "runs": int})
     t = st.t.ppf(0.5 + LEVEL / 2, np.maximum(out["n"] - 1, 1))
     half = np.where(out["n"] >= 2, t * out["std"] / np.sqrt(out["n"]), np.nan)
     out["low"] = out["mean"] - half

@@ -30,11 +30,11 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import NullFormatter, NullLocator
 
 from suite.metrics import STEP_METRICS
-from suite.report import groups
+from suite.report import groups, marks
 from suite.report.aggregate import LOWER_IS_BETTER, CellRow, Stat
 from suite.report.colours import colours as qualitative
 from suite.report.figure_spec import ConfusionFigure, CurvesFigure, ScatterFigure, VersusFigure
-from suite.report.figures import BAND_ALPHA, BAND_LABEL, _legend, _png, _style
+from suite.report.figures import BAND_ALPHA, BAND_LABEL, _legend, _png, _stops, _style
 
 STYLES = ("-", "--", ":", "-.")
 METRIC_LABELS = {
@@ -61,6 +61,8 @@ METRIC_LABELS = {
     "final_test_loss": "final test loss",
     "train_seconds": "training time (s)",
     "best_epoch": "best epoch",
+    "stopped_epoch": "epoch stopped at (early stopping)",
+    "restored_epoch": "epoch whose weights were kept",
 }
 
 
@@ -75,14 +77,17 @@ def curves_by(
     cells: Sequence[CellRow],
     study: str,
     failures: dict[str, str] | None = None,
+    stops: pd.DataFrame | None = None,
 ) -> bytes | None:
     """Mean curves of `spec.metric`, one line per cell: colour by `hue`, line style by `style`,
-    a facet per `facet` value; smoothed by a centred moving average of `spec.smooth` points.
+    a facet per `facet` value; smoothed by a centred moving average of `spec.smooth` points;
+    thinner, with the count, where fewer seeds reach an epoch (`marks`).
 
     Args:
         values: `groups.cell_values` for each key the figure uses, by key.
         failures: cell hash -> why its runs failed (`diverged at epoch 1`), written into the
             cell's facet, so a cell without a curve is not mistaken for a missing one.
+        stops: `stopping.stop_points` of the (smoothed) curves: early stops to mark.
     """
     failures = failures or {}
     mine = curves[curves["metric"] == spec.metric]
@@ -117,11 +122,15 @@ def curves_by(
             if not line.empty:
                 colour, style = look.line_of(spec, values, cell.cell_hash)
                 _mean_and_band(ax, spec, line, colour, style, log)
+                _stops(ax, stops, cell.cell_hash, spec.metric, colour)
+                marks.count_labels(ax, line, colour)
         _panels(axes, spec, look.facets, ncols, notes)
         _curve_axes(figure, axes, spec, log)
         title = spec.title or f"{metric_label(spec.metric)} by {spec.hue}"
         figure.suptitle(f"{study}: {title}", fontsize="large")
-        _legend(figure, _curve_handles(spec, look))
+        marks.declutter(figure)
+        _legend(figure, _curve_handles(spec, look) + marks.handles(figure))
+        marks.place_counts(figure)
         return _png(figure)
 
 
@@ -175,7 +184,7 @@ def _mean_and_band(
 ) -> None:
     """One cell's mean curve and its 95% band over seeds."""
     smooth = line[["mean", "low", "high"]]  # each run smoothed before (`smoothed`)
-    ax.plot(line["epoch"], smooth["mean"], color=colour, linestyle=style, lw=1.6)
+    marks.mean_line(ax, line, colour, style, 1.6)
     low, high = smooth["low"].to_numpy(float), smooth["high"].to_numpy(float)
     if "accuracy" in spec.metric:  # a band past 0 or 1 is an artefact of few seeds
         low, high = np.clip(low, 0, 1), np.clip(high, 0, 1)

@@ -1,7 +1,7 @@
 """The report-figure schema: a study's `report:` block, validated as strictly as its runs.
 
 Owns: the views and sort keys a report accepts, the grouping keys a figure may name, one model
-per figure kind (`curves`, `versus`, `scatter`, `activations`, `confusion`), the `kind`-tagged
+per figure kind (`curves`, `versus`, `scatter`, `activations`, `confusion`, `cures`), the `kind`-tagged
 union of them (`FigureSpec`), `ReportSpec`, and the metrics each kind of figure names
 (`FIGURE_METRICS`, checked against the study's cells by `suite.study`).
 Must not touch: drawing (`suite.report.write`, `extra`, `figures`), runs or the tracking store.
@@ -107,9 +107,20 @@ class ConfusionFigure(Strict):
     top: PositiveInt | None = None  # the best N cells by `report.sort`; None: every cell
 
 
-FIGURE_KINDS = ("curves", "versus", "scatter", "activations", "confusion")
+class CuresFigure(Strict):
+    """Every cell at its mean final gap (x) and mean final test accuracy (y), 95% intervals
+    over seeds on both axes, each point labelled; dashed lines through the baseline
+    (`report.baseline`) and the quadrant up and left of it (narrower gap, test accuracy not
+    lower) shaded, so the cures stand out."""
+
+    kind: Literal["cures"]
+    top: PositiveInt | None = None  # the best N cells by `report.sort` (and the baseline)
+    title: str | None = None
+
+
+FIGURE_KINDS = ("curves", "versus", "scatter", "activations", "confusion", "cures")
 FigureSpec = Annotated[
-    CurvesFigure | VersusFigure | ScatterFigure | ActivationsFigure | ConfusionFigure,
+    CurvesFigure | VersusFigure | ScatterFigure | ActivationsFigure | ConfusionFigure | CuresFigure,
     Field(discriminator="kind"),
 ]
 
@@ -121,6 +132,7 @@ FIGURE_METRICS: dict[str, Callable[[Any], NamedMetrics]] = {
     "scatter": lambda figure: [("color", figure.color, RUN_METRICS)],
     "activations": lambda figure: [],
     "confusion": lambda figure: [],
+    "cures": lambda figure: [],  # final_gap and final_test_accuracy: every run logs them
 }
 
 

@@ -8,7 +8,8 @@ units, and draws the 95% intervals `aggregate` computed: nothing is re-derived h
 
 Owns: the per-cell figures (the views of `report.metrics`, `VIEWS`, and the final gap chart),
 each cell's colour (`palette`), and what every figure of the report shares: the seaborn style,
-the legend right of the axes, the band's look and the PNG encoding (`extra` uses them too).
+the legend right of the axes, the band's look, early stops' marks on a cell's curves (`_stops`,
+drawn by `marks`) and the PNG encoding (`extra` and `cures` use them too).
 Must not: read or write the tracking store, compute intervals (`aggregate`), or write files.
 """
 
@@ -32,6 +33,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator, NullFormatter
 from matplotlib.typing import ColorType, LineStyleType
 
+from suite.report import marks
 from suite.report.aggregate import CellRow
 from suite.report.colours import colours as qualitative
 
@@ -144,16 +146,19 @@ def curves_figure(
     colours: dict[str, ColorType],
     study: str,
     columns: int = 4,
+    stops: pd.DataFrame | None = None,
 ) -> bytes | None:
     """One per-epoch view as PNG bytes; None when no cell has any of its metrics.
 
     Args:
         view: what to draw (`VIEWS`).
-        curves: `aggregate.curves` output: mean and interval per cell, metric and epoch.
+        curves: `aggregate.curves` output: mean and interval per cell, metric and epoch,
+            over the seeds each epoch has (thinner, with the count, where fewer do).
         cells: the cells in figure order; those without the view's metrics are left out.
         colours: `palette` output.
         study: the study's name, for the title.
         columns: facets per row, for a faceted view.
+        stops: `stopping.stop_points`: where runs stopped early, marked on their curves.
     """
     mine = curves[curves["metric"].isin(list(view.lines))]
     present = set(mine["cell_hash"])
@@ -172,17 +177,11 @@ def curves_figure(
         figure = Figure(figsize=size, layout="constrained")
         FigureCanvasAgg(figure)
         axes = figure.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
+        alpha = BAND_ALPHA if view.faceted else BAND_ALPHA * min(1.0, 4 / len(shown))
         for index, cell in enumerate(shown):
             ax = axes.flat[index] if view.faceted else axes.flat[0]
             cell_curves = mine[mine["cell_hash"] == cell.cell_hash]
-            for metric, (style, _) in lines.items():
-                line = cell_curves[cell_curves["metric"] == metric].sort_values("epoch")
-                label = cell.figure_label if not view.faceted else None
-                alpha = BAND_ALPHA if view.faceted else BAND_ALPHA * min(1.0, 4 / len(shown))
-                _line_with_band(ax, line, colours[cell.cell_hash], style, label, view, alpha)
-            if view.faceted:
-                seeds = f"{cell.done} seed" + ("s" if cell.done != 1 else "")
-                ax.set_title(f"{cell.figure_label}  ({seeds})", fontsize="medium")
+            _cell_lines(ax, view, cell, cell_curves, lines, colours[cell.cell_hash], alpha, stops)
         first = axes.flat[0]
         first.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
         if view.limits is not None:
@@ -212,8 +211,11 @@ def curves_figure(
             first.set_ylabel(view.ylabel)
             handles = list(first.get_legend_handles_labels()[0])
         handles.append(Patch(color="0.25", alpha=BAND_ALPHA, label=BAND_LABEL))
+        marks.declutter(figure)
+        handles += marks.handles(figure)
         figure.suptitle(f"{study}: {view.title}, mean over seeds", fontsize="large")
         _legend(figure, handles)
+        marks.place_counts(figure)
         return _png(figure)
 
 
@@ -280,6 +282,31 @@ def final_gap_figure(
         return _png(figure)
 
 
+def _cell_lines(
+    ax: Axes,
+    view: View,
+    cell: CellRow,
+    cell_curves: pd.DataFrame,
+    lines: dict[str, tuple[LineStyleType, str]],
+    colour: ColorType,
+    alpha: float,
+    stops: pd.DataFrame | None,
+) -> None:
+    """A cell's lines of a view with their bands, seed counts and stops; a facet's title."""
+    for number, (metric, (style, _)) in enumerate(lines.items()):
+        line = cell_curves[cell_curves["metric"] == metric].sort_values("epoch")
+        label = cell.figure_label if not view.faceted else None
+        _line_with_band(ax, line, colour, style, label, view, alpha)
+        _stops(ax, stops, cell.cell_hash, metric, colour)
+        if number == 0:  # the count is the same for every line of a cell
+            marks.count_labels(ax, line, colour)
+    if view.faceted:
+        seeds = f"{cell.done} seed" + ("s" if cell.done != 1 else "")
+        stopped = cell.stats.get("stopped_epoch")
+        seeds += f", {stopped.n} stopped" if stopped is not None else ""
+        ax.set_title(f"{cell.figure_label}  ({seeds})", fontsize="medium")
+
+
 def _line_with_band(
     ax: Axes,
     line: pd.DataFrame,
@@ -289,7 +316,7 @@ def _line_with_band(
     view: View,
     alpha: float,
 ) -> None:
-    ax.plot(line["epoch"], line["mean"], linestyle=style, color=colour, lw=1.8, label=label)
+    marks.mean_line(ax, line, colour, style, 1.8, label)
     low, high = line["low"].to_numpy(float), line["high"].to_numpy(float)
     if view.limits is not None:
         low, high = np.clip(low, *view.limits), np.clip(high, *view.limits)
@@ -298,6 +325,14 @@ def _line_with_band(
         low = np.where(low > 0, low, line["mean"].to_numpy(float) / 10)
     # where a single seed has the epoch the bounds are NaN and nothing is drawn
     ax.fill_between(line["epoch"], low, high, color=colour, alpha=alpha, lw=0)
+
+
+def _stops(ax: Axes, stops: pd.DataFrame | None, cell: str, metric: str, colour: ColorType) -> None:
+    """The marks of a cell's runs that stopped early, on their `metric` curves."""
+    if stops is not None and not stops.empty:
+        marks.stop_marks(
+            ax, stops[(stops["cell_hash"] == cell) & (stops["metric"] == metric)], colour
+        )
 
 
 def _legend(figure: Figure, handles: list[Artist]) -> None:

@@ -7,7 +7,8 @@ groups correctly; a section key joins the settings below it (`model.init` of an
 `{std: 0.01}` init is `std=0.01`).
 
 Owns: a cell's value of a grouping key (`cell_values`), the order of those values (`ordered`),
-and how a value reads in titles and legends (`label`, `text`). Must not: read or write the
+how a value reads in titles and legends (`label`, `text`), and the grid and search values the
+table lists beside each cell's name (`grid_keys`, `grid_values`). Must not: read or write the
 tracking store (the params arrive in `load`'s table), or draw.
 """
 
@@ -75,6 +76,29 @@ def label(key: str, value: Any) -> str:
 def text(value: Any) -> str:
     """A value as cell names and the table write it (`all` for null)."""
     return short_value(value)
+
+
+def grid_keys(spec: Study | None) -> list[str]:
+    """The grid and search keys, as table columns (none for a study of plain variants)."""
+    if spec is None:
+        return []
+    keys: list[str] = []
+    for cell in spec.cells:
+        keys += [k for k in cell.grid_point if k not in keys]
+    return keys
+
+
+def grid_values(spec: Study | None, cells: Sequence[CellRow]) -> dict[str, dict[str, str]]:
+    """Each table row's grid and search values, by cell hash (found by the cell's name, so a
+    cell shown with runs of other settings keeps them)."""
+    if spec is None:
+        return {}
+    points = {c.name: c.grid_point for c in spec.cells}
+    return {
+        row.cell_hash: {k: short_value(v) for k, v in points[row.name].items()}
+        for row in cells
+        if row.name in points
+    }
 
 
 def _setting(params: dict[str, str], key: str) -> Any:

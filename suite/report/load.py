@@ -6,7 +6,8 @@ the study-file tag and `write` stores the report run. All three go through
 `suite.tracking.Tracker`: no report module imports MLflow.
 
 Owns: reading a study back for the report (`load_runs`: one row per active run with its tags,
-params, status, failure reason and final metrics; `load_histories`; `load_documents`, a run's
+params, status, failure reason, final metrics and early stopping's epochs, and its last losses,
+those of the weights it kept when it stopped early; `load_histories`; `load_documents`, a run's
 JSON artifacts), the `ReportError` a report stops with, and the tracking URI as printed
 (`display_uri`, without credentials). Must not: write to the store, or derive numbers from what
 it reads (`aggregate` does).
@@ -21,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
-from suite.metrics import FINAL_METRICS, FINAL_VAL_METRICS
+from suite.metrics import EARLY_STOP_METRICS, FINAL_METRICS, FINAL_VAL_METRICS
 from suite.names import (
     CELL_HASH_TAG,
     CELL_TAG,
@@ -50,8 +51,11 @@ TAGS = (
     *SIZE_TAGS,
     STUDY_FILE_TAG,  # the study YAML the run was made from (absolute path)
 )
-# a run's last logged per-epoch value, under the name the report gives it
+# a run's last logged per-epoch value, under the name the report gives it (for a run stopped
+# early, its value at `restored_epoch`: the weights its other final metrics describe)
 LAST_VALUES = {"train_loss": "final_train_loss", "test_loss": "final_test_loss"}
+# what a run logs once at its end: the final metrics, and early stopping's epochs
+RUN_END_METRICS = (*FINAL_METRICS, *FINAL_VAL_METRICS, *EARLY_STOP_METRICS)
 
 RUN_COLUMNS = (
     "run_id",
@@ -62,8 +66,7 @@ RUN_COLUMNS = (
     *TAGS,
     FAILURE_TAG,
     "epochs",
-    *FINAL_METRICS,
-    *FINAL_VAL_METRICS,
+    *RUN_END_METRICS,
     *LAST_VALUES.values(),
     "params",  # the run's params: {dotted setting: value as logged}
 )
@@ -104,8 +107,9 @@ def load_runs(study: str, tracker: Tracker) -> StudyRuns:
         runs[column] = pd.to_numeric(runs[column], errors="coerce").astype("Int64")
     for column in ("start_time", "end_time"):
         runs[column] = pd.to_datetime(runs[column], unit="ms", utc=True)
-    for metric in (*FINAL_METRICS, *FINAL_VAL_METRICS, *LAST_VALUES.values()):
+    for metric in (*RUN_END_METRICS, *LAST_VALUES.values()):
         runs[metric] = runs[metric].astype(float)
+    _restored_losses(tracker, runs)
     if not (runs["status"] == Stored.FINISHED).any():
         counts = runs["status"].str.lower().value_counts()
         what = ", ".join(f"{n} {status}" for status, n in counts.items()) or "no runs"
@@ -167,7 +171,23 @@ def _run_rows(tracker: Tracker, experiment_id: str) -> Iterable[dict[str, object
             "params": dict(run.data.params),
         }
         row.update({tag: tags.get(tag) for tag in TAGS})
-        row.update({m: run.data.metrics.get(m) for m in (*FINAL_METRICS, *FINAL_VAL_METRICS)})
+        row.update({m: run.data.metrics.get(m) for m in RUN_END_METRICS})
         # MLflow keeps each metric's value at its highest step: the last epoch's
         row.update({name: run.data.metrics.get(m) for m, name in LAST_VALUES.items()})
         yield row
+
+
+def _restored_losses(tracker: Tracker, runs: pd.DataFrame) -> None:
+    """The last losses of runs that stopped early and kept an earlier epoch's weights
+    (`restored_epoch` before `stopped_epoch`): their values at that epoch, in place, so the
+    table's losses describe the same weights as the run's final accuracies."""
+    restored = runs["restored_epoch"]
+    earlier = runs[restored.notna() & (restored != runs["stopped_epoch"])]
+    if earlier.empty:
+        return
+    epochs = int(earlier[["stopped_epoch", "restored_epoch"]].max().max())
+    points = tracker.histories(list(earlier["run_id"]), list(LAST_VALUES), epochs)
+    at = dict(zip(earlier["run_id"], earlier["restored_epoch"], strict=True))
+    for run_id, metric, step, value in points:
+        if step == at[run_id]:
+            runs.loc[runs["run_id"] == run_id, LAST_VALUES[metric]] = float(value)

@@ -3,8 +3,8 @@
 Both templates get the same `Context`; numbers are formatted here, once, so the two agree.
 
 Owns: what a page shows (`Context`, `Figure`, `RunLink`), the number formats (`format_stat`,
-`format_difference`, `format_p`, `format_range`), Markdown escaping, and the templates in
-`templates/`. Must not: compute numbers (`aggregate`), read or write the tracking store, or
+`format_value`, `format_difference`, `format_p`, `format_range`), Markdown escaping, and the
+templates in `templates/`. Must not: compute numbers (`aggregate`), read or write the tracking store, or
 write files: `render` returns the two texts and `write` saves them.
 """
 
@@ -103,6 +103,7 @@ def environment() -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters["stat"] = format_stat
+    env.filters["value"] = format_value
     env.filters["diff"] = format_difference
     env.filters["p"] = format_p
     env.filters["range"] = format_range
@@ -127,6 +128,18 @@ def format_stat(stat: Stat | None, digits: int = DIGITS) -> str:
     if math.isnan(stat.low):
         return f"{stat.mean:.{digits}f}"
     return f"{stat.mean:.{digits}f} ± {stat.half_width:.{digits}f}"
+
+
+def format_value(row: CellRow, column: Column) -> str:
+    """A table cell: the column's statistic (`format_stat`), or for a count column how many
+    of the cell's finished runs have the metric (`3 of 5` stopped early; `–` when the cell
+    does not set early stopping and none stopped)."""
+    stat = row.stats.get(column.metric)
+    if not column.count:
+        return format_stat(stat, column.digits)
+    if stat is None and not row.early_stopping:
+        return "–"
+    return f"{stat.n if stat is not None else 0} of {row.done}"
 
 
 def format_difference(d: Difference | None) -> str:

@@ -27,11 +27,24 @@ import pandas as pd
 
 from suite.metrics import STEP_METRICS
 from suite.names import ACTIVATIONS_ARTIFACT, CONFUSION_ARTIFACT
-from suite.report import aggregate, colours, extra, figures, finding, groups, links, load, render
+from suite.report import (
+    aggregate,
+    colours,
+    cures,
+    extra,
+    figures,
+    finding,
+    groups,
+    links,
+    load,
+    render,
+    stopping,
+)
 from suite.report.figure_spec import (
     GROUP_FIELDS,
     ActivationsFigure,
     ConfusionFigure,
+    CuresFigure,
     CurvesFigure,
     ReportSpec,
     ScatterFigure,
@@ -39,7 +52,7 @@ from suite.report.figure_spec import (
 )
 from suite.report.links import UI_DEFAULT, check_ui_url
 from suite.report.source import missing_notice, recorded
-from suite.spec import short_value, steps_per_epoch
+from suite.spec import steps_per_epoch
 from suite.study import Study
 from suite.tracking import Tracker
 
@@ -172,6 +185,7 @@ def _cell_figures(
     cells = numbers.cells
     drawn = [m for view in views for m in view.lines]
     curves = aggregate.curves(histories[histories["metric"].isin(drawn)])
+    stops = stopping.stop_points(histories, numbers.used)
     palette = figures.palette(cells)
     view_cells = numbers.table[: settings.top] if settings.top else cells
     if settings.top and len(cells) > settings.top:
@@ -181,7 +195,9 @@ def _cell_figures(
         )
     out: list[render.Figure] = []
     for view in views:
-        png = figures.curves_figure(view, curves, view_cells, palette, study, settings.columns)
+        png = figures.curves_figure(
+            view, curves, view_cells, palette, study, settings.columns, stops
+        )
         if png is not None:
             out.append(_figure(folder, f"{view.name}.png", png, view.title, view.caption, "curves"))
     png = figures.final_gap_figure(numbers.used, view_cells, palette, study)
@@ -247,8 +263,8 @@ def _context(
             if settings.sort not in ("final_test_accuracy", "final_gap")
             else None
         ),
-        setting_columns=_setting_keys(spec),
-        settings=_settings(spec, cells),
+        setting_columns=groups.grid_keys(spec),
+        settings=groups.grid_values(spec, cells),
     )
 
 
@@ -292,7 +308,10 @@ def _study_figures(
     out: list[render.Figure] = []
     runs, table, used = numbers.runs.runs, numbers.table, numbers.used
     failures = _failure_notes(runs, numbers.cells)
-    inputs = _Inputs(tracker, used, table, histories, study, failures)
+    # the cures figure draws its reference lines through the baseline even without the
+    # versus-baseline section
+    base = numbers.baseline or aggregate.baseline_cell(numbers.cells, spec)
+    inputs = _Inputs(tracker, used, table, histories, study, failures, base)
     # settings of every cell with runs, a finished run's first (a failed run may lack n_train)
     known = pd.concat([used, runs], ignore_index=True)
     for index, fig in enumerate(settings.figures, 1):
@@ -322,6 +341,7 @@ class _Inputs:
     histories: pd.DataFrame
     study: str
     failures: dict[str, str]  # cell hash -> the first failure's reason
+    baseline: aggregate.CellRow | None
 
 
 # the images one study figure makes: (file name without .png, PNG or None, alt text, caption)
@@ -333,7 +353,10 @@ Values = dict[str, dict[str, Any]]
 def _curves(fig: CurvesFigure, name: str, inputs: _Inputs, values: Values) -> Images:
     smoothed = extra.smoothed(inputs.histories, fig.metric, fig.smooth)
     curves = aggregate.curves(smoothed)
-    png = extra.curves_by(fig, curves, values, inputs.table, inputs.study, inputs.failures)
+    # a run stops at an epoch: marked on per-epoch curves, not on per-update ones
+    stops = None if fig.metric in STEP_METRICS else stopping.stop_points(smoothed, inputs.used)
+    table, failures = inputs.table, inputs.failures
+    png = extra.curves_by(fig, curves, values, table, inputs.study, failures, stops)
     caption = (
         f"{extra.metric_label(fig.metric).capitalize()} per cell: colour by {fig.hue}"
         + (f", line style by {fig.style}" if fig.style else "")
@@ -377,6 +400,12 @@ def _confusion(fig: ConfusionFigure, name: str, inputs: _Inputs, values: Values)
     return [(name, png, "confusion matrices", caption)]
 
 
+def _cures(fig: CuresFigure, name: str, inputs: _Inputs, values: Values) -> Images:
+    palette = figures.palette(inputs.table)  # by study order: each cell's colour everywhere
+    png = cures.figure(fig, inputs.table, inputs.baseline, palette, inputs.study)
+    return [(name, png, fig.title or "cures", cures.caption(inputs.baseline))]
+
+
 def _histograms(fig: ActivationsFigure, name: str, inputs: _Inputs, values: Values) -> Images:
     documents = _activations(inputs.tracker, inputs.used)
     return [
@@ -405,6 +434,7 @@ DRAW: dict[str, Callable[[Any, str, _Inputs, Values], Images]] = {
     "scatter": _scatter,
     "activations": _histograms,
     "confusion": _confusion,
+    "cures": _cures,
 }
 # ... and what a run must have logged for it to draw anything
 NEEDS: dict[str, Callable[[Any], str]] = {
@@ -413,6 +443,7 @@ NEEDS: dict[str, Callable[[Any], str]] = {
     "scatter": lambda fig: f"{fig.color} and numeric {fig.x} and {fig.y}",
     "activations": lambda fig: "activations.json; set train.log_activations",
     "confusion": lambda fig: "confusion_matrix.json",
+    "cures": lambda fig: "final_gap and final_test_accuracy",
 }
 
 
@@ -444,29 +475,6 @@ def _activations(tracker: Tracker, used: pd.DataFrame) -> dict[str, list[dict[st
         if run_id in documents:
             out.setdefault(cell_hash, []).append(documents[run_id])
     return out
-
-
-def _setting_keys(spec: Study | None) -> list[str]:
-    """The grid and search keys, as table columns (none for a study of plain variants)."""
-    if spec is None:
-        return []
-    keys: list[str] = []
-    for cell in spec.cells:
-        keys += [k for k in cell.grid_point if k not in keys]
-    return keys
-
-
-def _settings(spec: Study | None, cells: list[aggregate.CellRow]) -> dict[str, dict[str, str]]:
-    """Each table row's grid and search values, by cell hash (found by the cell's name, so a
-    cell shown with runs of other settings keeps them)."""
-    if spec is None:
-        return {}
-    points = {c.name: c.grid_point for c in spec.cells}
-    return {
-        row.cell_hash: {k: short_value(v) for k, v in points[row.name].items()}
-        for row in cells
-        if row.name in points
-    }
 
 
 def _figure(
@@ -515,6 +523,8 @@ def _notes(
         missing = len(set(used["run_id"]) - have)
         if missing:
             notes.append(f"{missing} finished runs have no per-epoch {main}; curves omit them.")
+    stopped = stopping.note(used)
+    notes += [stopped] if stopped else []
     if spec is not None and any(not c.in_study for c in cells):
         notes.append(
             "Cells marked 'not in the study file' are configurations found in the store that "
