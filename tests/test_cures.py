@@ -59,7 +59,9 @@ def keras_early_stopping(values: list[float], **settings: Any) -> tuple[int, int
     ("monitor", "patience", "min_delta"),
     [("val_loss", 5, 0.0), ("val_accuracy", 4, 0.005), ("val_loss", 0, 0.01)],
 )
-def test_early_stopping_stops_where_keras_would(monitor: str, patience: int, min_delta: float) -> None:
+def test_early_stopping_stops_where_keras_would(
+    monitor: str, patience: int, min_delta: float
+) -> None:
     stopping = {"monitor": monitor, "patience": patience, "min_delta": min_delta}
     cfg = config(train={**FAST["train"], "early_stopping": stopping})
     history = training.train(cfg, split_of(cfg), seed=0)
@@ -179,15 +181,14 @@ def test_logged_losses_leave_label_smoothing_out() -> None:
     assert float(loss(labels, logits)) == pytest.approx(float(expected))
     assert float(loss(labels, logits)) > float(training.make_loss("cross_entropy")(labels, logits))
     moved = config(train={**FAST["train"], "epochs": 3, "label_smoothing": 0.5})
-    assert training.train(moved, split, 6).metrics != training.train(
-        config(train={**FAST["train"], "epochs": 3}), split, 6
-    ).metrics
+    assert (
+        training.train(moved, split, 6).metrics
+        != training.train(config(train={**FAST["train"], "epochs": 3}), split, 6).metrics
+    )
 
 
 def test_max_norm_bounds_every_units_incoming_weights() -> None:
-    cfg = config(
-        model={"hidden": [32, 32], "max_norm": 0.2}, train={**FAST["train"], "epochs": 3}
-    )
+    cfg = config(model={"hidden": [32, 32], "max_norm": 0.2}, train={**FAST["train"], "epochs": 3})
     free = config(model={"hidden": [32, 32]}, train={**FAST["train"], "epochs": 3})
     split = split_of(cfg)
     bounded = training.train(cfg, split, seed=7).metrics["weight_norm"]
@@ -221,7 +222,10 @@ BAD = {
         "base: {train: {loss: mse, label_smoothing: 0.1}}",
         "base.train: label_smoothing: applies to the cross_entropy loss only",
     ),
-    "zero max-norm": ("base: {model: {max_norm: 0}}", "base.model.max_norm: must be greater than 0"),
+    "zero max-norm": (
+        "base: {model: {max_norm: 0}}",
+        "base.model.max_norm: must be greater than 0",
+    ),
     "negative max-norm": ("base: {model: {max_norm: -3}}", "base.model.max_norm"),
     "rotation out of range": (
         "base: {train: {augment: {rotate: 270}}}",
