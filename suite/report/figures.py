@@ -304,7 +304,9 @@ def _cell_lines(
         seeds = f"{cell.done} seed" + ("s" if cell.done != 1 else "")
         stopped = cell.stats.get("stopped_epoch")
         seeds += f", {stopped.n} stopped" if stopped is not None else ""
-        ax.set_title(f"{cell.figure_label}  ({seeds})", fontsize="medium")
+        # a long name and its counts would run into the next facet's title: two lines
+        joint = "\n" if len(cell.figure_label) + len(seeds) > 34 else "  "
+        ax.set_title(f"{cell.figure_label}{joint}({seeds})", fontsize="medium")
 
 
 def _line_with_band(
