@@ -38,8 +38,9 @@ FINAL_METRICS = (
 
 # per run, at the end, when the run has a validation split
 FINAL_VAL_METRICS = ("final_val_accuracy", "best_val_accuracy")
-# per run, at the end, when `train.early_stopping` stopped it: the last epoch trained (its
-# curves end there) and the epoch whose weights it kept (`restore_best`; else the same epoch)
+# per run, at the end, with `train.early_stopping`: the last epoch trained, when it stopped
+# before its last one (its curves end there), and the epoch whose weights it ended with (the
+# best one with `restore_best`, else its last); its final_* metrics are those weights' own
 EARLY_STOP_METRICS = ("stopped_epoch", "restored_epoch")
 # a run's last train_loss / test_loss, as the report names them
 LAST_LOSSES = ("final_train_loss", "final_test_loss")
