@@ -9,9 +9,11 @@ other side. A cell that does not learn (`CellRow.learns`) has a small gap for no
 and squeezes the others into a corner: it is named in the legend, not drawn.
 
 Every point is labelled with its cell's name. Labels are placed after the layout is fixed,
-each at the spot nearest its point (eight directions, four distances) that overlaps the
+each at the spot nearest its point (sixteen directions, seven distances) that overlaps the
 fewest labels, points and error bars, with a leader line when it sits away from its point:
-a dozen or fifteen cells stay readable.
+a dozen or fifteen cells stay readable. adjustText (1.4) was tried instead and read worse: its
+forces never settle in a crowd (the result is wherever it is stopped), it left labels on other
+cells' points and on the baseline's marker, and nearer another cell's point than their own.
 
 Owns: the figure (`figure`), which cells it draws (`points`), its caption (`caption`) and its
 label placement. Must not: compute numbers (the intervals are `aggregate`'s `Stat`s), read or
