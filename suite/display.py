@@ -97,16 +97,21 @@ def cells_table(study: Study) -> Table:
 
 
 def _cures(config: RunConfig) -> str:
-    """The everyday cures a cell uses, short: `stop val_loss/10, aug t0.1 r10 z0.1`."""
-    t, parts = config.train, []
-    if t.early_stopping is not None:
-        parts.append(f"stop {t.early_stopping.monitor}/{t.early_stopping.patience}")
+    """The everyday cures a cell uses, short: `stop val_loss/10 (val 300 pool), aug t0.1 r10`."""
+    t, d, parts = config.train, config.data, []
+    stop = t.early_stopping
+    if stop is not None:
+        parts.append(
+            f"stop {stop.monitor}/{stop.patience}"
+            + (f" d{stop.min_delta:g}" if stop.min_delta else "")
+            + ("" if stop.restore_best else " keep-last")
+            + f" (val {d.val_size} {d.val_from})"
+        )
     if t.augment is not None:
         a = t.augment
         given = [("t", a.translate), ("r", a.rotate), ("z", a.zoom), ("noise", a.noise)]
-        parts.append(
-            "aug " + " ".join(f"{k}{v:g}" for k, v in given if v) + (" flip" if a.flip else "")
-        )
+        words = [f"{k}{v:g}" for k, v in given if v] + (["flip"] if a.flip else [])
+        parts.append("aug " + (" ".join(words) if words else "off"))
     if t.label_smoothing:
         parts.append(f"smooth {t.label_smoothing:g}")
     if config.model.max_norm:
@@ -187,11 +192,11 @@ class RichObserver:
             self.progress.console.print(f"elsewhere {name}: {result.reason}", highlight=False)
             return
         final = result.final
-        stop = ""
-        if "stopped_epoch" in final:  # early stopping ended it before its last epoch
-            stop = f"  stopped at epoch {final['stopped_epoch']:.0f}"
-        if final.get("restored_epoch", final.get("stopped_epoch")) != final.get("stopped_epoch"):
-            stop += f", kept epoch {final['restored_epoch']:.0f}"
+        # early stopping: where it stopped, and the epoch kept when not the last one trained
+        last = final.get("stopped_epoch", result.key.cell.config.train.epochs)
+        stop = f"  stopped at epoch {last:.0f}" if "stopped_epoch" in final else ""
+        if final.get("restored_epoch", last) != last:
+            stop += f"{',' if stop else ' '} kept epoch {final['restored_epoch']:.0f}"
         self.progress.console.print(
             f"finished {name}: train {final['final_train_accuracy']:.3f}  "
             f"test {final['final_test_accuracy']:.3f}  gap {final['final_gap']:.3f}{stop}  "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from suite.schema_base import NonNegativeFloat, Strict, did_you_mean
 
@@ -56,23 +56,29 @@ class EarlyStopping(Strict):
 
 class AugmentSpec(Strict):
     """`train.augment`: random transforms of each training minibatch, inside the compiled step
-    (Keras' preprocessing layers, seeded per run); evaluation sees the images as they are.
-    Each is off at 0; images only, except `noise`."""
+    (drawn as Keras' preprocessing layers draw them, seeded per run); evaluation sees the images
+    as they are. Each is off at 0 (all at 0: no augmentation); images only, except `noise`."""
 
     translate: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0  # up to this fraction of H and W
     rotate: Annotated[float, Field(ge=0.0, le=180.0)] = 0.0  # up to this many degrees
     zoom: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # in or out by up to this fraction
-    flip: bool = False  # left-right, half of the images
+    flip: bool = False  # left-right only (Keras' RandomFlip default also flips up-down)
     noise: NonNegativeFloat = 0.0  # Gaussian noise of this standard deviation on the inputs
 
-    @model_validator(mode="after")
-    def _something(self) -> AugmentSpec:
-        if not self.geometric and not self.noise:
+    @field_validator("rotate")
+    @classmethod
+    def _degrees(cls, value: float) -> float:
+        if 0.0 < value < 1.0:
             raise ValueError(
-                "every transform is off; set translate, rotate, zoom, flip or noise "
-                "(e.g. {translate: 0.1, rotate: 10, zoom: 0.1})"
+                f"rotate is in degrees, and {value:g} is less than one; Keras' "
+                f"RandomRotation({value:g}) is a fraction of a turn: rotate: {value * 360:g}"
             )
-        return self
+        return value
+
+    @property
+    def active(self) -> bool:
+        """Whether any transform is on: all at 0 is no augmentation (a sweep's control)."""
+        return bool(self.geometric or self.noise)
 
     @property
     def geometric(self) -> list[str]:

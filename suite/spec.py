@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -477,12 +478,13 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def short_value(value: Any) -> str:
-    """A setting's value in a cell name or table: `0.01`, `std:0.01`, `all` for null."""
+def short_value(value: Any, key: str = "") -> str:
+    """A setting's value in a cell name or table: `0.01`, `std:0.01`; null is `all` for a size
+    (`data.train_size: null`, the whole pool), else `off` (`model.max_norm: null`)."""
     if value is None:
-        return "all"  # a grid value of null: the setting's default, e.g. the whole pool
+        return "all" if key.endswith("_size") or not key else "off"
     if isinstance(value, dict):
-        return ",".join(f"{k}:{short_value(v)}" for k, v in value.items())
+        return ",".join(f"{k}:{short_value(v, k)}" for k, v in value.items())
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
@@ -558,8 +560,15 @@ def _explain(error: Any, model: type[Any], loc: list[str]) -> str:
         return f"expected true or false, got {value!r}"
     if kind == "literal_error":
         return msg.replace("Input should be", "expected") + f", got {value!r}"
+    if kind == "model_type":  # a section given as something else than a mapping
+        return f"expected a mapping of its settings ({{}} for every default), got {value!r}"
     msg = msg.replace("Input should be", "must be")
-    if not isinstance(value, dict | list) and "got" not in msg and repr(value) not in msg:
+    bound = kind in ("less_than", "less_than_equal", "greater_than", "greater_than_equal")
+    if (
+        not isinstance(value, dict | list)
+        and "got" not in msg
+        and (bound or repr(value) not in msg)
+    ):
         msg += f" (got {value!r})"
     return msg
 
@@ -567,14 +576,22 @@ def _explain(error: Any, model: type[Any], loc: list[str]) -> str:
 def _model_at(model: type[Any], loc: list[str]) -> type[BaseModel] | None:
     current: Any = model
     for part in loc:
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return None
-        info = current.model_fields.get(part)
+        section = _section(current)
+        info = section.model_fields.get(part) if section is not None else None
         if info is None:
             return None
         current = info.annotation
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return current
+    return _section(current)
+
+
+def _section(annotation: Any) -> type[BaseModel] | None:
+    """The schema a field holds: itself, or the model inside `X | None`, `Annotated[X, ...]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for inner in typing.get_args(annotation):
+        found = _section(inner)
+        if found is not None:
+            return found
     return None
 
 

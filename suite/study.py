@@ -338,7 +338,13 @@ def _cell_config(
         for key, value in settings.items():
             _set_dotted(merged, key, value, where, f"{prefix}{key}")
             origin[key] = prefix
-    config: RunConfig = validate(RunConfig, merged, where, origin)
+    try:
+        config: RunConfig = validate(RunConfig, merged, where, origin)
+    except SpecError as err:
+        # base alone was valid: a key of base is wrong only with what this variant sets
+        if f"{where}: base." in str(err):
+            raise SpecError(f"{err} (in variant {variant})") from None
+        raise
     return config
 
 
@@ -476,7 +482,7 @@ def _variant_grid(grid: Any, where: str, variant: str) -> list[dict[str, Any]]:
 def _grid_label(point: dict[str, Any]) -> str:
     if not point:
         return ""
-    parts = [f"{k.rsplit('.', 1)[-1]}={short_value(v)}" for k, v in point.items()]
+    parts = [f"{k.rsplit('.', 1)[-1]}={short_value(v, k)}" for k, v in point.items()]
     return "[" + ",".join(parts) + "]"
 
 

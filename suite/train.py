@@ -371,7 +371,11 @@ class _Program:
         self.max_norm = (
             cures.MaxNorm(config.model.max_norm, self.kernels) if config.model.max_norm else None
         )
-        self.augment = cures.Augmenter(spec.augment, shape[2]) if spec.augment else None
+        self.augment = (
+            cures.Augmenter(spec.augment, shape[2])
+            if spec.augment is not None and spec.augment.active
+            else None
+        )
         self.stop = (
             cures.EarlyStop(spec.early_stopping, self.model.weights)
             if spec.early_stopping

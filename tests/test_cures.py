@@ -235,9 +235,23 @@ BAD = {
         "base: {train: {augment: {translate: 0.8}}}",
         "base.train.augment.translate: must be less than or equal to 0.5",
     ),
-    "augmentation that does nothing": (
-        "base: {train: {augment: {rotate: 0}}}",
-        "base.train.augment: every transform is off",
+    "rotation as Keras' fraction of a turn": (
+        "base: {train: {augment: {rotate: 0.1}}}",
+        "base.train.augment.rotate: rotate is in degrees",
+    ),
+    "Keras' name for restore_best": (
+        "base: {data: {val_size: 50}, train: {early_stopping: {restore_best_weights: true}}}",
+        "early_stopping.restore_best_weights: unknown key (did you mean 'restore_best'?)",
+    ),
+    "a variant that drops the validation split": (
+        "base: {data: {val_size: 50}, train: {early_stopping: {}}}\n"
+        "variants: {a: {}, b: {data: {val_size: 0}}}",
+        "base.train.early_stopping: needs a validation split to monitor: set data.val_size "
+        "(with data.val_from: pool the training images stay the same) (in variant b)",
+    ),
+    "early stopping as a flag": (
+        "base: {data: {val_size: 50}, train: {early_stopping: true}}",
+        "base.train.early_stopping: expected a mapping of its settings ({} for every default)",
     ),
 }
 
@@ -322,3 +336,21 @@ def test_the_acceptance_run_through_the_command_line(tmp_path: Path, tracking_ur
     for name in ("train_loss", "val_loss", "test_accuracy"):
         steps = [m.step for m in tracker.client.get_metric_history(run.run_id, name)]
         assert max(steps) == stopped and len(steps) == stopped
+
+
+def test_a_sweep_has_its_no_augmentation_control_and_names_null_off(
+    write_study: Callable[[str], Path],
+) -> None:
+    path = write_study(
+        "name: sweep\nbase: {data: {train_size: 100, test_size: 500}, model: {hidden: [32]},"
+        " train: {batch_size: 20, epochs: 3}}\n"
+        "grid: {train.augment.rotate: [0, 10], model.max_norm: [null, 3.0]}\n"
+    )
+    cells = {cell.name: cell for cell in load_study(path).cells}
+    assert "rotate=0,max_norm=off" in cells  # null is off, not "all"
+    control = cells["rotate=0,max_norm=off"].config
+    assert control.train.augment is not None and not control.train.augment.active
+    plain = control.model_copy(update={"train": control.train.model_copy(update={"augment": None})})
+    split = split_of(control)
+    # all transforms at 0 is no augmentation: the same training as without the block
+    assert training.train(control, split, 0).metrics == training.train(plain, split, 0).metrics

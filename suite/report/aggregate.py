@@ -398,6 +398,12 @@ def curves(histories: pd.DataFrame) -> pd.DataFrame:
     half = np.where(out["n"] >= 2, t * out["std"] / np.sqrt(out["n"]), np.nan)
     out["low"] = out["mean"] - half
     out["high"] = out["mean"] + half
+    # a band stays where its metric can be: losses and norms at 0 and above, accuracies in
+    # [0, 1]; only the gap can be negative
+    bounded = out["metric"] != "gap"
+    out.loc[bounded, "low"] = out.loc[bounded, "low"].clip(lower=0.0)
+    accuracy = out["metric"].str.endswith("_accuracy")
+    out.loc[accuracy, "high"] = out.loc[accuracy, "high"].clip(upper=1.0)
     return out
 
 

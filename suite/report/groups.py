@@ -70,12 +70,12 @@ def label(key: str, value: Any) -> str:
     name = ".".join(key.split(".")[-2:]) if "." in key else key
     if key in ("cell", "variant", "grid"):
         return text(value)
-    return f"{name} = {text(value)}"
+    return f"{name} = {text(value, key)}"
 
 
-def text(value: Any) -> str:
-    """A value as cell names and the table write it (`all` for null)."""
-    return short_value(value)
+def text(value: Any, key: str = "") -> str:
+    """A value as cell names and the table write it (null: `all` for a size, else `off`)."""
+    return short_value(value, key)
 
 
 def grid_keys(spec: Study | None) -> list[str]:
@@ -95,7 +95,7 @@ def grid_values(spec: Study | None, cells: Sequence[CellRow]) -> dict[str, dict[
         return {}
     points = {c.name: c.grid_point for c in spec.cells}
     return {
-        row.cell_hash: {k: short_value(v) for k, v in points[row.name].items()}
+        row.cell_hash: {k: short_value(v, k) for k, v in points[row.name].items()}
         for row in cells
         if row.name in points
     }

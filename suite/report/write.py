@@ -203,7 +203,7 @@ def _cell_figures(
     png = figures.final_gap_figure(numbers.used, view_cells, palette, study)
     if png is not None:
         caption = (
-            "Final gap per cell: each point is one seed's last-epoch train − test accuracy; "
+            "Final gap per cell: each point is one seed's final train − test accuracy; "
             "the diamond is their mean with its 95% interval."
         )
         out.append(_figure(folder, FINAL_GAP_PNG, png, "final gap per cell", caption, "final"))
