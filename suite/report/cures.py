@@ -162,14 +162,19 @@ def _point(ax: Axes, point: Point, colour: ColorType) -> None:
 
 
 def _limits(ax: Axes, drawn: list[Point]) -> None:
-    """Every interval in view with a margin (labels need room too); no y past 0 or 1."""
-    xs = [v for p in drawn for v in _bounds(p.gap, (-math.inf, math.inf))]
-    ys = [v for p in drawn for v in _bounds(p.test, (0.0, 1.0))]
-    for values, setter, lowest, highest in (
-        (xs, ax.set_xlim, -1.0, 1.0),
-        (ys, ax.set_ylim, -0.02, 1.02),
+    """Every interval in view with a margin (labels need room too), but the means decide: an
+    interval reaches at most half the means' spread past them (with two or three seeds the
+    t-intervals are wide enough to squeeze every point into a corner; such a bar runs off the
+    axes instead); no y past 0 or 1."""
+    for stats, clip, setter, lowest, highest in (
+        ([p.gap for p in drawn], (-math.inf, math.inf), ax.set_xlim, -1.0, 1.0),
+        ([p.test for p in drawn], (0.0, 1.0), ax.set_ylim, -0.02, 1.02),
     ):
-        low, high = min(values), max(values)
+        means = [stat.mean for stat in stats]
+        reach = max(max(means) - min(means), 0.05) / 2
+        ends = [v for stat in stats for v in _bounds(stat, clip)]
+        low = max(min(ends), min(means) - reach)
+        high = min(max(ends), max(means) + reach)
         pad = max(high - low, 0.01) * 0.12
         setter(max(low - pad, lowest), min(high + pad, highest))
 
