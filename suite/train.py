@@ -295,18 +295,26 @@ def train(
     predicted = np.argmax(model(x_eval_t[n : n + sizes["test"]], training=False).numpy(), axis=1)
     history.confusion = confusion_matrix(split.y_test, predicted, split.num_classes)
     if at_init is not None:
-        activation = config.model.activation
-        history.activations = {
-            "activation": activation,
-            "init": describe_init(config.model.init),
-            "range": list(HISTOGRAM_RANGE.get(activation, (0.0, 1.0))),
-            "bins": HISTOGRAM_BINS,
-            "probe": activation_probe(config.model.init, activation, seed),
-            "network_init": at_init,
-            "network_trained": layer_histograms(model, probe_x, activation),
-            "probe_images": len(probe_x),
-        }
+        history.activations = _activations(config, model, probe_x, at_init, seed)
     return history
+
+
+def _activations(
+    config: RunConfig, model: keras.Model, probe_x: np.ndarray, at_init: Any, seed: int
+) -> dict[str, Any]:
+    """The `activations.json` of a run with `train.log_activations`: the textbook's probe and
+    the network's hidden layers at initialisation (`at_init`) and now, after training."""
+    activation = config.model.activation
+    return {
+        "activation": activation,
+        "init": describe_init(config.model.init),
+        "range": list(HISTOGRAM_RANGE.get(activation, (0.0, 1.0))),
+        "bins": HISTOGRAM_BINS,
+        "probe": activation_probe(config.model.init, activation, seed),
+        "network_init": at_init,
+        "network_trained": layer_histograms(model, probe_x, activation),
+        "probe_images": len(probe_x),
+    }
 
 
 def _conclude_stopping(program: _Program, history: History, x: tf.Tensor, y: tf.Tensor) -> None:
