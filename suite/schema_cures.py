@@ -3,7 +3,7 @@
 
 Owns: `EarlyStopping` (what it may monitor, and why not the others), `AugmentSpec` (each
 transform's range). Must not: train (`suite.cures` applies them) or know the data (whether the
-inputs are images is checked by `suite.spec.check_inputs`). It imports pydantic and
+inputs are images is checked by `suite.study.check_inputs`). It imports pydantic and
 `suite.schema_base` only.
 """
 
