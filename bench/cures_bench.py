@@ -36,11 +36,7 @@ def _study(data_path: Path | None, epochs: int) -> Any:
 def _split(cell: Any, seed: int) -> Any:
     from suite import data
 
-    d = cell.config.data
-    return data.make_split(
-        d.path, d.train_size, d.subset, d.val_size, d.test_size, seed,
-        dataset=d.dataset, val_from=d.val_from,
-    )  # fmt: skip
+    return data.make_split(**cell.config.data.model_dump(), seed=seed)
 
 
 def _keras_chain() -> type:

@@ -459,6 +459,10 @@ def make_split(
     `test_size` keeps the first N test images (all of them by default). `source`, when given,
     is used instead of resolving `path` again (a worker process uses the source its parent
     resolved).
+
+    Its parameters besides `seed` and `source` are named as the `data:` section's keys, so a
+    caller passes a section whole, `make_split(**config.data.model_dump(), seed=seed)`, and a
+    key added to the section must be taken here.
     """
     pool = load_pool(check_sizes(path, train_size, val_size, test_size, source, dataset))
     n_pool = len(pool.y_train)

@@ -116,19 +116,8 @@ def train_run(
     from suite.train import Diverged, train
 
     cfg = key.cell.config
-    d = cfg.data
     try:
-        split = data.make_split(
-            d.path,
-            d.train_size,
-            d.subset,
-            d.val_size,
-            d.test_size,
-            key.seed,
-            source,
-            d.dataset,
-            d.val_from,
-        )
+        split = data.make_split(**cfg.data.model_dump(), seed=key.seed, source=source)
         on_sizes({**split.sizes, "classes": split.num_classes})
         try:
             history = train(cfg, split, key.seed, on_epoch, key.cell.builder_file or None)

@@ -34,10 +34,7 @@ def config(**sections: dict[str, Any]) -> RunConfig:
 
 
 def split_of(cfg: RunConfig, seed: int = 0) -> Any:
-    d = cfg.data
-    return make_split(
-        d.path, d.train_size, d.subset, d.val_size, d.test_size, seed, val_from=d.val_from
-    )
+    return make_split(**cfg.data.model_dump(), seed=seed)
 
 
 def keras_early_stopping(values: list[float], **settings: Any) -> tuple[int, int]:

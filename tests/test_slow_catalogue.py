@@ -31,11 +31,7 @@ def _train(study: str, names: list[str], shared: Path, seed: int = 0) -> dict[st
 
 
 def _split(cell: Cell, seed: int) -> data.Split:
-    d = cell.config.data
-    return data.make_split(
-        d.path, d.train_size, d.subset, d.val_size, d.test_size, seed,
-        dataset=d.dataset, val_from=d.val_from,
-    )  # fmt: skip
+    return data.make_split(**cell.config.data.model_dump(), seed=seed)
 
 
 def _end_loss(history: train.History) -> float:

@@ -29,10 +29,9 @@ def seed_means(shared_mnist: Path) -> dict[str, dict[str, float]]:
     study = load_study(HEADLINE_STUDY, parse_overrides([f"data.path={shared_mnist}"]))
     means: dict[str, dict[str, float]] = {}
     for cell in study.select(list(CELLS)).cells:
-        d = cell.config.data
         finals = []
         for seed in SEEDS:
-            split = data.make_split(d.path, d.train_size, d.subset, d.val_size, d.test_size, seed)
+            split = data.make_split(**cell.config.data.model_dump(), seed=seed)
             assert split.sizes == {"train": 300, "val": 0, "test": 10000}
             finals.append(train.train(cell.config, split, seed).final())
         means[cell.name] = {k: float(np.mean([f[k] for f in finals])) for k in finals[0]}

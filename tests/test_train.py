@@ -32,8 +32,7 @@ def _config(**sections: dict[str, Any]) -> RunConfig:
 
 
 def _split(config: RunConfig, seed: int = 0) -> data.Split:
-    d = config.data
-    return data.make_split(d.path, d.train_size, d.subset, d.val_size, d.test_size, seed)
+    return data.make_split(**config.data.model_dump(), seed=seed)
 
 
 def _run(config: RunConfig, seed: int = 0, **kwargs: Any) -> train.History:
