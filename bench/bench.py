@@ -18,6 +18,8 @@ Rows (each a fresh measurement on this machine, now):
   config artifact, per-epoch metrics, confusion matrix), against training alone.
 - canonical run through the CLI, and naive Keras `fit(validation_data=...)` doing the same
   work (`bench/naive_fit.py`): process start to exit, each.
+- the CLI's start-up (`bench/startup_bench.py`): one run through `overfit run` minus the same
+  run in process minus a bare `import tensorflow`, for a 1-epoch run and a full one.
 - the headline study (7 cells x 3 seeds) end to end through `overfit run`, then `overfit
   report`: with the default worker count and with one worker; each worker's peak memory.
 - the same study as Ray tasks (`--executor ray`, a Ray started here; skipped without the
@@ -59,6 +61,7 @@ sys.path.insert(0, str(ROOT))
 
 import cures_bench  # noqa: E402
 import report_bench  # noqa: E402
+import startup_bench  # noqa: E402
 
 from suite.tracking import git_commit  # noqa: E402
 
@@ -69,6 +72,7 @@ SECTIONS = (
     "cures",
     "logging",
     "cli",
+    "startup",
     "naive",
     "study",
     "study1",
@@ -534,6 +538,9 @@ def main() -> None:
             command += ["--set", f"train.epochs={epochs}", *data_set]
             (work / "cli").mkdir()
             record["cli_seconds"] = timed(command, env, work / "cli")[0]
+        if "startup" not in skip:
+            step("the CLI's start-up: one run through the CLI, in process, and the import")
+            record["startup"] = startup_bench.main(epochs, data_path, env, work)
         if "naive" not in skip:
             step("naive Keras fit, same work")
             command = [sys.executable, str(ROOT / "bench/naive_fit.py")]
@@ -669,6 +676,7 @@ def table(record: dict[str, Any]) -> list[tuple[str, str, str]]:
     cli = record.get("cli_seconds")
     if cli:
         rows.append(("canonical run through the CLI (start to exit)", f"{cli:.1f} s", ""))
+    rows += startup_bench.rows(record.get("startup") or [])
     if naive:
         note = f"{naive['seconds'] / cli:.1f}x the CLI run (target >= 10x)" if cli else ""
         rows.append(

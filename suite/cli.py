@@ -136,15 +136,17 @@ def study_path(study: str) -> Path:
     return EXPERIMENTS / f"{study}.yaml"
 
 
-def load(study: str, sets: list[str] | None) -> Study:
-    return load_study(study_path(study), parse_overrides(sets or []))
+def load(study: str, sets: list[str] | None, missing_data: str = "error") -> Study:
+    return load_study(study_path(study), parse_overrides(sets or []), missing_data=missing_data)
 
 
 @app.command()
 def validate(study: StudyArg, set_: SetOpt = None) -> None:
-    """Load and expand a study, print its cells; run nothing."""
+    """Load and expand a study, print its cells; run nothing. Data that is not on this
+    machine is a warning saying what would make it available (its cells show no hash: the
+    data is part of it)."""
     with user_errors():
-        spec = load(study, set_)
+        spec = load(study, set_, missing_data="warn")
     out.print(display.cells_table(spec))
     out.print(f"seeds: {list(spec.seeds)}  runs: {len(spec.runs())}")
 
@@ -165,7 +167,7 @@ WorkersOpt = Annotated[
     typer.Option(
         min=1,
         help="Runs trained at once, each in a worker process [default: one per CPU, "
-        "at most one per run]; 1: in this process.",
+        "at most one per run; a single run in this process]; 1: in this process.",
     ),
 ]
 ExecutorOpt = Annotated[
@@ -173,7 +175,7 @@ ExecutorOpt = Annotated[
     typer.Option(
         help="local: in this process, one run at a time; process: in --workers worker "
         "processes; ray: as Ray tasks, here or on a cluster (pip install '.[ray]') "
-        "[default: process, unless --workers 1].",
+        "[default: process, unless --workers 1 or a single run to train].",
     ),
 ]
 RayAddressOpt = Annotated[

@@ -15,10 +15,14 @@
 folder holding the dataset's original files as Keras' loader reads them: Fashion-MNIST's four
 `*-idx?-ubyte.gz` files; CIFAR-10's `cifar-10-batches-py` folder), else Keras' cache, else
 (Fashion-MNIST) the folder Debian's `dataset-fashion-mnist` installs,
-/usr/share/datasets/fashion-mnist, else Keras' download unless `SUITE_OFFLINE=1`. `dataset: npz` is `data.path`, any
-archive with `x_train`, `y_train`, `x_test`, `y_test`: images (N, H, W) or (N, H, W, C), or
-flat feature vectors (N, D); integer labels 0..K-1, K >= 2. Pixels stored as uint8 are divided
-by 255; floats are taken as they are.
+/usr/share/datasets/fashion-mnist, else Keras' download unless `SUITE_OFFLINE=1`. A folder of
+Keras' cache counts only when it holds every file of the dataset: Keras makes it before it
+downloads, and a failed download leaves it empty. Data that is not on the machine raises
+`DataUnavailable`, whose message says what would make it available.
+
+`dataset: npz` is `data.path`, any archive with `x_train`, `y_train`, `x_test`, `y_test`:
+images (N, H, W) or (N, H, W, C), or flat feature vectors (N, D); integer labels 0..K-1,
+K >= 2. Pixels stored as uint8 are divided by 255; floats are taken as they are.
 
 This module imports numpy only; Keras is imported lazily for the download step alone, and
 scikit-learn for a stratified draw (`subset: random`, a validation split).
@@ -48,12 +52,6 @@ DATASETS = ("mnist", "fashion_mnist", "cifar10", "npz")
 # what a named dataset holds: image shape and class count, checked when it is read
 KNOWN_SHAPES = {"mnist": (28, 28), "fashion_mnist": (28, 28), "cifar10": (32, 32, 3)}
 KNOWN_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10}
-# Keras' cache of each: a file or the folder its loader extracts
-KERAS_HOME = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "datasets"
-KERAS_CACHED = {
-    "fashion_mnist": KERAS_HOME / "fashion-mnist",
-    "cifar10": KERAS_HOME / "cifar-10-batches-py",
-}
 # where Debian's `dataset-fashion-mnist` installs Fashion-MNIST's original files
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 FASHION_FILES = (
@@ -62,6 +60,29 @@ FASHION_FILES = (
     "t10k-labels-idx1-ubyte.gz",
     "t10k-images-idx3-ubyte.gz",
 )
+CIFAR_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
+# the files a folder of each dataset must hold to count as that dataset
+DATASET_FILES = {"fashion_mnist": FASHION_FILES, "cifar10": CIFAR_FILES}
+# Keras' cache of each: the folders its loader fills, today's Keras first (Keras 3 extracts
+# CIFAR-10 inside `cifar-10-batches-py-target/`, older Keras beside it). A folder counts only
+# when it holds every file: Keras makes the folder before it downloads, so a download that
+# failed leaves it empty.
+KERAS_HOME = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "datasets"
+KERAS_CACHED: dict[str, tuple[Path, ...]] = {
+    "fashion_mnist": (KERAS_HOME / "fashion-mnist",),
+    "cifar10": (
+        KERAS_HOME / "cifar-10-batches-py-target" / "cifar-10-batches-py",
+        KERAS_HOME / "cifar-10-batches-py",
+    ),
+}
+# what makes each dataset available on a machine that has no copy of it
+AVAILABLE_BY = {
+    "fashion_mnist": "apt-get install dataset-fashion-mnist (Debian's copy of its four "
+    "original files), or set data.path to a Keras-layout .npz or a folder of those files",
+    "cifar10": "set data.path to a Keras-layout .npz or CIFAR-10's cifar-10-batches-py "
+    "folder, or run once with the network so that Keras downloads it into "
+    f"{KERAS_HOME}",
+}
 BUNDLED_FILE = "mnist-train-10k.npz"
 BUNDLED_TRAIN_POOL = 8000  # the bundled file's first 8000 digits train, the last 2000 test
 # Keras' own cache; KERAS_HOME moves it, as it does for Keras
@@ -73,6 +94,12 @@ MNIST_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 class DataError(ValueError):
     """A dataset file is missing, unreadable or not in the expected layout."""
+
+
+class DataUnavailable(DataError):
+    """A dataset, or the file `data.path` names, is not on this machine and cannot be
+    downloaded: a study that asks for it is still valid, its runs cannot train here. The
+    message says what would make it available."""
 
 
 class OfflineDataWarning(UserWarning):
@@ -161,17 +188,18 @@ def resolve_source(path: str | None = None, dataset: str = "mnist") -> Source:
         resolved = Path(explicit).expanduser()
         if not resolved.is_file():
             key = "data.path" if path else "SUITE_MNIST_PATH"
-            raise DataError(f"{key}: no such file {explicit}")
+            raise DataUnavailable(f"{key}: no such file {explicit}")
         return Source("file", str(resolved.resolve()))
     if KERAS_CACHE.is_file():
         return Source("keras", str(KERAS_CACHE))
-    if os.environ.get("SUITE_OFFLINE", "") not in ("1", "true", "yes") and _keras_download():
+    if not offline() and _keras_download():
         return Source("keras", str(KERAS_CACHE))
     return Source("bundled", str(bundled_path()))
 
 
 def _resolve_other(path: str | None, dataset: str) -> Source:
-    """`fashion_mnist`, `cifar10` or `npz`: `data.path`, else Keras' cache or download."""
+    """`fashion_mnist`, `cifar10` or `npz`: `data.path`, else Keras' cache (a folder holding
+    every file), else Debian's files (Fashion-MNIST), else Keras' download."""
     if dataset not in DATASETS:
         raise DataError(f"data.dataset: unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")
     if path:
@@ -179,21 +207,51 @@ def _resolve_other(path: str | None, dataset: str) -> Source:
         if resolved.is_dir() and dataset != "npz":
             return Source("folder", str(resolved.resolve()), dataset)
         if not resolved.is_file():
-            raise DataError(f"data.path: no such file {path}")
+            raise DataUnavailable(f"data.path: no such file {path}")
         return Source("file", str(resolved.resolve()), dataset)
     if dataset == "npz":
         raise DataError("data.path: dataset npz needs the path of an .npz file")
-    cached = KERAS_CACHED[dataset]
-    if cached.is_dir():
+    cached = keras_cached(dataset)
+    if cached is not None:
         return Source("keras", str(cached), dataset)
-    if dataset == "fashion_mnist" and all((DEBIAN_FASHION / f).is_file() for f in FASHION_FILES):
+    if dataset == "fashion_mnist" and not missing_files(DEBIAN_FASHION, FASHION_FILES):
         return Source("folder", str(DEBIAN_FASHION), dataset)
-    if os.environ.get("SUITE_OFFLINE", "") not in ("1", "true", "yes") and _keras_load(dataset):
-        return Source("keras", str(cached), dataset)
-    raise DataError(
-        f"data.dataset {dataset}: not found offline (Keras' cache {cached}); set data.path to "
-        "a Keras-layout .npz or a folder of its original files"
-    )
+    if not offline() and _keras_load(dataset):
+        cached = keras_cached(dataset)
+        if cached is not None:
+            return Source("keras", str(cached), dataset)
+    raise DataUnavailable(unavailable(dataset))
+
+
+def offline() -> bool:
+    """`SUITE_OFFLINE=1`: no download is tried."""
+    return os.environ.get("SUITE_OFFLINE", "") in ("1", "true", "yes")
+
+
+def missing_files(folder: Path, files: tuple[str, ...]) -> list[str]:
+    """The files of `files` that `folder` lacks (all of them when it is not a folder)."""
+    return [name for name in files if not (folder / name).is_file()]
+
+
+def keras_cached(dataset: str) -> Path | None:
+    """The first of Keras' cache folders for `dataset` that holds all its files."""
+    files = DATASET_FILES[dataset]
+    return next((f for f in KERAS_CACHED[dataset] if not missing_files(f, files)), None)
+
+
+def unavailable(dataset: str) -> str:
+    """Why `dataset` is not available here and what would make it so, naming a cache folder
+    of Keras' that is there but incomplete (a download that failed leaves one)."""
+    files = DATASET_FILES[dataset]
+    partial = [
+        f"Keras' cache {folder} holds {len(files) - len(missing)} of its {len(files)} files "
+        "(a download that failed?): remove it, or complete it"
+        for folder in KERAS_CACHED[dataset]
+        if folder.is_dir() and (missing := missing_files(folder, files))
+    ]
+    how = "; ".join([AVAILABLE_BY[dataset], *partial])
+    why = "SUITE_OFFLINE=1 forbids the download" if offline() else "Keras' download failed"
+    return f"data.dataset {dataset}: not on this machine, and {why}; {how}"
 
 
 @functools.cache
@@ -207,7 +265,7 @@ def _keras_load(dataset: str) -> bool:
         getattr(keras.datasets, dataset).load_data()
     except Exception:  # noqa: BLE001 - offline or refused: the caller says what to do
         return False
-    return KERAS_CACHED[dataset].is_dir()
+    return keras_cached(dataset) is not None
 
 
 KERAS_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
@@ -326,7 +384,7 @@ def _read_fashion(folder: Path, where: str) -> dict[str, np.ndarray]:
     """Fashion-MNIST's four original gzip files, read as Keras' loader reads them."""
     import gzip
 
-    missing = [name for name in FASHION_FILES if not (folder / name).is_file()]
+    missing = missing_files(folder, FASHION_FILES)
     if missing:
         raise DataError(f"{where}: no {missing[0]} (Fashion-MNIST's original files)")
     try:

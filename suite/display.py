@@ -83,7 +83,7 @@ def cells_table(study: Study) -> Table:
         m, t = cell.config.model, cell.config.train
         table.add_row(
             escape(cell.name),
-            cell.hash,
+            "[yellow]no data[/]" if cell.data_missing else cell.hash,
             _layers(m),
             "-" if m.builder else describe_init(m.init),
             f"{m.weight_decay:g}",

@@ -138,6 +138,8 @@ def start_workers(
     this process imports MLflow and plans. `stop_unused_workers` stops them if nothing takes them."""
     if executor in (None, "process") and workers != 1:
         runs = len(study.runs(seeds))
+        if workers is None and executor is None and runs <= 1:
+            return  # a single run trains in this process (see `choose_executor`)
         wanted = min(workers or worker_processes.default_workers(runs), runs)
         if wanted >= 1:
             worker_processes.warm_up(wanted)
@@ -153,16 +155,18 @@ def choose_executor(
     ray_address: str | None = None,
     cpus_per_run: float = 1.0,
 ) -> Executor:
-    """The executor for `runs` runs. `workers=None` (`overfit run`'s default) takes worker
-    processes, one per CPU and at most one per run: even a single worker pays, since it
-    imports TensorFlow while this process imports MLflow and opens the store. Otherwise the
+    """The executor for `runs` runs to train. `workers=None` (`overfit run`'s default) takes
+    worker processes, one per CPU and at most one per run, for two runs or more; a single run
+    trains in this process, since a worker costs more than it saves there: its TensorFlow
+    import overlaps this process' MLflow import, but spawning it, its second start-up and
+    the hand-over of the run cost more (`make bench`, row "CLI start-up"). Otherwise the
     executor defaults to `process` for more than one worker, else `local`."""
     if executor == "ray":
         from suite.executors.ray_tasks import RayExecutor, address
 
         return RayExecutor(address(ray_address), cpus_per_run, workers)
     if workers is None:
-        executor = executor or "process"
+        executor = executor or ("process" if runs > 1 else "local")
         workers = 1 if executor == "local" else worker_processes.default_workers(runs)
     if (executor or ("process" if workers > 1 else "local")) == "process":
         from suite.executors.process import ProcessExecutor

@@ -14,7 +14,8 @@ of the suite that opens a sqlite store calls `prepare(uri)` first:
 - otherwise an inter-process lock on `<db>.lock` is taken (filelock), and under it
   - a missing store is built and migrated under a temporary name beside it, then linked into
     place in one step that fails if the name exists meanwhile: no reader ever meets a half-made
-    store, and a store another client made first is never overwritten;
+    store, and a store another client made first is never overwritten, but waited for and
+    judged as below (a plain MLflow client takes no lock: it may be migrating it);
   - a store another client is still building is waited for while it changes;
   - a store left half-made (by a crashed client) that holds no run is moved aside to
     `<db>.broken-<time>` and built anew; one that holds runs is an error saying how to repair it.
@@ -29,18 +30,23 @@ import re
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+T = TypeVar("T")
 LOCK_TIMEOUT = 120.0  # seconds to wait for another process building the same store
 QUIET_SECONDS = 5.0  # a half-made store unchanged this long is nobody's work in progress
 SETTLE_TIMEOUT = 120.0  # at most this long waiting for another client's migration
+BUILD_TRIES = 3  # builds of a store whose place another client took meanwhile
 
 __all__ = [
     "DEFAULT_URI",
     "StoreError",
     "artifact_root",
+    "open_settled",
     "prepare",
     "resolve_uri",
     "sqlite_file",
@@ -110,25 +116,34 @@ def prepare(uri: str, lock_timeout: float = LOCK_TIMEOUT) -> None:
 
 
 def _make_ready(db: Path, uri: str, head: str) -> None:
-    """Under the store's lock: build, wait for, repair or refuse the store."""
-    look = _settled(db, head)
-    if _ready(look, head):
-        return
-    if look.exists:
-        problem = _problem(look, head)
-        if look.runs:
-            raise StoreError(
-                f"{db}: {problem}, and it holds {look.runs} runs; back it up, then "
-                f"`mlflow db upgrade {uri}`{_drop_hint(look)}"
-            )
-        aside = db.with_name(f"{db.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
-        os.replace(db, aside)
-        _warn(f"{db}: {problem} and held no runs; moved aside to {aside.name}, made anew")
-    _build(db)
+    """Under the store's lock: build, wait for, repair or refuse the store. A client without
+    the lock (a plain MLflow client) may make the file while ours is being built: theirs is
+    then judged as any store found, once it settles."""
+    for _ in range(BUILD_TRIES):
+        look = _settled(db, head)
+        if _ready(look, head):
+            return
+        if look.exists:
+            problem = _problem(look, head)
+            if look.runs:
+                raise StoreError(
+                    f"{db}: {problem}, and it holds {look.runs} runs; back it up, then "
+                    f"`mlflow db upgrade {uri}`{_drop_hint(look)}"
+                )
+            aside = db.with_name(f"{db.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(db, aside)
+            _warn(f"{db}: {problem} and held no runs; moved aside to {aside.name}, made anew")
+        if _build(db):
+            return
+    raise StoreError(
+        f"{db}: another MLflow client made the store {BUILD_TRIES} times while this one was "
+        "building it, each time left half-made; stop the other clients and try again"
+    )
 
 
-def _build(db: Path) -> None:
-    """A new store, migrated under a temporary name, then linked into place."""
+def _build(db: Path) -> bool:
+    """A new store, migrated under a temporary name, then linked into place; False when
+    another client made `db` meanwhile (theirs stays)."""
     temporary = db.with_name(f"{db.name}.new-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         import logging
@@ -140,13 +155,61 @@ def _build(db: Path) -> None:
 
         store = SqlAlchemyStore(f"sqlite:///{temporary}", str(db.parent / "mlartifacts"))
         store.engine.dispose()  # every connection to the temporary name closed
-        # fails if another client made `db` meanwhile: theirs stays, and the next look judges it
-        with contextlib.suppress(FileExistsError):
-            os.link(temporary, db)
+        try:
+            os.link(temporary, db)  # fails if another client made `db` meanwhile
+        except FileExistsError:
+            return False
+        return True
     finally:
         for leftover in (temporary, Path(f"{temporary}-journal")):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
+
+
+def open_settled(uri: str, open_store: Callable[[], T], tries: int = 4) -> T:
+    """`open_store()`, MLflow's first use of the store at `uri`, once `prepare` made it ready.
+    A client that takes no lock (`mlflow ui`, a notebook's `mlflow.search_runs()`) may still
+    create or migrate the same sqlite file then: a clash with its migration is waited out
+    (`prepare` again) and the open tried again, said in one warning line.
+
+    Raises:
+        StoreError: the clash outlasted `tries` opens (one line, the last error's first).
+    """
+    for attempt in range(tries):
+        try:
+            return open_store()
+        except Exception as err:
+            if sqlite_file(uri) is None or not _migration_clash(err):
+                raise
+            reason = _first_line(err)
+            if attempt == tries - 1:
+                raise StoreError(
+                    f"{uri}: another MLflow client kept migrating the store ({reason}); "
+                    "stop it, then try again"
+                ) from None
+            if attempt == 0:
+                _warn(f"{uri}: another MLflow client was migrating the new store; waiting for it")
+            time.sleep(0.5 * (attempt + 1))
+            prepare(uri)
+    raise AssertionError("unreachable")
+
+
+def _migration_clash(err: BaseException | None) -> bool:
+    """An error of opening a store that another client is migrating at that moment: alembic's
+    or SQLAlchemy's (a migration step that met another's work, a table missing or already
+    there, the file locked), or MLflow's out-of-date schema."""
+    while err is not None:
+        if type(err).__module__.startswith(("alembic", "sqlalchemy")):
+            return True
+        if "database schema" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _settled(db: Path, head: str) -> _Look:

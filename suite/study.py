@@ -24,6 +24,7 @@ import hashlib
 import itertools
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ class Cell:
     data_source: str = ""  # which data `dataset: mnist` resolved to (see suite.data)
     builder_file: str = ""  # the module file `model.builder` resolved to (see suite.builders)
     builder_source: str = ""  # a fingerprint of that file's source
+    data_missing: str = ""  # why its data is not on this machine (a study validated without it)
 
     @functools.cached_property
     def hash(self) -> str:
@@ -128,7 +130,10 @@ class Study:
 
 
 def load_study(
-    path: str | Path, overrides: dict[str, Any] | None = None, check_data: bool = True
+    path: str | Path,
+    overrides: dict[str, Any] | None = None,
+    check_data: bool = True,
+    missing_data: str = "error",
 ) -> Study:
     """Load, validate and expand a study file.
 
@@ -137,22 +142,30 @@ def load_study(
         overrides: dotted keys applied to every resolved cell (`--set`).
         check_data: check sizes against the data the cells would use (loads it); the report,
             which reads runs instead of data, turns this off.
+        missing_data: what data that is not on this machine is (`suite.data.DataUnavailable`):
+            `error` (a run's default: nothing can train), or `warn` (`overfit validate`: the
+            study is still checked, those cells' data unchecked, one `MissingDataWarning`
+            per cause naming its cells and what would make the data available).
 
     Raises:
         SpecError: one line naming the file and key path of the first problem.
     """
     path = Path(path)
     raw = read_study_file(path)
-    return build_study(raw, path, overrides or {}, check_data)
+    return build_study(raw, path, overrides or {}, check_data, missing_data)
 
 
 def build_study(
-    raw: Any, path: Path | None, overrides: dict[str, Any], check_data: bool = True
+    raw: Any,
+    path: Path | None,
+    overrides: dict[str, Any],
+    check_data: bool = True,
+    missing_data: str = "error",
 ) -> Study:
     """Validate a parsed study document, expand it into cells and resolve their data (see
     `load_study`): `expand`, then `resolve_data`."""
     study = expand(raw, path, overrides)
-    return resolve_data(study, _where(path), check_sizes=check_data)
+    return resolve_data(study, _where(path), check_data, missing_data)
 
 
 def expand(raw: Any, path: Path | None, overrides: dict[str, Any]) -> Study:
@@ -178,7 +191,11 @@ def expand(raw: Any, path: Path | None, overrides: dict[str, Any]) -> Study:
     return Study(top.name, top.description, path, tuple(cells), seeds, reference, top.report)
 
 
-def resolve_data(study: Study, where: str, check_sizes: bool) -> Study:
+class MissingDataWarning(UserWarning):
+    """Cells whose data is not on this machine: the study is valid, they cannot train here."""
+
+
+def resolve_data(study: Study, where: str, check_sizes: bool, missing_data: str = "error") -> Study:
     """The study with each cell's `data_source` set: the label of the data its `data:` section
     resolves to (see `suite.data`), part of the cell's hash.
 
@@ -188,21 +205,37 @@ def resolve_data(study: Study, where: str, check_sizes: bool) -> Study:
         check_sizes: also check each cell's sizes against that data (loads it). Without it
             (the report, which reads runs instead of data) a source that cannot be resolved
             here is left unknown.
+        missing_data: `error` or `warn`, for data not on this machine (see `load_study`).
 
     Raises:
         SpecError: with `check_sizes`, the first cell whose data cannot serve its sizes.
     """
     folder = study.path.parent if study.path is not None else None
-    cells = tuple(
-        _with_builder(
-            dataclasses.replace(cell, data_source=_data_source(cell, where, check_sizes)),
-            folder,
-            where,
-            check_sizes,
+    strict = check_sizes and missing_data == "error"
+    cells = []
+    for cell in study.cells:
+        source, missing = _data_source(cell, where, check_sizes, strict)
+        found = dataclasses.replace(cell, data_source=source, data_missing=missing)
+        cells.append(_with_builder(found, folder, where, check_sizes and not missing))
+    if check_sizes and not strict:
+        _warn_missing(cells, where)
+    return dataclasses.replace(study, cells=tuple(cells))
+
+
+def _warn_missing(cells: list[Cell], where: str) -> None:
+    """One `MissingDataWarning` per cause of missing data, naming its cells."""
+    causes: dict[str, list[str]] = {}
+    for cell in cells:
+        if cell.data_missing:
+            causes.setdefault(cell.data_missing, []).append(cell.name)
+    for cause, names in causes.items():
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        warnings.warn(
+            f"{where}: {len(names)} cell{'s' if len(names) > 1 else ''} ({shown}) cannot "
+            f"train here: {cause}",
+            MissingDataWarning,
+            stacklevel=4,
         )
-        for cell in study.cells
-    )
-    return dataclasses.replace(study, cells=cells)
 
 
 def _with_builder(cell: Cell, folder: Path | None, where: str, check: bool) -> Cell:
@@ -230,8 +263,10 @@ def _with_builder(cell: Cell, folder: Path | None, where: str, check: bool) -> C
         return cell
 
 
-def _data_source(cell: Cell, where: str, check_sizes: bool) -> str:
-    """The `data_source` label a cell's runs use; with `check_sizes`, its sizes are checked."""
+def _data_source(cell: Cell, where: str, check_sizes: bool, strict: bool) -> tuple[str, str]:
+    """The `data_source` label a cell's runs use, and why its data is missing ("" when it is
+    there); with `check_sizes`, its sizes are checked; with `strict`, missing data is a
+    SpecError."""
     from suite import data
 
     spec: DataSpec = cell.config.data
@@ -241,12 +276,16 @@ def _data_source(cell: Cell, where: str, check_sizes: bool) -> str:
             source = data.check_sizes(spec.path, *sizes, dataset=spec.dataset)
             # a cnn's stack must fit the images; geometric augmentation needs images
             check_inputs(cell.config, data.load_pool(source).x_train.shape[1:])
-            return source.label
-        return data.resolve_source(spec.path, spec.dataset).label
+            return source.label, ""
+        return data.resolve_source(spec.path, spec.dataset).label, ""
+    except data.DataUnavailable as err:
+        if strict:
+            raise SpecError(f"{where}: cell {cell.name}: {err}") from None
+        return "", str(err) if check_sizes else ""
     except data.DataError as err:
         if check_sizes:
             raise SpecError(f"{where}: cell {cell.name}: {err}") from None
-        return ""
+        return "", ""
     except ValueError as err:  # a cnn or augmentation on flat features, a stack too deep
         raise SpecError(f"{where}: cell {cell.name}: {err}") from None
 

@@ -62,7 +62,7 @@ from suite.names import (
     VARIANT_TAG,
     Stored,
 )
-from suite.store import StoreError, artifact_root, prepare, resolve_uri, sqlite_file
+from suite.store import StoreError, artifact_root, open_settled, prepare, resolve_uri, sqlite_file
 from suite.study import Cell
 from suite.ui_views import UI_EXPERIMENT_TAGS, UI_VIEW_TAG
 
@@ -137,8 +137,8 @@ class Tracker:
         does not answer is a one-line error here, not minutes of MLflow's retries."""
         if self.uri.startswith(("http://", "https://")):
             _check_answers(self.uri)
-        prepare_store(self.uri)
-        return cast(MlflowClient, _Patient(MlflowClient(tracking_uri=self.uri)))
+        client = prepare_store(self.uri, lambda: MlflowClient(tracking_uri=self.uri))
+        return cast(MlflowClient, _Patient(client))
 
     def exists(self) -> bool:
         """False for a local sqlite store whose file is not there yet (nothing to read)."""
@@ -492,7 +492,7 @@ def patiently(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 class _Patient:
     """An `MlflowClient` whose calls are made `patiently`."""
 
-    def __init__(self, client: MlflowClient) -> None:
+    def __init__(self, client: MlflowClient | None) -> None:
         self._client = client
 
     def __getattr__(self, name: str) -> Any:
@@ -534,15 +534,18 @@ class EpochLogger:
         self.last_flush = time.monotonic()
 
 
-def prepare_store(uri: str) -> None:
+def prepare_store(uri: str, open_client: Callable[[], T] | None = None) -> T | None:
     """Make a local sqlite store ready before MLflow opens it (`suite.store.prepare`: built
-    under a lock and moved into place whole); other stores are left to MLflow.
+    under a lock and moved into place whole); other stores are left to MLflow. Then, if
+    given, `open_client()` (an `MlflowClient` opens its store as it is made), waiting out
+    another client's migration of the same new file (`suite.store.open_settled`).
 
     Raises:
         TrackingError: the store cannot be made ready (the message says how to repair it).
     """
     try:
         prepare(uri)
+        return None if open_client is None else open_settled(uri, open_client)
     except StoreError as err:
         raise TrackingError(str(err)) from None
 

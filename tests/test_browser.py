@@ -45,7 +45,9 @@ def chromium() -> str:
 
 
 def test_report_renders_offline_with_every_image(report_dir: Path) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="needs playwright: make setup (the dev extra)"
+    )
     binary = chromium()
     artifacts = Path(os.environ.get("SUITE_TEST_ARTIFACTS", REPO_ROOT / "test-artifacts"))
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -85,7 +87,9 @@ def test_report_renders_offline_with_every_image(report_dir: Path) -> None:
 def test_ui_opens_each_study_on_its_runs(report_store: ReportStore, tmp_path: Path) -> None:
     """`overfit ui` starts lean and prints each study's address; that address shows the
     study's runs with their final accuracies, readable; the cells view groups them."""
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="needs playwright: make setup (the dev extra)"
+    )
     binary = chromium()
     from suite.tracking import Tracker
     from suite.ui_views import UI_CELLS_VIEW, runs_url

@@ -123,6 +123,36 @@ def test_validate_prints_the_cells(tmp_path: Path) -> None:
     assert "runs: 21" in done.stdout
 
 
+def test_validate_checks_a_study_without_its_data_and_run_refuses_it(
+    write_study: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Data not on this machine: `validate` checks the rest and warns in one line naming the
+    cells and what would make the data available; `run` stops in one line, storing nothing."""
+    study = write_study(
+        "name: elsewhere\nbase: {model: {hidden: [8]}, train: {epochs: 1}}\nseeds: [0]\n"
+        "variants:\n  here: {}\n  there: {data: {dataset: npz, path: /data/elsewhere.npz}}\n"
+    )
+    checked = overfit("validate", str(study), cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    warned = [line for line in checked.stderr.splitlines() if line.startswith("warning:")]
+    assert any(
+        "1 cell (there) cannot train here: data.path: no such file /data/elsewhere.npz" in line
+        for line in warned
+    ), checked.stderr
+    assert "here" in checked.stdout and "no data" in checked.stdout and "runs: 2" in checked.stdout
+    # a mistake is still an error when the data is missing
+    typo = write_study(study.read_text().replace("hidden: [8]", "hiden: [8]"))
+    assert overfit("validate", str(typo), cwd=tmp_path).returncode != 0
+
+    ran = overfit("run", str(study), cwd=tmp_path)
+    assert ran.returncode != 0 and "Traceback" not in ran.stderr
+    errors = [line for line in ran.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {study}: cell there: data.path: no such file /data/elsewhere.npz"], (
+        ran.stderr
+    )
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_run_list_and_dry_run(
     write_study: Callable[[str], Path], tmp_path: Path, tiny_study: str
 ) -> None:

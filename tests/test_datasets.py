@@ -17,7 +17,7 @@ from suite.data import DataError, load_pool, make_split, resolve_source
 from suite.report.aggregate import chance_level
 from suite.runner import run_study
 from suite.spec import SpecError
-from suite.study import load_study
+from suite.study import MissingDataWarning, load_study
 from suite.tracking import Tracker
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -111,14 +111,107 @@ def test_npz_without_a_path_and_unknown_datasets_are_refused(
         load_study(write_study("name: n\nbase: {data: {dataset: npz, path: /nowhere.npz}}\n"))
 
 
+def fashion_files(folder: Path, n_train: int = 12, n_test: int = 4) -> dict[str, np.ndarray]:
+    """Fashion-MNIST's four gzip files in their original layout, with random pixels; returns
+    the arrays written."""
+    rng = np.random.default_rng(2)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "x_train": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "x_test": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "y_train": np.arange(n_train, dtype=np.uint8) % 10,
+        "y_test": np.arange(n_test, dtype=np.uint8) % 10,
+    }
+    for part, key in (("train", "train"), ("t10k", "test")):
+        with gzip.open(folder / f"{part}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(b"\0" * 16 + arrays[f"x_{key}"].tobytes())
+        with gzip.open(folder / f"{part}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(b"\0" * 8 + arrays[f"y_{key}"].tobytes())
+    return arrays
+
+
 def test_fashion_mnist_offline_without_files_says_what_to_do(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("SUITE_OFFLINE", "1")
-    monkeypatch.setitem(data.KERAS_CACHED, "fashion_mnist", tmp_path / "no-cache")
+    monkeypatch.setitem(data.KERAS_CACHED, "fashion_mnist", (tmp_path / "no-cache",))
     monkeypatch.setattr(data, "DEBIAN_FASHION", tmp_path / "no-debian")
-    with pytest.raises(DataError, match="data.dataset fashion_mnist: not found offline"):
+    with pytest.raises(data.DataUnavailable) as caught:
         resolve_source(None, "fashion_mnist")
+    message = str(caught.value)
+    assert message.startswith("data.dataset fashion_mnist: not on this machine")
+    assert "apt-get install dataset-fashion-mnist" in message and "data.path" in message
+    assert "no-cache" not in message and "\n" not in message  # no folder is in the way
+
+
+def test_an_empty_keras_cache_folder_falls_through_to_debians_files(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A failed Keras download leaves `~/.keras/datasets/fashion-mnist/` empty; Debian's files
+    installed afterwards are found all the same."""
+    monkeypatch.setenv("SUITE_OFFLINE", "1")
+    empty = tmp_path / "keras" / "fashion-mnist"
+    empty.mkdir(parents=True)
+    monkeypatch.setitem(data.KERAS_CACHED, "fashion_mnist", (empty,))
+    debian = tmp_path / "debian"
+    monkeypatch.setattr(data, "DEBIAN_FASHION", debian)
+    with pytest.raises(data.DataUnavailable, match=f"Keras' cache {empty} holds 0 of its 4"):
+        resolve_source(None, "fashion_mnist")  # before Debian's files: the empty folder named
+    written = fashion_files(debian)
+    source = resolve_source(None, "fashion_mnist")
+    assert source == data.Source("folder", str(debian), "fashion_mnist")
+    assert np.array_equal(load_pool(source).x_train, written["x_train"])
+    # a partial folder (one file of four) does not count either; a complete one comes first
+    fashion_files(tmp_path / "scratch")
+    (tmp_path / "scratch" / data.FASHION_FILES[0]).rename(empty / data.FASHION_FILES[0])
+    assert resolve_source(None, "fashion_mnist").path == str(debian)
+    fashion_files(empty)
+    assert resolve_source(None, "fashion_mnist") == data.Source(
+        "keras", str(empty), "fashion_mnist"
+    )
+
+
+def test_the_datasets_study_validates_without_fashion_mnist(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """On a machine without Fashion-MNIST: validating warns once, naming its three cells and
+    the package; running is refused before anything, naming the first such cell."""
+    monkeypatch.setenv("SUITE_OFFLINE", "1")
+    monkeypatch.setitem(data.KERAS_CACHED, "fashion_mnist", (tmp_path / "no-cache",))
+    monkeypatch.setattr(data, "DEBIAN_FASHION", tmp_path / "no-debian")
+    path = Path(__file__).resolve().parents[1] / "experiments" / "datasets.yaml"
+    with pytest.warns(MissingDataWarning) as caught:
+        study = load_study(path, missing_data="warn")
+    [warning] = [w for w in caught if w.category is MissingDataWarning]
+    assert "3 cells (baseline[dataset=fashion_mnist], weight_decay[dataset=fashion_mnist]" in str(
+        warning.message
+    )
+    assert "apt-get install dataset-fashion-mnist" in str(warning.message)
+    missing = [c.name for c in study.cells if c.data_missing]
+    assert len(missing) == 3 and len(study.cells) == 6
+    with pytest.raises(SpecError, match=r"cell baseline\[dataset=fashion_mnist\]: data.dataset"):
+        load_study(path)
+
+
+def test_cifar10_in_keras_caches_old_and_new(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Keras 3 extracts CIFAR-10 inside `cifar-10-batches-py-target/`, older Keras beside it;
+    either counts once it holds the six batches, and an empty one is named in the message."""
+    monkeypatch.setenv("SUITE_OFFLINE", "1")
+    new = tmp_path / "cifar-10-batches-py-target" / "cifar-10-batches-py"
+    old = tmp_path / "cifar-10-batches-py"
+    monkeypatch.setitem(data.KERAS_CACHED, "cifar10", (new, old))
+    new.mkdir(parents=True)
+    with pytest.raises(data.DataUnavailable, match=f"{new} holds 0 of its 6 files"):
+        resolve_source(None, "cifar10")
+    old.mkdir()
+    for name in data.CIFAR_FILES:
+        (old / name).write_bytes(b"")
+    assert resolve_source(None, "cifar10") == data.Source("keras", str(old), "cifar10")
+    for name in data.CIFAR_FILES:
+        (new / name).write_bytes(b"")
+    assert resolve_source(None, "cifar10") == data.Source("keras", str(new), "cifar10")
 
 
 def test_a_folder_missing_fashion_files_is_refused(tmp_path: Path) -> None:
@@ -128,31 +221,23 @@ def test_a_folder_missing_fashion_files_is_refused(tmp_path: Path) -> None:
 
 def test_fashion_mnist_from_its_original_files(tmp_path: Path) -> None:
     """The four gzip files as Keras reads them (written here in their original layout)."""
-    rng = np.random.default_rng(2)
-    images = {
-        "train": rng.integers(0, 256, (12, 28, 28), dtype=np.uint8),
-        "t10k": rng.integers(0, 256, (4, 28, 28), dtype=np.uint8),
-    }
-    labels = {"train": np.arange(12, dtype=np.uint8) % 10, "t10k": np.arange(4, dtype=np.uint8)}
-    for part in ("train", "t10k"):
-        with gzip.open(tmp_path / f"{part}-images-idx3-ubyte.gz", "wb") as f:
-            f.write(b"\0" * 16 + images[part].tobytes())
-        with gzip.open(tmp_path / f"{part}-labels-idx1-ubyte.gz", "wb") as f:
-            f.write(b"\0" * 8 + labels[part].tobytes())
+    written = fashion_files(tmp_path)
     pool = load_pool(resolve_source(str(tmp_path), "fashion_mnist"))
-    assert np.array_equal(pool.x_train, images["train"]) and np.array_equal(
-        pool.y_test, labels["t10k"]
-    )
+    assert np.array_equal(pool.x_train, written["x_train"])
+    assert np.array_equal(pool.y_test, written["y_test"])
     assert pool.source.label == f"fashion_mnist:folder:{tmp_path.resolve()}"
 
 
 @pytest.mark.skipif(
-    not DEBIAN_FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed"
+    not DEBIAN_FASHION.is_dir(),
+    reason="needs Debian's Fashion-MNIST: apt-get install dataset-fashion-mnist",
 )
 def test_fashion_mnist_from_debians_package(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setitem(data.KERAS_CACHED, "fashion_mnist", tmp_path / "no-cache")
+    empty = tmp_path / "fashion-mnist"
+    empty.mkdir()  # a failed download's leftover is not in the way
+    monkeypatch.setitem(data.KERAS_CACHED, "fashion_mnist", (empty,))
     source = resolve_source(None, "fashion_mnist")  # found where Debian installs it
     assert source == data.Source("folder", str(DEBIAN_FASHION), "fashion_mnist")
     pool = load_pool(source)

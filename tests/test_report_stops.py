@@ -466,7 +466,9 @@ def artifacts() -> Iterator[Path]:
 
 @pytest.mark.browser
 def test_the_stops_report_renders_in_chromium(stops_report: Report, artifacts: Path) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="needs playwright: make setup (the dev extra)"
+    )
     from test_browser import CHROMIUM_ARGS, chromium
 
     binary = chromium()

@@ -276,3 +276,32 @@ def test_a_run_that_cannot_be_recorded_fails_and_the_study_goes_on(
     assert run.info.status == "FAILED"
     assert run.data.tags["failure_reason"] == failed.reason
     assert "owner" not in run.data.tags and "heartbeat" not in run.data.tags
+
+
+def test_the_default_executor_trains_a_single_run_in_this_process(
+    write_study: Callable[[str], Path], tiny_study: str
+) -> None:
+    """A worker process costs more than it saves for one run: `overfit run`'s defaults train
+    it here, and start no worker for it; two runs or more go to workers."""
+    from suite import runner
+    from suite.executors import workers as worker_processes
+    from suite.executors.local import LocalExecutor
+    from suite.executors.process import ProcessExecutor
+
+    assert isinstance(runner.choose_executor(None, None, 1), LocalExecutor)
+    assert isinstance(runner.choose_executor(None, None, 0), LocalExecutor)
+    pooled = runner.choose_executor(None, None, 2)
+    assert isinstance(pooled, ProcessExecutor)
+    assert pooled.workers == min(2, worker_processes.cpu_count())
+    forced = runner.choose_executor("process", None, 1)  # asked for: a worker all the same
+    assert isinstance(forced, ProcessExecutor) and forced.workers == 1
+
+    study = load_study(write_study(tiny_study))
+    runner.start_workers(study.select([study.cells[0].name]), (0,), None, None)
+    assert worker_processes._warm is None  # one run: nothing spawned
+    runner.start_workers(study, (0,), 2, "process")
+    try:
+        assert worker_processes._warm is not None
+    finally:
+        runner.stop_unused_workers()
+    assert worker_processes._warm is None

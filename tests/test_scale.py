@@ -226,7 +226,9 @@ def test_the_process_pool_logs_to_a_server_what_it_logs_to_sqlite(
 def test_ray_tasks_log_to_a_server_what_the_local_executor_logs(
     write_study: Callable[..., Path], mlflow_server: MlflowServer, tracking_uri: str
 ) -> None:
-    pytest.importorskip("ray")
+    pytest.importorskip(
+        "ray", reason="needs the optional Ray extra: make setup-ray (pip install '.[ray]')"
+    )
     study = study_file(write_study, 12)
     assert run_study(load_study(study), Tracker(tracking_uri), workers=1).ok
     code, out = finish(overfit(study, mlflow_server.uri, "--executor", "ray"))
@@ -240,7 +242,9 @@ def test_ray_tasks_log_to_a_server_what_the_local_executor_logs(
 def test_a_ray_worker_killed_mid_task_is_retried(
     write_study: Callable[..., Path], mlflow_server: MlflowServer, killer: list
 ) -> None:
-    pytest.importorskip("ray")
+    pytest.importorskip(
+        "ray", reason="needs the optional Ray extra: make setup-ray (pip install '.[ray]')"
+    )
     study = study_file(write_study, 300)
     invocation = overfit(study, mlflow_server.uri, "--executor", "ray")
     killer.append(invocation)

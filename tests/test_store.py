@@ -180,3 +180,94 @@ def test_commands_on_a_broken_store_say_so_in_one_line(tmp_path: Path) -> None:
 
 def test_the_head_revision_read_as_text_is_alembics() -> None:
     assert _head_revision() == _alembic_head(_migrations())
+
+
+def test_a_store_a_plain_client_makes_while_ours_is_built_is_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain MLflow client (no lock) makes and migrates the file in place while `prepare`
+    builds its own under a temporary name: ours cannot be linked, and `prepare` returns only
+    once theirs is whole, so MLflow never opens a half-made store (which it would migrate
+    beside them: alembic's "Online migration expected to match one row")."""
+    import threading
+
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    from suite import store
+
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    errors: list[BaseException] = []
+
+    def plain_client() -> None:
+        try:
+            SqlAlchemyStore(uri, str(tmp_path / "mlartifacts")).engine.dispose()
+        except BaseException as err:  # the test asserts on it
+            errors.append(err)
+
+    other = threading.Thread(target=plain_client)
+    real_link = store.os.link
+
+    def link_after_the_plain_client_started(source: str, target: Path) -> None:
+        other.start()
+        deadline = time.monotonic() + 30
+        while not (db.exists() and _look(db).tables) and time.monotonic() < deadline:
+            time.sleep(0.01)  # until it has begun: the file is there with some tables
+        real_link(source, target)
+
+    monkeypatch.setattr(store.os, "link", link_after_the_plain_client_started)
+    prepare(uri)
+    look = _look(db)
+    assert look.version == _head_revision() and not look.leftovers()
+    other.join(timeout=120)
+    assert not errors, errors
+    assert _experiments(db) == ["Default"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("mlflow.db")) == [
+        "mlflow.db",
+        "mlflow.db.lock",
+    ]
+
+
+def test_a_clash_with_another_clients_migration_is_waited_out_in_one_warning(
+    tmp_path: Path, pristine: Path
+) -> None:
+    """MLflow's first open of a store that a lock-less client is migrating at that moment
+    fails with alembic's error: the open is tried again once the store settles, said in one
+    warning; another error is raised at once; a clash that never ends is one line."""
+    from alembic.util.exc import CommandError
+
+    from suite.store import open_settled
+
+    db = tmp_path / "mlflow.db"
+    shutil.copy(pristine, db)
+    uri = f"sqlite:///{db}"
+    clash = "Online migration expected to match one row when updating 'a8c4a736bde6' to '39d1'"
+    opened: list[int] = []
+
+    def open_third_time() -> str:
+        opened.append(1)
+        if len(opened) < 3:
+            raise CommandError(clash)
+        return "client"
+
+    with pytest.warns(UserWarning) as caught:
+        assert open_settled(uri, open_third_time) == "client"
+    assert len(opened) == 3
+    assert [str(w.message) for w in caught] == [
+        f"{uri}: another MLflow client was migrating the new store; waiting for it"
+    ]
+
+    def broken() -> str:
+        raise ValueError("not a clash")
+
+    with pytest.raises(ValueError, match="not a clash"):
+        open_settled(uri, broken)
+
+    def always() -> str:
+        raise CommandError(clash)
+
+    with pytest.warns(UserWarning), pytest.raises(StoreError) as err:
+        open_settled(uri, always, tries=2)
+    assert "\n" not in str(err.value) and "kept migrating the store (Online migration" in str(
+        err.value
+    )
