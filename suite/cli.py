@@ -78,6 +78,8 @@ def user_errors() -> Iterator[None]:
                 ("suite.runner", "OptionError"),
                 ("suite.tracking", "TrackingError"),
                 ("suite.report.load", "ReportError"),
+                ("suite.results", "ResultsError"),
+                ("suite.export", "ExportError"),
                 ("mlflow.exceptions", "MlflowException"),
             )
         ]
@@ -280,18 +282,29 @@ UiUrlOpt = Annotated[
 
 @app.command()
 def report(
-    study: StudyArg,
+    studies: Annotated[
+        list[str],
+        typer.Argument(
+            help="A study YAML, or a study name in experiments/; several: side by side."
+        ),
+    ],
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Output folder [default: reports/<study>].")
     ] = None,
     tracking_uri: UriOpt = None,
     set_: SetOpt = None,
     ui_url: UiUrlOpt = None,
+    only: Annotated[
+        str | None,
+        typer.Option(help="With several studies: the cells to show, by name or variant, a,b."),
+    ] = None,
 ) -> None:
     """Write the study's comparison report (HTML + Markdown) from what MLflow holds.
 
     A study name finds its file where the store records it, else in experiments/.
     Give the same --set overrides the study ran with, so its cells match the stored runs.
+    Several studies: their cells side by side in one report (reports/<a+b>), the settings
+    that differ between them named.
     """
     notice = None
     with user_errors():
@@ -301,6 +314,12 @@ def report(
         if ui_url is not None:
             ui_url = check_ui_url(ui_url)
         tracker = Tracker(tracking_uri)
+        if len(studies) > 1 or only:
+            paths = _side_by_side(studies, tracker, out_dir, ui_url, only)
+            display.plain(f"report: {paths.html}")
+            display.plain(f"        {paths.markdown}")
+            return
+        (study,) = studies
         name = study
         spec = None
         given = Path(study)
@@ -322,6 +341,24 @@ def report(
     display.plain(f"        {paths.markdown}")
     if paths.run_id:
         display.plain(f"        stored in MLflow: run {paths.run_id} (artifacts under report/)")
+
+
+def _side_by_side(
+    studies: list[str], tracker: Any, out_dir: Path | None, ui_url: str | None, only: str | None
+) -> Any:
+    """`overfit report A B`: the studies' cells in one report (`suite.report.compare`)."""
+    from suite.report import write_report
+    from suite.report.compare import side_by_side
+
+    names = [
+        load_study(s, check_data=False).name if Path(s).suffix in (".yaml", ".yml") else s
+        for s in studies
+    ]
+    cells = [c.strip() for c in (only or "").split(",") if c.strip()]
+    side = side_by_side(list(dict.fromkeys(names)), tracker, cells)
+    out = out_dir or Path("reports") / "+".join(dict.fromkeys(names))
+    with display.err.status(f"writing the report of {side.runs.study}: reading, drawing"):
+        return write_report(side.runs.study, tracker, out, None, False, ui_url, side)
 
 
 @app.command()
@@ -423,6 +460,26 @@ def server(
 
         code = servers.serve(command, env, host, port, ready)
     raise typer.Exit(code or 0)
+
+
+@app.command()
+def export(
+    studies: Annotated[list[str], typer.Argument(help="Study names (as in the store).")],
+    fmt: Annotated[str, typer.Option("--format", help="csv, parquet or json (records).")] = "csv",
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Output folder [default: reports/<study>/data]."),
+    ] = None,
+    tracking_uri: UriOpt = None,
+) -> None:
+    """Write the studies' runs, curves and summary (suite.results) as files, one each."""
+    with user_errors():
+        from suite.export import check_format
+        from suite.export import export as write
+
+        paths = write(studies, check_format(fmt), out_dir, tracking_uri)
+    for path in paths:
+        display.plain(f"written: {path}")
 
 
 @app.command("list")

@@ -96,7 +96,7 @@ def run_links(
             status=r["status"],
             reason=r[load.FAILURE_TAG] or "",
             run_id=r["run_id"],
-            url=run_url(ui, experiment_id, r["run_id"]),
+            url=run_url(ui, r.get("experiment_id") or experiment_id, r["run_id"]),
             name=r["run_name"] or r["run_id"],
         )
         for r in rows.to_dict("records")

@@ -69,6 +69,7 @@ RUN_COLUMNS = (
     *RUN_END_METRICS,
     *LAST_VALUES.values(),
     "params",  # the run's params: {dotted setting: value as logged}
+    "logged",  # the names of the metrics the run logged
 )
 HISTORY_COLUMNS = ("run_id", "cell_hash", "cell", "seed", "epoch", "metric", "value")
 
@@ -93,6 +94,23 @@ def load_runs(study: str, tracker: Tracker) -> StudyRuns:
     Raises:
         ReportError: the store is empty, has no such study, or the study has no FINISHED run.
     """
+    read = read_runs(study, tracker)
+    runs, uri = read.runs, read.uri
+    if not (runs["status"] == Stored.FINISHED).any():
+        counts = runs["status"].str.lower().value_counts()
+        what = ", ".join(f"{n} {status}" for status, n in counts.items()) or "no runs"
+        raise ReportError(
+            f"study {study!r} has no FINISHED runs in {uri} ({what}); run it: overfit run {study}"
+        )
+    return read
+
+
+def read_runs(study: str, tracker: Tracker) -> StudyRuns:
+    """A study's runs as `load_runs` reads them, whatever their status (none at all too).
+
+    Raises:
+        ReportError: the store is empty or has no such study.
+    """
     uri = display_uri(tracker.uri)
     # a missing sqlite file would be created by the first query: say so instead
     studies = [name for _, name in tracker.studies()] if tracker.exists() else []
@@ -110,12 +128,6 @@ def load_runs(study: str, tracker: Tracker) -> StudyRuns:
     for metric in (*RUN_END_METRICS, *LAST_VALUES.values()):
         runs[metric] = runs[metric].astype(float)
     _restored_losses(tracker, runs)
-    if not (runs["status"] == Stored.FINISHED).any():
-        counts = runs["status"].str.lower().value_counts()
-        what = ", ".join(f"{n} {status}" for status, n in counts.items()) or "no runs"
-        raise ReportError(
-            f"study {study!r} has no FINISHED runs in {uri} ({what}); run it: overfit run {study}"
-        )
     return StudyRuns(study, uri, experiment_id, runs)
 
 
@@ -169,6 +181,7 @@ def _run_rows(tracker: Tracker, experiment_id: str) -> Iterable[dict[str, object
             FAILURE_TAG: tags.get(FAILURE_TAG),
             "epochs": run.data.params.get("train.epochs"),
             "params": dict(run.data.params),
+            "logged": tuple(run.data.metrics),
         }
         row.update({tag: tags.get(tag) for tag in TAGS})
         row.update({m: run.data.metrics.get(m) for m in RUN_END_METRICS})

@@ -40,6 +40,7 @@ from suite.report import (
     render,
     stopping,
 )
+from suite.report.compare import SideBySide
 from suite.report.figure_spec import (
     GROUP_FIELDS,
     ActivationsFigure,
@@ -78,6 +79,7 @@ def write_report(
     spec: Study | None = None,
     log_to_mlflow: bool = True,
     ui_url: str | None = None,
+    side: SideBySide | None = None,
 ) -> ReportPaths:
     """Write a study's comparison report from what the tracking store holds.
 
@@ -91,6 +93,8 @@ def write_report(
         log_to_mlflow: also attach the report to the study's report run in the store.
         ui_url: the MLflow UI the run links point at (`http(s)://host[:port]`); default: the
             tracking server when the store is one, else `overfit ui`'s http://127.0.0.1:5000.
+        side: several studies' runs side by side (`compare.side_by_side`), reported as one
+            study named `study`; nothing is logged to the store.
 
     Returns:
         The paths of the HTML page, the Markdown document, their folder and the report run.
@@ -99,10 +103,11 @@ def write_report(
         ReportError: the store is empty, has no such study, or the study has no FINISHED run;
             or `ui_url` is not an http(s) address.
     """
-    settings = spec.report if spec is not None else ReportSpec()
+    # side by side, each study's baseline is its own: cells are compared in the table and figures
+    settings = spec.report if spec else ReportSpec(versus_baseline=side is None)
     if ui_url is not None:
         check_ui_url(ui_url)  # before any work
-    runs = load.load_runs(study, tracker)
+    runs = side.runs if side is not None else load.load_runs(study, tracker)
     cells = aggregate.cell_rows(runs.runs, spec)
     used = aggregate.finished_runs(runs.runs)
     table = aggregate.ranked(cells, settings.sort)
@@ -110,7 +115,10 @@ def write_report(
     custom = [f for f in settings.figures if isinstance(f, CurvesFigure)]
     wanted = [m for view in views for m in view.lines] + [f.metric for f in custom]
     histories = _histories(tracker, used, wanted)
-    notes = _notes(cells, used, histories, views, spec, settings.sort)
+    notes = [
+        *(side.notes if side else []),
+        *_notes(cells, used, histories, views, spec, settings.sort),
+    ]
     baseline, comparisons = _compared(cells, used, table, settings, spec, notes)
     numbers = _Numbers(runs, cells, table, used, baseline, comparisons)
 
@@ -125,9 +133,9 @@ def write_report(
     shown += _cell_figures(folder, settings, views, histories, numbers, study, notes)
 
     ui = links.ui_address(ui_url, runs.uri)
-    run_id = tracker.report_run(runs.experiment_id, study) if log_to_mlflow else None
-    tagged = recorded(tracker, runs.experiment_id, runs.runs) if spec is None else None
-    context = _context(study, spec, settings, numbers, shown, notes, ui, run_id, tagged)
+    run_id = tracker.report_run(runs.experiment_id, study) if log_to_mlflow and not side else None
+    tagged = recorded(tracker, runs.experiment_id, runs.runs) if spec is None and not side else None
+    context = _context(study, spec, settings, numbers, shown, notes, ui, run_id, tagged, side)
     html, markdown = render.render(context)
     paths = ReportPaths(folder / HTML, folder / MARKDOWN, folder, run_id)
     paths.html.write_text(html, encoding="utf-8")
@@ -220,6 +228,7 @@ def _context(
     ui: str,
     run_id: str | None,
     tagged: str | None,
+    side: SideBySide | None = None,
 ) -> render.Context:
     """What the templates show: the numbers, the finding, the figures and notes, links to the
     UI at `ui` (and to the report run, `run_id`), provenance and the study file's settings;
@@ -251,7 +260,9 @@ def _context(
         provenance=_provenance(runs, numbers.used, spec),
         notes=notes,
         finding=finding.summarise(table, baseline, comparisons),
-        study_notice=None if spec is not None else _capitalised(missing_notice(study, tagged)),
+        study_notice=(
+            None if spec is not None or side else _capitalised(missing_notice(study, tagged))
+        ),
         ui=ui,
         ui_is_local=ui == UI_DEFAULT,
         experiment_url=links.experiment_url(ui, eid),
@@ -263,8 +274,8 @@ def _context(
             if settings.sort not in ("final_test_accuracy", "final_gap")
             else None
         ),
-        setting_columns=groups.grid_keys(spec),
-        settings=groups.grid_values(spec, cells),
+        setting_columns=side.setting_columns if side else groups.grid_keys(spec),
+        settings=side.settings if side else groups.grid_values(spec, cells),
     )
 
 

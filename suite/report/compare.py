@@ -1,0 +1,112 @@
+"""Studies side by side: the cells of several studies as one report's cells.
+
+`overfit report A B [--only CELLS]` puts the cells of studies A and B (all of them, or those
+named: a cell name or a variant, `baseline,weight_decay`) in one table and one set of figures.
+Each cell is named `<study>: <cell>` and keeps its study in its key (`<study>:<hash>`), so a
+configuration two studies share stays two cells, each with its own runs. The settings that
+differ between the cells shown, read from each cell's logged params, become the table's
+setting columns; a note lists them all.
+
+Owns: combining the studies' runs (`side_by_side`) and finding the settings that differ.
+Must not: compute a statistic or draw (the report's stages do, on the combined runs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from suite.report import load
+from suite.spec import did_you_mean, short_value
+from suite.tracking import Tracker
+
+# at most this many differing settings become table columns; the note lists every one
+MAX_COLUMNS = 6
+# settings that say nothing about the network or its training
+IGNORED = ("data.path",)
+
+
+@dataclass(frozen=True)
+class SideBySide:
+    """Several studies' runs as one study's, with what tells their cells apart."""
+
+    runs: load.StudyRuns
+    setting_columns: list[str]
+    settings: dict[str, dict[str, str]]  # cell key -> setting -> value
+    notes: list[str] = field(default_factory=list)
+
+
+def name_of(studies: Sequence[str]) -> str:
+    """The report's name: `a + b`; its folder is `reports/a+b`."""
+    return " + ".join(studies)
+
+
+def side_by_side(studies: Sequence[str], tracker: Tracker, only: Sequence[str] = ()) -> SideBySide:
+    """The studies' runs combined (see the module's docstring); `only`: cell names or variants.
+
+    Raises:
+        load.ReportError: a study that is not in the store, or has no FINISHED run; a cell
+            in `only` that no study has.
+    """
+    parts = []
+    for study in studies:
+        read = load.load_runs(study, tracker)
+        frame = read.runs.assign(experiment_id=read.experiment_id, study=study)
+        frame["cell"] = study + ": " + frame["cell"].fillna(frame["cell_hash"])
+        frame["cell_hash"] = study + ":" + frame["cell_hash"]
+        parts.append((read, frame, frame["cell"].str.split(": ", n=1).str[1]))
+    combined = pd.concat([frame for _, frame, _ in parts], ignore_index=True)
+    if only:
+        names = pd.concat([short for _, _, short in parts], ignore_index=True)
+        known = set(names) | set(combined["variant"].dropna())
+        for token in only:
+            if token not in known:
+                raise load.ReportError(
+                    f"--only: no study has a cell {token!r}{did_you_mean(token, sorted(known))}"
+                )
+        combined = combined[names.isin(only) | combined["variant"].isin(only)]
+    first = parts[0][0]
+    runs = load.StudyRuns(name_of(studies), first.uri, first.experiment_id, combined)
+    columns, values = differing(combined)
+    notes = []
+    if columns:
+        shown = ", ".join(columns[:MAX_COLUMNS])
+        notes.append(
+            f"Studies side by side: {', '.join(studies)}. The settings that differ between "
+            f"the cells shown: {', '.join(columns)}"
+            + (f" (the table shows {shown})." if len(columns) > MAX_COLUMNS else ".")
+        )
+    else:
+        notes.append(
+            f"Studies side by side: {', '.join(studies)}. Their cells share every setting."
+        )
+    return SideBySide(runs, columns[:MAX_COLUMNS], values, notes)
+
+
+def differing(runs: pd.DataFrame) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """The settings whose values differ between the cells of `runs` (in the configuration's
+    order), and each cell's values of them, as short text."""
+    from suite.results import settings_of
+
+    latest = runs.sort_values("start_time").drop_duplicates("cell_hash", keep="last")
+    by_cell = {
+        key: settings_of(params or {})
+        for key, params in zip(latest["cell_hash"], latest["params"], strict=True)
+    }
+    keys: list[str] = []
+    for settings in by_cell.values():
+        keys += [k for k in settings if k not in keys and k not in IGNORED]
+    columns = [k for k in keys if len({_text(s.get(k), k) for s in by_cell.values()}) > 1]
+    values = {
+        cell: {k: _text(settings.get(k), k) for k in columns} for cell, settings in by_cell.items()
+    }
+    return columns, values
+
+
+def _text(value: Any, key: str) -> str:
+    if isinstance(value, list):
+        return "x".join(map(str, value)) if all(isinstance(v, int) for v in value) else str(value)
+    return short_value(value, key)
