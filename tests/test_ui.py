@@ -14,6 +14,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -136,9 +137,9 @@ def test_ui_and_server_start_mlflow_lean_over_a_prepared_store(
 
     prepare = suite.tracking.prepare_store
 
-    def prepare_and_note(uri: str) -> None:
+    def prepare_and_note(uri: str, open_client: Callable[[], Any] | None = None) -> Any:
         events.append("prepare" if uri == tracking_uri else uri)
-        prepare(uri)
+        return prepare(uri, open_client)
 
     monkeypatch.setattr(servers, "serve", serve)
     monkeypatch.setattr(suite.tracking, "prepare_store", prepare_and_note)
