@@ -27,6 +27,10 @@ DataFrames), `aggregate` (every derived number; early stopping's in `stopping`),
 the UI), `render` (jinja2 templates in `templates/`); the `report:` block's schema is
 `figure_spec`.
 
+The package itself is callable: `suite.report(study)` is `suite.notebook.report(study)`, the
+notebook's way to write a report (`import suite` binds the name `suite.report` to this
+package, so the function is reached through it).
+
 Owns: the package's public names, each loaded from its module on first use (PEP 562), so that
 importing the package, or its light `figure_spec` (as `suite.spec` does), loads none of pandas,
 matplotlib, seaborn or MLflow. Must not touch: any work of its own; it imports nothing eagerly.
@@ -35,6 +39,8 @@ matplotlib, seaborn or MLflow. Must not touch: any work of its own; it imports n
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -74,3 +80,13 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
+
+
+class _CallableModule(types.ModuleType):
+    """This package's module type: calling it writes a report (`suite.notebook.report`)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return importlib.import_module("suite.notebook").report(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
