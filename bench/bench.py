@@ -28,7 +28,8 @@ Rows (each a fresh measurement on this machine, now):
   default run's, point by point: accuracies that differ, and the largest absolute and relative
   difference of the losses, penalty and weight norm (the same thread count gives the same
   bits; another thread count may round differently, and training carries that on).
-- the report over a synthetic 200-run x 200-epoch store (`bench/report_bench.py`).
+- the report over a synthetic 200-run x 200-epoch store (`bench/report_bench.py`), and
+  `suite.results`' three frames over it (the curves of every per-epoch metric: target < 5 s).
 
 Data: `../shared/data/mnist.npz` when it is there (the official 10,000-image test set), else
 the bundled subset (2,000 held-out test images), so absolute times differ between the two.
@@ -759,6 +760,16 @@ def table(record: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"store written in {report['store_seconds']:.0f} s",
             )
         )
+        if "results_curves_seconds" in report:
+            rows.append(
+                (
+                    f"suite.results.curves, {report['runs']} runs x 200 epochs, every metric",
+                    f"{report['results_curves_seconds']:.1f} s",
+                    f"{report['results_curves_rows']:,} rows (target < 5 s); runs "
+                    f"{report['results_runs_seconds']:.1f} s, summary "
+                    f"{report['results_summary_seconds']:.1f} s",
+                )
+            )
     return rows
 
 

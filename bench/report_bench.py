@@ -100,6 +100,21 @@ def main() -> dict[str, float]:
         ]
         single_seconds = time.perf_counter() - start
         assert len(bulk) == len(single)
+
+        # suite.results over the same store, each frame in its own call as a notebook makes it
+        from suite import results
+
+        uri = tracker.uri
+        start = time.perf_counter()
+        curves = results.curves("synthetic", uri=uri)
+        curves_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        results.runs("synthetic", uri=uri)
+        runs_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        results.summary("synthetic", uri=uri)
+        summary_seconds = time.perf_counter() - start
+        assert len(curves) == len(bulk), (len(curves), len(bulk))
     runs = CELLS * SEEDS
     print(
         f"report over {runs} runs x {EPOCHS} epochs: {report_seconds:.1f} s "
@@ -109,7 +124,15 @@ def main() -> dict[str, float]:
         f"all {len(EPOCH_METRICS)} per-epoch metrics of those runs ({len(bulk)} points): "
         f"bulk {bulk_seconds:.1f} s, one request per run and metric {single_seconds:.1f} s"
     )
+    print(
+        f"suite.results over those runs: curves ({len(curves)} rows) {curves_seconds:.1f} s "
+        f"(target < 5 s), runs {runs_seconds:.1f} s, summary {summary_seconds:.1f} s"
+    )
     return {
+        "results_curves_seconds": curves_seconds,
+        "results_curves_rows": len(curves),
+        "results_runs_seconds": runs_seconds,
+        "results_summary_seconds": summary_seconds,
         "report_seconds": report_seconds,
         "store_seconds": build_seconds,
         "history_bulk_seconds": bulk_seconds,

@@ -4,8 +4,8 @@
 named: a cell name or a variant, `baseline,weight_decay`) in one table and one set of figures.
 Each cell is named `<study>: <cell>` and keeps its study in its key (`<study>:<hash>`), so a
 configuration two studies share stays two cells, each with its own runs. The settings that
-differ between the cells shown, read from each cell's logged params, become the table's
-setting columns; a note lists them all.
+differ between the cells shown, read from each cell's logged params (and the data its runs
+resolved to, `data_source`), become the table's setting columns; a note lists them all.
 
 Owns: combining the studies' runs (`side_by_side`) and finding the settings that differ.
 Must not: compute a statistic or draw (the report's stages do, on the combined runs).
@@ -25,8 +25,6 @@ from suite.tracking import Tracker
 
 # at most this many differing settings become table columns; the note lists every one
 MAX_COLUMNS = 6
-# settings that say nothing about the network or its training
-IGNORED = ("data.path",)
 
 
 @dataclass(frozen=True)
@@ -92,13 +90,15 @@ def differing(runs: pd.DataFrame) -> tuple[list[str], dict[str, dict[str, str]]]
     from suite.results import settings_of
 
     latest = runs.sort_values("start_time").drop_duplicates("cell_hash", keep="last")
-    by_cell = {
-        key: settings_of(params or {})
-        for key, params in zip(latest["cell_hash"], latest["params"], strict=True)
+    by_cell = {  # the data each cell's runs resolved to, then its settings
+        key: {"data_source": source, **settings_of(params or {})}
+        for key, source, params in zip(
+            latest["cell_hash"], latest["data_source"], latest["params"], strict=True
+        )
     }
     keys: list[str] = []
     for settings in by_cell.values():
-        keys += [k for k in settings if k not in keys and k not in IGNORED]
+        keys += [k for k in settings if k not in keys]
     columns = [k for k in keys if len({_text(s.get(k), k) for s in by_cell.values()}) > 1]
     values = {
         cell: {k: _text(settings.get(k), k) for k in columns} for cell, settings in by_cell.items()
