@@ -89,7 +89,11 @@ def differing(runs: pd.DataFrame) -> tuple[list[str], dict[str, dict[str, str]]]
     order), and each cell's values of them, as short text."""
     from suite.results import settings_of
 
-    latest = runs.sort_values("start_time").drop_duplicates("cell_hash", keep="last")
+    # each cell's latest finished run (its latest run, when none finished) tells its settings
+    finished = runs.assign(finished=runs["status"] == "FINISHED")
+    latest = finished.sort_values(["finished", "start_time"]).drop_duplicates(
+        "cell_hash", keep="last"
+    )
     by_cell = {  # the data each cell's runs resolved to, then its settings
         key: {"data_source": source, **settings_of(params or {})}
         for key, source, params in zip(
