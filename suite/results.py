@@ -102,6 +102,11 @@ def curves(
         logged = sorted({m for names in frame["logged"] for m in names} - set(STEP_METRICS))
         wanted = list(dict.fromkeys(metrics)) if metrics is not None else _per_epoch(logged)
         for metric in wanted:
+            if metric in STEP_METRICS:
+                raise ResultsError(
+                    f"curves: {metric} is logged per update, not per epoch; read it with "
+                    "MLflow's MlflowClient.get_metric_history(run_id, metric)"
+                )
             if metric not in logged:
                 raise ResultsError(
                     f"curves: no run of study {name!r} logged {metric!r}"
