@@ -314,7 +314,13 @@ def report(
         if ui_url is not None:
             ui_url = check_ui_url(ui_url)
         tracker = Tracker(tracking_uri)
-        if len(studies) > 1 or only:
+        studies = list(dict.fromkeys(studies))
+        if only and len(studies) == 1:
+            raise SpecError(
+                "--only: picks cells of several studies side by side; one study's report "
+                "shows every cell it has runs of"
+            )
+        if len(studies) > 1:
             paths = _side_by_side(studies, tracker, out_dir, ui_url, only)
             display.plain(f"report: {paths.html}")
             display.plain(f"        {paths.markdown}")
@@ -343,6 +349,13 @@ def report(
         display.plain(f"        stored in MLflow: run {paths.run_id} (artifacts under report/)")
 
 
+def _study_name(study: str) -> str:
+    """A study's name: as given, or read from a study file given by its path."""
+    if Path(study).suffix in (".yaml", ".yml"):
+        return load_study(study, check_data=False).name
+    return study
+
+
 def _side_by_side(
     studies: list[str], tracker: Any, out_dir: Path | None, ui_url: str | None, only: str | None
 ) -> Any:
@@ -350,10 +363,7 @@ def _side_by_side(
     from suite.report import write_report
     from suite.report.compare import side_by_side
 
-    names = [
-        load_study(s, check_data=False).name if Path(s).suffix in (".yaml", ".yml") else s
-        for s in studies
-    ]
+    names = [_study_name(s) for s in studies]
     cells = [c.strip() for c in (only or "").split(",") if c.strip()]
     side = side_by_side(list(dict.fromkeys(names)), tracker, cells)
     out = out_dir or Path("reports") / "+".join(dict.fromkeys(names))
@@ -477,7 +487,8 @@ def export(
         from suite.export import check_format
         from suite.export import export as write
 
-        paths = write(studies, check_format(fmt), out_dir, tracking_uri)
+        names = [_study_name(s) for s in studies]
+        paths = write(list(dict.fromkeys(names)), check_format(fmt), out_dir, tracking_uri)
     for path in paths:
         display.plain(f"written: {path}")
 

@@ -5,7 +5,8 @@ Formats:
 - `csv`: `runs.csv`, `curves.csv`, `summary.csv`; a list-valued setting (`model.hidden`) is
   JSON text (`json.loads` gives the list back) and times are ISO 8601; read back with
   `pandas.read_csv(path)`, every float to the bit;
-- `parquet` (pyarrow): `*.parquet`, every column typed as in the frames, lists as lists;
+- `parquet` (pyarrow): `*.parquet`, every column typed as in the frames (a list comes back from
+  `pandas.read_parquet` as a NumPy array: `.tolist()` gives the list);
 - `json`: `*.json`, records (a list of objects, one per row), lists as arrays, times ISO 8601,
   a missing value `null`, floats written to the bit (Python's `json` reads them so:
   `pandas.DataFrame(json.loads(path.read_text()))`; `pandas.read_json` may differ by 1 ulp).
@@ -94,14 +95,17 @@ def _write(frame: pd.DataFrame, path: Path, fmt: str) -> Path:
         rows = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
         path.write_text(json.dumps(rows, default=_json_value, indent=1), encoding="utf-8")
     else:
-        _for_csv(frame).to_csv(path, index=False, date_format="%Y-%m-%dT%H:%M:%S.%f%z")
+        _for_csv(frame).to_csv(path, index=False)
     return path
 
 
 def _for_csv(frame: pd.DataFrame) -> pd.DataFrame:
-    """Lists and mappings as JSON text, so a CSV cell holds one value."""
+    """Lists and mappings as JSON text, so a CSV cell holds one value; times in ISO 8601."""
     out = frame.copy()
     for column in out.columns:
+        if isinstance(out[column].dtype, pd.DatetimeTZDtype):
+            out[column] = out[column].map(lambda t: t.isoformat() if pd.notna(t) else None)
+            continue
         if out[column].dtype == object and out[column].map(_nested).any():
             out[column] = out[column].map(lambda v: json.dumps(v) if _nested(v) else v)
     return out

@@ -10,7 +10,9 @@
 again) and shows its progress where it runs: in a notebook, one bar per study that updates in
 place in the cell's output (IPython's display, no widget library needed); in a terminal,
 `overfit run`'s bars. Its defaults are the CLI's (worker processes, one per CPU, for two
-runs or more; `workers=1` trains in the notebook's process). A run that fails is reported
+runs or more; `workers=1` trains in the notebook's process). A worker process imports the
+program's main module, so a script must keep its calls under `if __name__ == "__main__":`;
+one without that guard trains in its own process, with a warning saying why. A run that fails is reported
 in the returned result (`result.ok`, `result.count("failed")`), as the CLI's exit status.
 
 Owns: the notebook-facing functions and the notebook progress display. Must not: hold logic
@@ -21,7 +23,9 @@ of the runner, the report or the frames (it calls `suite.runner`, `suite.report`
 from __future__ import annotations
 
 import html
+import re
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -57,9 +61,23 @@ def run(
 ) -> Any:
     """Train every run of `study` (its `seeds`, or these; its cells, or those in `only`) not
     yet FINISHED in the store at `uri`, showing progress; returns the `StudyResult`."""
+    import multiprocessing
+
     from suite import runner
     from suite.tracking import Tracker
 
+    if multiprocessing.parent_process() is not None:
+        raise RuntimeError(
+            "suite.run was called in a worker process, which re-ran your script: put the "
+            'script\'s calls under `if __name__ == "__main__":`, or pass workers=1'
+        )
+    if workers is None and executor in (None, "process") and _unguarded_script():
+        warnings.warn(
+            'your script\'s calls are not under `if __name__ == "__main__":`, which worker '
+            "processes need (each would run the script again): training in this process",
+            stacklevel=2,
+        )
+        workers = 1
     if only:
         study = study.select(list(only))
     chosen = tuple(seeds) if seeds is not None else None
@@ -91,6 +109,17 @@ def report(study: Study | str, uri: str | None = None, out: str | Path | None = 
         spec = load_study(found.path, check_data=False) if found.path is not None else None
     name = spec.name if spec is not None else str(study)
     return write_report(name, tracker, Path(out) if out else None, spec)
+
+
+def _unguarded_script() -> bool:
+    """True when the program is a script file without an `if __name__ == "__main__":` guard,
+    which worker processes (spawned: each imports the main module) would run again."""
+    import sys
+
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if path is None or _in_notebook() or not Path(path).is_file():
+        return False
+    return re.search(r"""__name__\s*==\s*['"]__main__['"]""", Path(path).read_text()) is None
 
 
 def _in_notebook() -> bool:

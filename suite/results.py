@@ -8,8 +8,8 @@ For a notebook, a script or a paper: the numbers the report shows, without MLflo
     summary = results.summary("overfitting")  # per cell and metric: the report's numbers
     curves.merge(runs, on="run_id")           # any setting beside every point
 
-Each takes a study name or a list of names (one frame, studies side by side, told apart by
-its `study` column) and `uri`, the tracking store (default: `MLFLOW_TRACKING_URI`, else
+Each takes a study name, a study `suite.load` returned, or a list of either (one frame,
+studies side by side, told apart by its `study` column) and `uri`, the tracking store (default: `MLFLOW_TRACKING_URI`, else
 `sqlite:///mlflow.db` in the current folder; a tracking server works the same).
 
 - `runs`: `run_id, study, cell, seed, status, dataset`, then `counted` (True for the run the
@@ -48,7 +48,7 @@ from suite.tracking import Tracker
 
 __all__ = ["ResultsError", "curves", "runs", "settings_of", "summary"]
 
-Studies = str | Sequence[str]
+Studies = Any  # a study name, a loaded `Study`, or a list of either
 
 # the columns every frame opens with, in this order
 RUN_KEYS = ["run_id", "study", "cell", "seed", "status", "dataset"]
@@ -100,8 +100,14 @@ def curves(
         read = _read(name, tracker)
         frame = read.runs
         logged = sorted({m for names in frame["logged"] for m in names} - set(STEP_METRICS))
-        wanted = list(dict.fromkeys(metrics)) if metrics is not None else _per_epoch(logged)
+        asked = [metrics] if isinstance(metrics, str) else metrics
+        wanted = list(dict.fromkeys(asked)) if asked is not None else _per_epoch(logged)
         for metric in wanted:
+            if metric in logged and metric not in _per_epoch(logged):
+                raise ResultsError(
+                    f"curves: {metric} is logged once per run, at its end: it is a column of "
+                    f"runs({name!r})"
+                )
             if metric in STEP_METRICS:
                 raise ResultsError(
                     f"curves: {metric} is logged per update, not per epoch; read it with "
@@ -243,7 +249,9 @@ def _per_epoch(logged: list[str]) -> list[str]:
 
 
 def _names(study: Studies) -> list[str]:
-    names = [study] if isinstance(study, str) else list(study)
+    """Study names from a name, a loaded study (`suite.load`), or a list of either."""
+    given = [study] if isinstance(study, str) or hasattr(study, "cells") else list(study)
+    names = [getattr(s, "name", s) for s in given]
     if not names:
         raise ResultsError("no study named: give a study name or a list of them")
     return list(dict.fromkeys(names))

@@ -5,6 +5,9 @@ and writes the report. Kept in git without outputs."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import nbformat
@@ -55,3 +58,30 @@ def test_the_example_notebook_runs_end_to_end(
     assert len(runs) == 6 and runs["counted"].all()
     assert set(runs["train.epochs"]) == {30}
     assert (tmp_path / "reports" / "overfitting" / "index.html").is_file()
+
+
+def test_a_script_without_a_main_guard_trains_in_its_own_process(
+    tmp_path: Path, write_study: Callable[[str], Path], tiny_study: str
+) -> None:
+    """Worker processes import the main module: a script that calls `suite.run` at its top
+    level would run again in each. It trains in its own process instead, and says why."""
+    study = write_study(tiny_study)
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import suite\n"
+        f"study = suite.load({str(study)!r}, set={{'train.epochs': 1}})\n"
+        "result = suite.run(study, uri='sqlite:///s.db')\n"
+        "print('result', result.ok, result.count('finished'))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "SUITE_OFFLINE": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "result True 4" in done.stdout
+    assert 'not under `if __name__ == "__main__":`' in done.stderr
+    assert "training in this process" in done.stderr and "died" not in done.stdout + done.stderr

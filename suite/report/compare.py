@@ -13,6 +13,7 @@ Must not: compute a statistic or draw (the report's stages do, on the combined r
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,7 @@ class SideBySide:
     setting_columns: list[str]
     settings: dict[str, dict[str, str]]  # cell key -> setting -> value
     notes: list[str] = field(default_factory=list)
+    provenance: list[tuple[str, str]] = field(default_factory=list)
 
 
 def name_of(studies: Sequence[str]) -> str:
@@ -68,6 +70,16 @@ def side_by_side(studies: Sequence[str], tracker: Tracker, only: Sequence[str] =
         combined = combined[names.isin(only) | combined["variant"].isin(only)]
     first = parts[0][0]
     runs = load.StudyRuns(name_of(studies), first.uri, first.experiment_id, combined)
+    provenance = [
+        ("tracking URI", first.uri),
+        ("MLflow experiments", ", ".join(f"{r.experiment_id} ({r.study})" for r, _, _ in parts)),
+        ("study files", "not used: the cells are named and ordered as the store has them"),
+        (
+            "runs",
+            f"{len(combined)} in the store; the latest finished run of each cell and seed counts",
+        ),
+        ("generated at", dt.datetime.now(dt.UTC).isoformat(timespec="seconds")),
+    ]
     columns, values = differing(combined)
     notes = []
     if columns:
@@ -81,12 +93,14 @@ def side_by_side(studies: Sequence[str], tracker: Tracker, only: Sequence[str] =
         notes.append(
             f"Studies side by side: {', '.join(studies)}. Their cells share every setting."
         )
-    return SideBySide(runs, columns[:MAX_COLUMNS], values, notes)
+    return SideBySide(runs, columns[:MAX_COLUMNS], values, notes, provenance)
 
 
 def differing(runs: pd.DataFrame) -> tuple[list[str], dict[str, dict[str, str]]]:
-    """The settings whose values differ between the cells of `runs` (in the configuration's
-    order), and each cell's values of them, as short text."""
+    """The settings whose values differ between the cells of `runs`, those that size the
+    data, the network and the training first (`FIRST`), and each cell's values of them as
+    short text. A setting that some cells leave unset and that a setting before it decides
+    (Adam's `beta_1` beside `optimizer.name`, `conv` beside `model.kind`) is left out."""
     from suite.results import settings_of
 
     # each cell's latest finished run (its latest run, when none finished) tells its settings
@@ -100,17 +114,65 @@ def differing(runs: pd.DataFrame) -> tuple[list[str], dict[str, dict[str, str]]]
             latest["cell_hash"], latest["data_source"], latest["params"], strict=True
         )
     }
-    keys: list[str] = []
-    for settings in by_cell.values():
-        keys += [k for k in settings if k not in keys]
-    columns = [k for k in keys if len({_text(s.get(k), k) for s in by_cell.values()}) > 1]
-    values = {
-        cell: {k: _text(settings.get(k), k) for k in columns} for cell, settings in by_cell.items()
+    texts = {
+        cell: {k: _text(v, k) for k, v in settings.items()} for cell, settings in by_cell.items()
     }
-    return columns, values
+    keys: list[str] = []
+    for settings in texts.values():
+        keys += [k for k in settings if k not in keys]
+    keys.sort(key=lambda k: FIRST.index(k) if k in FIRST else len(FIRST))
+    columns: list[str] = []
+    for key in keys:
+        seen = [t.get(key, "") for t in texts.values()]
+        if len(set(seen)) < 2:
+            continue
+        unset = any(v in UNSET for v in seen)
+        if unset and any(_decides(texts, chosen, key) for chosen in columns):
+            continue
+        columns.append(key)
+    return columns, {cell: {k: t.get(k, "") for k in columns} for cell, t in texts.items()}
+
+
+# shown first when they differ: what the data, the network and the training are
+FIRST = (
+    "data_source",
+    "data.dataset",
+    "data.train_size",
+    "data.val_size",
+    "model.kind",
+    "model.builder",
+    "model.hidden",
+    "model.conv",
+    "train.epochs",
+    "train.batch_size",
+    "train.optimizer.name",
+    "train.optimizer.learning_rate",
+)
+UNSET = ("off", "-", "", "all")
+
+
+def _decides(texts: dict[str, dict[str, str]], chosen: str, key: str) -> bool:
+    """True when each value of `chosen` goes with one value of `key` across the cells."""
+    seen: dict[str, str] = {}
+    for t in texts.values():
+        if seen.setdefault(t.get(chosen, ""), t.get(key, "")) != t.get(key, ""):
+            return False
+    return True
 
 
 def _text(value: Any, key: str) -> str:
+    """A setting as the table shows it: `100x100` for layers, `30:5/2` for a conv stack."""
     if isinstance(value, list):
-        return "x".join(map(str, value)) if all(isinstance(v, int) for v in value) else str(value)
+        if not value:
+            return "-"
+        if all(isinstance(v, int) for v in value):
+            return "x".join(map(str, value))
+        if all(isinstance(v, dict) and "filters" in v for v in value):
+            return ",".join(
+                f"{c['filters']}:{c.get('kernel', '?')}"
+                + (f"s{c['stride']}" if c.get("stride", 1) > 1 else "")
+                + (f"/{c['pool']}" if c.get("pool", 1) > 1 else "")
+                for c in value
+            )
+        return str(value)
     return short_value(value, key)

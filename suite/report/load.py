@@ -37,6 +37,7 @@ from suite.names import (
     VARIANT_TAG,
     Stored,
 )
+from suite.spec import did_you_mean
 from suite.tracking import Tracker
 
 TAGS = (
@@ -118,7 +119,10 @@ def read_runs(study: str, tracker: Tracker) -> StudyRuns:
         raise ReportError(f"no studies in {uri}; run one first: overfit run STUDY.yaml")
     experiment_id = tracker.experiment_id(study, create=False)
     if experiment_id is None:
-        raise ReportError(f"no study {study!r} in {uri}; studies: {', '.join(sorted(studies))}")
+        raise ReportError(
+            f"no study {study!r} in {uri}{did_you_mean(study, studies)}; "
+            f"studies: {', '.join(sorted(studies))}"
+        )
 
     runs = pd.DataFrame(list(_run_rows(tracker, experiment_id)), columns=list(RUN_COLUMNS))
     for column in ("seed", "epochs"):

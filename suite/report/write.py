@@ -257,7 +257,7 @@ def _context(
         runs=links.run_links(
             runs.runs.sort_values(["cell", "seed", "start_time"]), labels, ui, eid
         ),
-        provenance=_provenance(runs, numbers.used, spec),
+        provenance=side.provenance if side else _provenance(runs, numbers.used, spec),
         notes=notes,
         finding=finding.summarise(table, baseline, comparisons),
         study_notice=(
