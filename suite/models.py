@@ -6,8 +6,9 @@ the kernels, so `model.losses` holds exactly the textbook's penalty.
 
 Owns: the network a `ModelSpec` describes (layers, activations, the textbook's classic dropout,
 weight initialisers, L1/L2 penalties), the checks of an initialisation (`parameter_count`,
-`kernel_stds`, `expected_std`), and activation histograms (`histogram`, and the textbook's
-probe, `activation_probe`). Must not: train or evaluate (`suite.train` owns the loop, the
+`kernel_stds`, `expected_std`), and activation histograms (`histogram`, a network's
+`layer_histograms`, the textbook's probe, `activation_probe`, and a run's
+`activations_record`). Must not: train or evaluate (`suite.train` owns the loop, the
 optimizer and the loss), read data, or reach MLflow: of the suite it imports `suite._tf` and
 the schema (`suite.spec`) only.
 """
@@ -19,12 +20,22 @@ import suite._tf  # noqa: F401  (quiet TensorFlow start-up, before keras)
 # isort: split
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 
 from suite import builders
-from suite.spec import ModelSpec, StdInit, conv_input_shape, conv_output_sizes
+from suite.spec import (
+    ModelSpec,
+    RunConfig,
+    StdInit,
+    conv_input_shape,
+    conv_output_sizes,
+    describe_init,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ACTIVATIONS = {
     "relu": keras.activations.relu,
@@ -262,3 +273,31 @@ def activation_probe(
         )
         out.append(histogram(x, activation))
     return out
+
+
+def layer_histograms(model: keras.Model, x: np.ndarray, activation: str) -> list[dict[str, Any]]:
+    """Each hidden layer's activations on `x` (inference mode) as a histogram (see `histogram`)."""
+    out, current = [], keras.ops.convert_to_tensor(x)
+    for layer in model.layers:
+        current = layer(current, training=False)
+        if isinstance(layer, keras.layers.Activation):
+            out.append(histogram(keras.ops.convert_to_numpy(current), activation))
+    return out
+
+
+def activations_record(
+    config: RunConfig, model: keras.Model, probe_x: np.ndarray, at_init: Any, seed: int
+) -> dict[str, Any]:
+    """The `activations.json` of a run with `train.log_activations`: the textbook's probe and
+    the network's hidden layers at initialisation (`at_init`) and now, after training."""
+    activation = config.model.activation
+    return {
+        "activation": activation,
+        "init": describe_init(config.model.init),
+        "range": list(HISTOGRAM_RANGE.get(activation, (0.0, 1.0))),
+        "bins": HISTOGRAM_BINS,
+        "probe": activation_probe(config.model.init, activation, seed),
+        "network_init": at_init,
+        "network_trained": layer_histograms(model, probe_x, activation),
+        "probe_images": len(probe_x),
+    }

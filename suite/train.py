@@ -52,14 +52,8 @@ import tensorflow as tf
 from suite import builders, cures
 from suite.data import Split
 from suite.metrics import EPOCH_METRICS, FINAL_METRICS, VAL_METRICS
-from suite.models import (
-    HISTOGRAM_BINS,
-    HISTOGRAM_RANGE,
-    activation_probe,
-    build_model,
-    histogram,
-)
-from suite.spec import ModelSpec, OptimizerSpec, RunConfig, describe_init, steps_per_epoch
+from suite.models import activations_record, build_model, layer_histograms
+from suite.spec import ModelSpec, OptimizerSpec, RunConfig, steps_per_epoch
 
 __all__ = ["EPOCH_METRICS", "FINAL_METRICS", "VAL_METRICS", "Diverged", "History", "train"]
 
@@ -295,26 +289,8 @@ def train(
     predicted = np.argmax(model(x_eval_t[n : n + sizes["test"]], training=False).numpy(), axis=1)
     history.confusion = confusion_matrix(split.y_test, predicted, split.num_classes)
     if at_init is not None:
-        history.activations = _activations(config, model, probe_x, at_init, seed)
+        history.activations = activations_record(config, model, probe_x, at_init, seed)
     return history
-
-
-def _activations(
-    config: RunConfig, model: keras.Model, probe_x: np.ndarray, at_init: Any, seed: int
-) -> dict[str, Any]:
-    """The `activations.json` of a run with `train.log_activations`: the textbook's probe and
-    the network's hidden layers at initialisation (`at_init`) and now, after training."""
-    activation = config.model.activation
-    return {
-        "activation": activation,
-        "init": describe_init(config.model.init),
-        "range": list(HISTOGRAM_RANGE.get(activation, (0.0, 1.0))),
-        "bins": HISTOGRAM_BINS,
-        "probe": activation_probe(config.model.init, activation, seed),
-        "network_init": at_init,
-        "network_trained": layer_histograms(model, probe_x, activation),
-        "probe_images": len(probe_x),
-    }
 
 
 def _conclude_stopping(program: _Program, history: History, x: tf.Tensor, y: tf.Tensor) -> None:
@@ -555,16 +531,6 @@ def make_loss(name: str) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
         return tf.reduce_mean(0.5 * tf.reduce_sum(tf.square(tf.nn.softmax(logits) - target), 1))
 
     return mse
-
-
-def layer_histograms(model: keras.Model, x: np.ndarray, activation: str) -> list[dict[str, Any]]:
-    """Each hidden layer's activations on `x` (inference mode) as a histogram (see `histogram`)."""
-    out, current = [], tf.constant(x)
-    for layer in model.layers:
-        current = layer(current, training=False)
-        if isinstance(layer, keras.layers.Activation):
-            out.append(histogram(current.numpy(), activation))
-    return out
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
