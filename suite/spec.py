@@ -1,7 +1,8 @@
 """Study files: the run schema, reading a study YAML, and one-line errors for every mistake.
 
 A study is `base` (a full run configuration with defaults), `variants` (named patches on base),
-an optional `grid` (dotted keys crossed with the variants), an optional `search` and `seeds`.
+an optional `grid` (dotted keys crossed with the variants), an optional `search` and `seeds`,
+and settings of the study as a whole (`report`, `log_model`).
 Every cell is a frozen, fully resolved `RunConfig`; its identity is a short hash of that
 configuration, so the same configuration is the same cell wherever it appears. Every user
 mistake becomes a `SpecError` whose one-line message names the file and the key path.
@@ -51,6 +52,7 @@ from suite.schema_search import Distribution, SearchSpec
 __all__ = [
     "KERAS_INITIALIZERS",
     "LATE_SETTINGS",
+    "LOG_MODEL",
     "OPTIMIZER_DEFAULTS",
     "DataSpec",
     "Distribution",
@@ -430,6 +432,24 @@ class StudyFile(Strict):
     reference: dict[str, dict[str, Range]] = Field(default_factory=dict)
     report: ReportSpec = Field(default_factory=ReportSpec)
     search: SearchSpec | None = None
+    # log each run's network as an MLflow Keras model: `final`, the weights it ends with (its
+    # final_* metrics'), or `best`, those of its `best_epoch` (chosen on the test set); off
+    # by default. A setting of the study, not of its cells: it changes no cell's hash
+    log_model: Literal["final", "best"] | None = None
+
+    @field_validator("log_model", mode="before")
+    @classmethod
+    def _log_model(cls, value: Any) -> Any:
+        """`off` (which YAML reads as false) and null are off; anything else names a choice."""
+        if value is None or value is False or value == "off":
+            return None
+        if value not in LOG_MODEL:
+            hint = did_you_mean(value, LOG_MODEL) if isinstance(value, str) else ""
+            raise ValueError(f"expected final, best or off, got {value!r}{hint}")
+        return value
+
+
+LOG_MODEL = ("final", "best")  # `log_model:` besides off
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 Owns: a study's experiment (with the UI's saved views, `suite.ui_views`), creating a run of a
 (cell, seed) with its tags, params and `config.yaml`, ending it, logging its epochs and
-artifacts, and reading runs and histories back (the runner's resume, `list`, the report).
-Its client's calls wait out a locked sqlite store (`suite.patience`).
+artifacts (the network as an MLflow Keras model, `log_model`), and reading runs, histories and
+networks back (the runner's resume, `list`, the report, `suite.results_model`). Its client's
+calls wait out a locked sqlite store (`suite.patience`).
 
 Must not: decide who trains a run (`suite.claims` claims runs, holds their leases and ends
 them), nor how a run ends (`suite.lifecycle`); the MLflow internals it uses for speed are all
@@ -52,6 +53,7 @@ from suite.names import (
     DATASET_TAG,
     FAILURE_TAG,
     GIT_COMMIT_TAG,
+    MODEL_ARTIFACT,
     REPORT_ARTIFACT_PATH,
     RUN_KIND_TAG,
     SEED_TAG,
@@ -423,6 +425,49 @@ class Tracker:
     def log_dict(self, run_id: str, document: dict[str, Any], name: str) -> None:
         """A JSON artifact at the run's top level."""
         self.client.log_dict(run_id, document, name)
+
+    def log_model(self, run_id: str, model: Any, example: Any, outputs: Any) -> None:
+        """The run's network (a `keras.Model`) as an MLflow Keras model under `model/`, with
+        `example` (a few inputs, giving `outputs`) as input example and signature. Its
+        requirements are the installed Keras and TensorFlow: MLflow's inference of them
+        would load the model again in a new process."""
+        from importlib.metadata import version
+
+        import mlflow.keras
+        from mlflow.models import infer_signature
+
+        requirements = [f"{name}=={version(name)}" for name in ("keras", "tensorflow")]
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / MODEL_ARTIFACT
+            path.mkdir()  # the Keras flavour writes the example before making its folder
+            mlflow.keras.save_model(
+                model,
+                str(path),
+                signature=infer_signature(example, outputs),
+                input_example=example,
+                pip_requirements=requirements,
+            )
+            self.client.log_artifacts(run_id, str(path), MODEL_ARTIFACT)
+
+    def load_model(self, run_id: str) -> Any:
+        """The network a run logged (`log_model`), as a `keras.Model`.
+
+        Raises:
+            TrackingError: no such run, or it logged no network (one line saying what to do).
+        """
+        import mlflow.keras
+
+        try:  # a run that does not exist has no artifact location: an error
+            logged = [a.path for a in self.client.list_artifacts(run_id, MODEL_ARTIFACT)]
+        except MlflowException as err:
+            raise TrackingError(f"run {run_id}: {first_line(err)} ({self.uri})") from None
+        if f"{MODEL_ARTIFACT}/MLmodel" not in logged:
+            raise TrackingError(
+                f"run {run_id} logged no model; set log_model: final in its study and run it again"
+            )
+        with tempfile.TemporaryDirectory() as folder:
+            local = self.client.download_artifacts(run_id, MODEL_ARTIFACT, folder)
+            return mlflow.keras.load_model(local)
 
     def load_dict(self, run_id: str, name: str) -> dict[str, Any] | None:
         """A run's JSON artifact, or None when the run has none of that name."""
