@@ -111,6 +111,8 @@ class _Round:
                 self.stop_event.set()
             kind, flight = event[0], self.flights[(event[1], event[2])]
             if flight.result is not None:
+                if kind == "done":  # ended already (the store failed it): nothing to log
+                    discard_network(event[3])
                 continue
             if kind == "started":
                 flight.started, flight.pid = True, event[3]
