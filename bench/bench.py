@@ -16,6 +16,8 @@ Rows (each a fresh measurement on this machine, now):
   and what early stopping saves on experiments/cures.yaml.
 - logging: the same run through the runner with MLflow logging to a sqlite store (params,
   config artifact, per-epoch metrics, confusion matrix), against training alone.
+- model (`bench/model_bench.py`): the same run through the runner with `log_model: final` and
+  `best` against without, each into a new sqlite store: what logging the network costs.
 - canonical run through the CLI, and naive Keras `fit(validation_data=...)` doing the same
   work (`bench/naive_fit.py`): process start to exit, each.
 - the CLI's start-up (`bench/startup_bench.py`): one run through `overfit run` minus the same
@@ -61,6 +63,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
 import cures_bench  # noqa: E402
+import model_bench  # noqa: E402
 import report_bench  # noqa: E402
 import startup_bench  # noqa: E402
 
@@ -72,6 +75,7 @@ SECTIONS = (
     "cnn",
     "cures",
     "logging",
+    "model",
     "cli",
     "startup",
     "naive",
@@ -529,6 +533,9 @@ def main() -> None:
     if "logging" not in skip:
         step("logging cost: the run with and without MLflow")
         record["logging"] = bench_logging(data_path, epochs)
+    if "model" not in skip:
+        step("log_model's cost: the run with and without logging its network")
+        record["model"] = model_bench.measure(data_path, epochs)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         env["KERAS_HOME"] = str(work / "keras-home")
@@ -673,6 +680,7 @@ def table(record: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"{100 * logging['overhead_fraction']:.1f}% of the run (target < 5%)",
             )
         )
+    rows += model_bench.rows(record.get("model") or {})
     naive = record.get("naive")
     cli = record.get("cli_seconds")
     if cli:

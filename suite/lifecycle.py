@@ -120,7 +120,8 @@ def train_run(
         split = data.make_split(**cfg.data.model_dump(), seed=key.seed, source=source)
         on_sizes({**split.sizes, "classes": split.num_classes})
         try:
-            history = train(cfg, split, key.seed, on_epoch, key.cell.builder_file or None)
+            builder = key.cell.builder_file or None
+            history = train(cfg, split, key.seed, on_epoch, builder, key.log_model)
         finally:
             if flush is not None:
                 flush()
@@ -138,7 +139,21 @@ def conclude(leases: Leases, key: RunKey, run_id: str, trained: Trained) -> RunR
     """Record a trained run's outcome in the store and end it: the one place a trained run
     is finished, failed or marked killed (a claim ends abandoned runs, `suite.claims`). A run
     another invocation ended meanwhile (it took the run as abandoned) comes back `lost`, to be
-    looked at again. An error of the store is raised."""
+    looked at again. An error of the store is raised. A network the run saved (`log_model`) is
+    removed from its temporary folder, logged or not."""
+    try:
+        return _conclude(leases, key, run_id, trained)
+    finally:
+        discard_network(trained)
+
+
+def discard_network(trained: Trained) -> None:
+    """Remove the temporary file of the network a trained run saved, if any."""
+    if trained.history is not None and trained.history.network is not None:
+        trained.history.network.discard()
+
+
+def _conclude(leases: Leases, key: RunKey, run_id: str, trained: Trained) -> RunResult:
     from suite.claims import ClaimLost
 
     memory = trained.peak_memory_mb
@@ -205,9 +220,14 @@ def train_claimed(
 
 def _record(leases: Leases, run_id: str, history: History) -> dict[str, float]:
     """Log what a trained run holds beyond its epochs (confusion matrix, per-update losses,
-    activation histograms, final metrics) and end it FINISHED; returns its final metrics."""
+    activation histograms, its network, final metrics) and end it FINISHED; returns its final
+    metrics. The network is logged before the run is FINISHED: a finished run that asked for
+    one has it."""
     tracker = leases.tracker
     final = history.final()
+    if history.network is not None:
+        saved = history.network
+        tracker.log_model(run_id, saved.load(), saved.example, saved.outputs)
     if history.confusion is not None:
         tracker.log_confusion(run_id, history.confusion)
     if history.batch_loss:

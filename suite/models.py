@@ -6,10 +6,12 @@ the kernels, so `model.losses` holds exactly the textbook's penalty.
 
 Owns: the network a `ModelSpec` describes (layers, activations, the textbook's classic dropout,
 weight initialisers, L1/L2 penalties), the checks of an initialisation (`parameter_count`,
-`kernel_stds`, `expected_std`), and activation histograms (`histogram`, and the textbook's
-probe, `activation_probe`). Must not: train or evaluate (`suite.train` owns the loop, the
-optimizer and the loss), read data, or reach MLflow: of the suite it imports `suite._tf` and
-the schema (`suite.spec`) only.
+`kernel_stds`, `expected_std`), activation histograms (`histogram`, a network's
+`layer_histograms`, the textbook's probe, `activation_probe`, and a run's `activations_record`),
+and a trained network saved to a Keras file for its run's record (`SavedNetwork`,
+`save_network`). Must not: train or evaluate (`suite.train` owns the loop, the optimizer and
+the loss), read data, or reach MLflow: of the suite it imports `suite._tf`, the schema
+(`suite.spec`) and `suite.builders` only.
 """
 
 from __future__ import annotations
@@ -19,12 +21,26 @@ import suite._tf  # noqa: F401  (quiet TensorFlow start-up, before keras)
 # isort: split
 
 import math
-from typing import Any
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import keras
 
 from suite import builders
-from suite.spec import ModelSpec, StdInit, conv_input_shape, conv_output_sizes
+from suite.spec import (
+    ModelSpec,
+    RunConfig,
+    StdInit,
+    conv_input_shape,
+    conv_output_sizes,
+    describe_init,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ACTIVATIONS = {
     "relu": keras.activations.relu,
@@ -262,3 +278,72 @@ def activation_probe(
         )
         out.append(histogram(x, activation))
     return out
+
+
+def layer_histograms(model: keras.Model, x: np.ndarray, activation: str) -> list[dict[str, Any]]:
+    """Each hidden layer's activations on `x` (inference mode) as a histogram (see `histogram`)."""
+    out, current = [], keras.ops.convert_to_tensor(x)
+    for layer in model.layers:
+        current = layer(current, training=False)
+        if isinstance(layer, keras.layers.Activation):
+            out.append(histogram(keras.ops.convert_to_numpy(current), activation))
+    return out
+
+
+def activations_record(
+    config: RunConfig, model: keras.Model, probe_x: np.ndarray, at_init: Any, seed: int
+) -> dict[str, Any]:
+    """The `activations.json` of a run with `train.log_activations`: the textbook's probe and
+    the network's hidden layers at initialisation (`at_init`) and now, after training."""
+    activation = config.model.activation
+    return {
+        "activation": activation,
+        "init": describe_init(config.model.init),
+        "range": list(HISTOGRAM_RANGE.get(activation, (0.0, 1.0))),
+        "bins": HISTOGRAM_BINS,
+        "probe": activation_probe(config.model.init, activation, seed),
+        "network_init": at_init,
+        "network_trained": layer_histograms(model, probe_x, activation),
+        "probe_images": len(probe_x),
+    }
+
+
+@dataclass(frozen=True, eq=False)
+class SavedNetwork:
+    """A trained network in a Keras file, on its way to its run's record (`log_model`).
+
+    A path and two small arrays: it pickles cheaply, so a worker process hands it to the
+    parent, which logs it (workers never touch the store). The file is alone in a temporary
+    folder; whoever logs it removes the folder (`discard`).
+    """
+
+    path: str  # the `.keras` file
+    example: np.ndarray  # a few test images: the logged model's input example
+    outputs: np.ndarray  # the network's logits for them
+
+    def load(self) -> keras.Model:
+        """The network, read back (its classic dropout is registered by this module)."""
+        return keras.saving.load_model(self.path)
+
+    def discard(self) -> None:
+        shutil.rmtree(Path(self.path).parent, ignore_errors=True)
+
+
+def save_network(
+    spec: ModelSpec,
+    weights: list[np.ndarray],
+    seed: int,
+    shape: tuple[int, int, tuple[int, ...], str | None],
+    example: np.ndarray,
+) -> SavedNetwork:
+    """The network `spec` describes (built as `build_model` builds it: its initialisers and
+    penalties are in its configuration) holding `weights`, saved to a new temporary folder.
+
+    `shape` is `build_model`'s (input_dim, num_classes, image_shape, builder_file).
+    """
+    network = build_model(spec, seed, *shape)
+    network.set_weights(weights)
+    path = Path(tempfile.mkdtemp(prefix="suite-network-")) / "network.keras"
+    network.save(path)
+    outputs = keras.ops.convert_to_numpy(network(example, training=False))
+    return SavedNetwork(str(path), example, outputs)

@@ -70,3 +70,4 @@ STUDY_FILE_TAG = "study_file"  # the absolute path of the study's YAML, as `over
 REPORT_ARTIFACT_PATH = "report"
 CONFUSION_ARTIFACT = "confusion_matrix"
 ACTIVATIONS_ARTIFACT = "activations.json"  # with train.log_activations
+MODEL_ARTIFACT = "model"  # the run's network, an MLflow Keras model, with the study's log_model

@@ -1,19 +1,20 @@
 """Study files: the run schema, reading a study YAML, and one-line errors for every mistake.
 
 A study is `base` (a full run configuration with defaults), `variants` (named patches on base),
-an optional `grid` (dotted keys crossed with the variants), an optional `search` and `seeds`.
+an optional `grid` (dotted keys crossed with the variants), an optional `search` and `seeds`,
+and settings of the study as a whole (`report`, `log_model`).
 Every cell is a frozen, fully resolved `RunConfig`; its identity is a short hash of that
 configuration, so the same configuration is the same cell wherever it appears. Every user
 mistake becomes a `SpecError` whose one-line message names the file and the key path.
 
 Owns: the pydantic schema of a run (`RunConfig` and its sections) and of a study file
-(`StudyFile`, with `search:` as schema), reading YAML the way study files are written
+(`StudyFile`; its `search:` block's schema is `suite.schema_search`), reading YAML the way study files are written
 (`parse_yaml`, `read_study_file`), turning pydantic's errors into `SpecError` (`validate`), and
 the small helpers the schema's users share (`flatten`, `short_value`, `describe_init`,
 `steps_per_epoch`, `did_you_mean`). The `report:` block's schema is `suite.report.figure_spec`.
 Must not touch: expanding a study into cells, search draws and data (`suite.study`), the
 command line (`suite.cli`), training or the tracking store. It imports pydantic, PyYAML and the
-two schema modules only: `overfit validate` stays light.
+schema modules only: `overfit validate` stays light.
 """
 
 from __future__ import annotations
@@ -46,10 +47,12 @@ from suite.schema_base import (
     did_you_mean,
 )
 from suite.schema_cures import AugmentSpec, EarlyStopping
+from suite.schema_search import Distribution, SearchSpec
 
 __all__ = [
     "KERAS_INITIALIZERS",
     "LATE_SETTINGS",
+    "LOG_MODEL",
     "OPTIMIZER_DEFAULTS",
     "DataSpec",
     "Distribution",
@@ -410,41 +413,6 @@ LATE_SETTINGS: dict[str, Any] = {
 Range = Annotated[list[float], Field(min_length=2, max_length=2)]
 
 
-class Distribution(Strict):
-    """One search dimension: exactly one of `log_uniform: [lo, hi]` (10^U(log lo, log hi)),
-    `uniform: [lo, hi]`, or `choice: [a, b, ...]`. Drawn by `suite.study.sample`."""
-
-    log_uniform: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
-    uniform: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
-    choice: Annotated[list[Any], Field(min_length=1)] | None = None
-
-    @model_validator(mode="after")
-    def _one(self) -> Distribution:
-        given = [k for k in ("log_uniform", "uniform", "choice") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                "give exactly one of log_uniform: [lo, hi], uniform: [lo, hi], choice: [...]"
-            )
-        bounds = self.log_uniform or self.uniform
-        if bounds is not None:
-            lo, hi = bounds
-            if not lo < hi:
-                raise ValueError(f"expected [low, high] with low < high, got {bounds}")
-            if self.log_uniform is not None and lo <= 0:
-                raise ValueError(f"log_uniform needs positive bounds, got {bounds}")
-        return self
-
-
-class SearchSpec(Strict):
-    """A study's `search:` block: `trials` random configurations drawn from `space` with
-    `seed`; each trial is a cell (crossed with the variants and the grid). The draws are
-    `suite.study.trial_points`."""
-
-    trials: PositiveInt
-    seed: Annotated[int, Field(ge=0)] = 0
-    space: dict[str, Distribution] = Field(min_length=1)
-
-
 def _single_variant() -> dict[str, dict[str, Any] | None]:
     """A study without `variants:` has one cell, its base."""
     return {"base": {}}
@@ -464,6 +432,24 @@ class StudyFile(Strict):
     reference: dict[str, dict[str, Range]] = Field(default_factory=dict)
     report: ReportSpec = Field(default_factory=ReportSpec)
     search: SearchSpec | None = None
+    # log each run's network as an MLflow Keras model: `final`, the weights it ends with (its
+    # final_* metrics'), or `best`, those of its `best_epoch` (chosen on the test set); off
+    # by default. A setting of the study, not of its cells: it changes no cell's hash
+    log_model: Literal["final", "best"] | None = None
+
+    @field_validator("log_model", mode="before")
+    @classmethod
+    def _log_model(cls, value: Any) -> Any:
+        """`off` (which YAML reads as false) and null are off; anything else names a choice."""
+        if value is None or value is False or value == "off":
+            return None
+        if value not in LOG_MODEL:
+            hint = did_you_mean(value, LOG_MODEL) if isinstance(value, str) else ""
+            raise ValueError(f"expected final, best or off, got {value!r}{hint}")
+        return value
+
+
+LOG_MODEL = ("final", "best")  # `log_model:` besides off
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -79,10 +79,12 @@ class Cell:
 
 @dataclass(frozen=True)
 class RunKey:
-    """One run: a cell trained with one seed."""
+    """One run: a cell trained with one seed; `log_model`, the study's: whether the run logs
+    its network, `final` or `best` (see `suite.spec.StudyFile`), or None."""
 
     cell: Cell
     seed: int
+    log_model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,10 +98,11 @@ class Study:
     seeds: tuple[int, ...]
     reference: dict[str, dict[str, tuple[float, float]]]
     report: ReportSpec = field(default_factory=ReportSpec)
+    log_model: str | None = None  # `final`, `best` or None: what each run logs of its network
 
     def runs(self, seeds: tuple[int, ...] | None = None) -> list[RunKey]:
         """Every (cell, seed), cells in order, seeds inner."""
-        return [RunKey(c, s) for c in self.cells for s in (seeds or self.seeds)]
+        return [RunKey(c, s, self.log_model) for c in self.cells for s in (seeds or self.seeds)]
 
     def split_names(self, text: str) -> list[str]:
         """`--only a,b`: comma-separated cells, where a cell name may itself hold commas
@@ -188,7 +191,9 @@ def expand(raw: Any, path: Path | None, overrides: dict[str, Any]) -> Study:
             f"{where}: report.baseline: no such cell {baseline!r}{did_you_mean(baseline, names)}"
         )
     _check_figures(top.report, cells, where)
-    return Study(top.name, top.description, path, tuple(cells), seeds, reference, top.report)
+    return Study(
+        top.name, top.description, path, tuple(cells), seeds, reference, top.report, top.log_model
+    )
 
 
 class MissingDataWarning(UserWarning):

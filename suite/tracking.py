@@ -2,8 +2,9 @@
 
 Owns: a study's experiment (with the UI's saved views, `suite.ui_views`), creating a run of a
 (cell, seed) with its tags, params and `config.yaml`, ending it, logging its epochs and
-artifacts, and reading runs and histories back (the runner's resume, `list`, the report).
-Retries while a sqlite store is locked (tenacity).
+artifacts (the network as an MLflow Keras model, `log_model`), and reading runs, histories and
+networks back (the runner's resume, `list`, the report, `suite.results_model`). Its client's
+calls wait out a locked sqlite store (`suite.patience`).
 
 Must not: decide who trains a run (`suite.claims` claims runs, holds their leases and ends
 them), nor how a run ends (`suite.lifecycle`); the MLflow internals it uses for speed are all
@@ -37,7 +38,6 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 from urllib.parse import urlparse
 
-import tenacity
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -53,6 +53,7 @@ from suite.names import (
     DATASET_TAG,
     FAILURE_TAG,
     GIT_COMMIT_TAG,
+    MODEL_ARTIFACT,
     REPORT_ARTIFACT_PATH,
     RUN_KIND_TAG,
     SEED_TAG,
@@ -62,6 +63,7 @@ from suite.names import (
     VARIANT_TAG,
     Stored,
 )
+from suite.patience import Patient, patiently
 from suite.store import StoreError, artifact_root, open_settled, prepare, resolve_uri, sqlite_file
 from suite.study import Cell
 from suite.ui_views import UI_EXPERIMENT_TAGS, UI_VIEW_TAG
@@ -69,7 +71,6 @@ from suite.ui_views import UI_EXPERIMENT_TAGS, UI_VIEW_TAG
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 MAX_RUNS_PER_BULK = 100  # a tracking server's bulk history endpoint takes at most 100 runs
-LOCKED_RETRY_SECONDS = 120.0  # how long a call waits out a locked sqlite database in all
 # gaps and the accuracies they are the difference of (train - test), logged consistently
 GAP_METRICS = {
     "gap": ("train_accuracy", "test_accuracy"),
@@ -138,7 +139,7 @@ class Tracker:
         if self.uri.startswith(("http://", "https://")):
             _check_answers(self.uri)
         client = prepare_store(self.uri, lambda: MlflowClient(tracking_uri=self.uri))
-        return cast(MlflowClient, _Patient(client))
+        return cast(MlflowClient, Patient(client))
 
     def exists(self) -> bool:
         """False for a local sqlite store whose file is not there yet (nothing to read)."""
@@ -425,6 +426,49 @@ class Tracker:
         """A JSON artifact at the run's top level."""
         self.client.log_dict(run_id, document, name)
 
+    def log_model(self, run_id: str, model: Any, example: Any, outputs: Any) -> None:
+        """The run's network (a `keras.Model`) as an MLflow Keras model under `model/`, with
+        `example` (a few inputs, giving `outputs`) as input example and signature. Its
+        requirements are the installed Keras and TensorFlow: MLflow's inference of them
+        would load the model again in a new process."""
+        from importlib.metadata import version
+
+        import mlflow.keras
+        from mlflow.models import infer_signature
+
+        requirements = [f"{name}=={version(name)}" for name in ("keras", "tensorflow")]
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / MODEL_ARTIFACT
+            path.mkdir()  # the Keras flavour writes the example before making its folder
+            mlflow.keras.save_model(
+                model,
+                str(path),
+                signature=infer_signature(example, outputs),
+                input_example=example,
+                pip_requirements=requirements,
+            )
+            self.client.log_artifacts(run_id, str(path), MODEL_ARTIFACT)
+
+    def load_model(self, run_id: str) -> Any:
+        """The network a run logged (`log_model`), as a `keras.Model`.
+
+        Raises:
+            TrackingError: no such run, or it logged no network (one line saying what to do).
+        """
+        import mlflow.keras
+
+        try:  # a run that does not exist has no artifact location: an error
+            logged = [a.path for a in self.client.list_artifacts(run_id, MODEL_ARTIFACT)]
+        except MlflowException as err:
+            raise TrackingError(f"run {run_id}: {first_line(err)} ({self.uri})") from None
+        if f"{MODEL_ARTIFACT}/MLmodel" not in logged:
+            raise TrackingError(
+                f"run {run_id} logged no model; set log_model: final in its study and run it again"
+            )
+        with tempfile.TemporaryDirectory() as folder:
+            local = self.client.download_artifacts(run_id, MODEL_ARTIFACT, folder)
+            return mlflow.keras.load_model(local)
+
     def load_dict(self, run_id: str, name: str) -> dict[str, Any] | None:
         """A run's JSON artifact, or None when the run has none of that name."""
         with tempfile.TemporaryDirectory() as folder:
@@ -459,52 +503,6 @@ class Tracker:
             if name in tags:
                 with contextlib.suppress(MlflowException):
                     self.client.delete_tag(run_id, name)
-
-
-def _locked(err: BaseException | None) -> bool:
-    """True for sqlite's `database is locked`, however MLflow wrapped it."""
-    while err is not None:
-        if "database is locked" in str(err):
-            return True
-        err = err.__cause__ or err.__context__
-    return False
-
-
-# Several processes (`--workers`, other invocations) write to one sqlite file; sqlite lets one
-# write at a time, and a writer that waits longer than its busy timeout (MLflow sets 20 s) gets
-# `database is locked`, its transaction rolled back. The call is then made again after a
-# growing, jittered pause, until it succeeds or LOCKED_RETRY_SECONDS have passed; any other
-# error is raised at once.
-_retry_locked = tenacity.retry(
-    retry=tenacity.retry_if_exception(lambda err: isinstance(err, Exception) and _locked(err)),
-    # a random pause up to 0.05 s, 0.1 s, ... 2 s: writers that collided do not meet again
-    wait=tenacity.wait_random_exponential(multiplier=0.05, max=2.0),
-    stop=tenacity.stop_after_delay(LOCKED_RETRY_SECONDS),
-    reraise=True,
-)
-
-
-def patiently(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """`call(*args, **kwargs)`, made again while sqlite says `database is locked`."""
-    return cast(T, _retry_locked(call)(*args, **kwargs))
-
-
-class _Patient:
-    """An `MlflowClient` whose calls are made `patiently`."""
-
-    def __init__(self, client: MlflowClient | None) -> None:
-        self._client = client
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._client, name)
-        if not callable(attribute):
-            return attribute
-
-        @functools.wraps(attribute)
-        def patient_call(*args: Any, **kwargs: Any) -> Any:
-            return patiently(attribute, *args, **kwargs)
-
-        return patient_call
 
 
 class EpochLogger:

@@ -25,8 +25,9 @@ hundreds of epochs training carries the difference on.
 Owns: one run's training (`train`): the compiled programs a process keeps, the minibatch order
 (`batch_order`), the optimizers and losses as the textbook defines them, the per-epoch metrics
 and the end-of-run ones (`History.final`, with the confusion matrix and the per-class scores),
-divergence (`Diverged`), the activation histograms before and after training, and TensorFlow's
-thread count (`pin_threads`). Must not: import MLflow or log anything (`suite.lifecycle` records
+divergence (`Diverged`), the activation histograms before and after training, the weights a
+run's network is saved with (`log_model`: its last, or its best test epoch's, `_BestTest`), and
+TensorFlow's thread count (`pin_threads`). Must not: import MLflow or log anything (`suite.lifecycle` records
 the `History` a run returns), resolve or load a dataset (a run is handed its
 `suite.data.Split`), or choose which runs to train.
 """
@@ -53,18 +54,19 @@ from suite import builders, cures
 from suite.data import Split
 from suite.metrics import EPOCH_METRICS, FINAL_METRICS, VAL_METRICS
 from suite.models import (
-    HISTOGRAM_BINS,
-    HISTOGRAM_RANGE,
-    activation_probe,
+    SavedNetwork,
+    activations_record,
     build_model,
-    histogram,
+    layer_histograms,
+    save_network,
 )
-from suite.spec import ModelSpec, OptimizerSpec, RunConfig, describe_init, steps_per_epoch
+from suite.spec import ModelSpec, OptimizerSpec, RunConfig, steps_per_epoch
 
 __all__ = ["EPOCH_METRICS", "FINAL_METRICS", "VAL_METRICS", "Diverged", "History", "train"]
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 PROBE_IMAGES = 1000  # test images the activation histograms of the MNIST network use
+EXAMPLE_IMAGES = 5  # test images a logged network carries as its input example
 
 
 class Diverged(RuntimeError):
@@ -94,6 +96,8 @@ class History:
     stopped_epoch: int | None = None
     restored_epoch: int | None = None
     restored: dict[str, float] | None = None
+    # with `log_model`: the network the run logs, saved to a file (see `train`)
+    network: SavedNetwork | None = None
 
     @property
     def epochs(self) -> int:
@@ -226,6 +230,7 @@ def train(
     seed: int,
     on_epoch: EpochCallback | None = None,
     builder_file: str | None = None,
+    log_model: str | None = None,
 ) -> History:
     """Train one run and return its per-epoch history.
 
@@ -235,6 +240,9 @@ def train(
         seed: seeds the weights, dropout masks and minibatch draws.
         on_epoch: called after every epoch with (epoch starting at 1, that epoch's metrics),
             in bursts of up to `EPOCHS_PER_CALL` epochs.
+        builder_file: with `model.builder`, the file its module was found in.
+        log_model: `final` or `best`: the history's `network` holds the weights the run ends
+            with, or those of its `best_epoch` (kept by the compiled epochs, see `_BestTest`).
 
     With `train.early_stopping` the history ends at the stop; the run's final metrics are
     those of the weights it ends with (see `History.final`).
@@ -250,7 +258,7 @@ def train(
         parts["val"] = split.y_val
     sizes = {name: len(labels) for name, labels in parts.items()}
     shape = (split.x_train.shape[1], split.num_classes, split.image_shape, builder_file)
-    program = _program(config, sizes, shape)
+    program = _program(config, sizes, shape, best=log_model == "best")
     program.reset(config, seed)
     model = program.model
 
@@ -295,26 +303,12 @@ def train(
     predicted = np.argmax(model(x_eval_t[n : n + sizes["test"]], training=False).numpy(), axis=1)
     history.confusion = confusion_matrix(split.y_test, predicted, split.num_classes)
     if at_init is not None:
-        history.activations = _activations(config, model, probe_x, at_init, seed)
+        history.activations = activations_record(config, model, probe_x, at_init, seed)
+    if log_model is not None:
+        weights = program.best.values() if program.best is not None else model.get_weights()
+        example = split.x_test[:EXAMPLE_IMAGES]
+        history.network = save_network(config.model, weights, seed, shape, example)
     return history
-
-
-def _activations(
-    config: RunConfig, model: keras.Model, probe_x: np.ndarray, at_init: Any, seed: int
-) -> dict[str, Any]:
-    """The `activations.json` of a run with `train.log_activations`: the textbook's probe and
-    the network's hidden layers at initialisation (`at_init`) and now, after training."""
-    activation = config.model.activation
-    return {
-        "activation": activation,
-        "init": describe_init(config.model.init),
-        "range": list(HISTOGRAM_RANGE.get(activation, (0.0, 1.0))),
-        "bins": HISTOGRAM_BINS,
-        "probe": activation_probe(config.model.init, activation, seed),
-        "network_init": at_init,
-        "network_trained": layer_histograms(model, probe_x, activation),
-        "probe_images": len(probe_x),
-    }
 
 
 def _conclude_stopping(program: _Program, history: History, x: tf.Tensor, y: tf.Tensor) -> None:
@@ -345,9 +339,12 @@ class _Program:
     max-norm) are traced into the same program; each is absent from the graph when off.
     """
 
-    def __init__(self, config: RunConfig, sizes: dict[str, int], shape: DataShape) -> None:
+    def __init__(
+        self, config: RunConfig, sizes: dict[str, int], shape: DataShape, best: bool = False
+    ) -> None:
         """Build the model and optimizer of runs shaped like `config`, and the `tf.function`s
-        that train and evaluate their epochs (traced on their first call)."""
+        that train and evaluate their epochs (traced on their first call); with `best`, the
+        epochs keep the weights of the best test accuracy (`_BestTest`)."""
         spec = config.train
         self.shape = shape
         self.model = build_model(_shape_of(config.model), 0, *shape)
@@ -389,6 +386,7 @@ class _Program:
             if spec.early_stopping
             else None
         )
+        self.best = _BestTest(self.model.weights) if best else None
         self.bounds: dict[str, tuple[int, int]] = {}
         offset = 0
         for name, size in sizes.items():
@@ -474,6 +472,8 @@ class _Program:
             values, losses = self._epoch(orders[e], x, y)
             arrays = {name: arrays[name].write(e, values[name]) for name in names}
             batch_losses = batch_losses.write(e, losses)
+            if self.best is not None:
+                self.best.update(values["test_accuracy"])
             if stop is not None and stop.update(values[stop.monitor]):
                 break
         out = {name: array.stack() for name, array in arrays.items()}
@@ -509,6 +509,37 @@ class _Program:
             self.augment.reset(seed)
         if self.stop is not None:
             self.stop.reset()
+        if self.best is not None:
+            self.best.reset()
+
+
+class _BestTest:
+    """The weights of the epoch with the best test accuracy so far (`log_model: best`), kept
+    inside the compiled epochs: the first epoch of the highest accuracy, as `best_epoch`
+    counts it. Each improvement copies the weights (batch norm's statistics too) into
+    variables of their own; a program without it has none of this in its graph."""
+
+    def __init__(self, weights: list[Any]) -> None:
+        self.weights = list(weights)
+        self.saved = [tf.Variable(tf.zeros_like(w.value), trainable=False) for w in self.weights]
+        self.best = tf.Variable(-math.inf, trainable=False, name="best_test_accuracy")
+
+    def reset(self) -> None:
+        self.best.assign(-math.inf)
+
+    def update(self, accuracy: tf.Tensor) -> None:
+        """One epoch's test accuracy (traced): its weights are kept when it beats the best."""
+
+        def keep() -> tf.Tensor:
+            self.best.assign(accuracy)
+            for saved, weight in zip(self.saved, self.weights, strict=True):
+                saved.assign(weight.value)
+            return tf.constant(True)
+
+        tf.cond(accuracy > self.best, keep, lambda: tf.constant(False))
+
+    def values(self) -> list[np.ndarray]:
+        return [saved.numpy() for saved in self.saved]
 
 
 _PROGRAMS: dict[str, _Program] = {}
@@ -521,8 +552,11 @@ def _shape_of(model: ModelSpec) -> ModelSpec:
     return model.model_copy(update={"init": "he", "weight_decay": 0.0, "l1": 0.0})
 
 
-def _program(config: RunConfig, sizes: dict[str, int], shape: DataShape) -> _Program:
-    """The compiled program for runs shaped like `config`, made on first use."""
+def _program(
+    config: RunConfig, sizes: dict[str, int], shape: DataShape, best: bool = False
+) -> _Program:
+    """The compiled program for runs shaped like `config` (keeping the best test epoch's
+    weights with `best`), made on first use."""
     spec = config.train
     key = json.dumps(
         [
@@ -532,6 +566,7 @@ def _program(config: RunConfig, sizes: dict[str, int], shape: DataShape) -> _Pro
             sizes,
             [shape[0], shape[1], list(shape[2]), shape[3]],
             builders.fingerprint(shape[3]) if shape[3] else None,
+            best,
         ],
         sort_keys=True,
     )
@@ -539,7 +574,7 @@ def _program(config: RunConfig, sizes: dict[str, int], shape: DataShape) -> _Pro
     if program is None:
         if len(_PROGRAMS) >= MAX_PROGRAMS:
             _PROGRAMS.pop(next(iter(_PROGRAMS)))
-        program = _Program(config, sizes, shape)
+        program = _Program(config, sizes, shape, best)
     _PROGRAMS[key] = program  # most recently used last
     return program
 
@@ -555,16 +590,6 @@ def make_loss(name: str) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
         return tf.reduce_mean(0.5 * tf.reduce_sum(tf.square(tf.nn.softmax(logits) - target), 1))
 
     return mse
-
-
-def layer_histograms(model: keras.Model, x: np.ndarray, activation: str) -> list[dict[str, Any]]:
-    """Each hidden layer's activations on `x` (inference mode) as a histogram (see `histogram`)."""
-    out, current = [], tf.constant(x)
-    for layer in model.layers:
-        current = layer(current, training=False)
-        if isinstance(layer, keras.layers.Activation):
-            out.append(histogram(current.numpy(), activation))
-    return out
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:

@@ -375,6 +375,14 @@ def _assert_one_line(err: pytest.ExceptionInfo[SpecError], path: Path, *needles:
             id="empty-grid-axis",
         ),
         pytest.param("name: t\ngrid: {}\n", ["grid", "empty"], id="empty-grid"),
+        pytest.param(
+            "name: t\nlog_model: fnal\n",
+            ["log_model", "final, best or off", "'fnal'", "did you mean 'final'"],
+            id="unknown-log-model",
+        ),
+        pytest.param(
+            "name: t\nlog_model: true\n", ["log_model", "final, best or off"], id="log-model-true"
+        ),
         pytest.param("name: t\nseeds: [1, 1]\n", ["seeds", "distinct"], id="repeated-seeds"),
         pytest.param(
             "name: t\nbase: {model: [1, 2\n", ["invalid YAML", "line 3"], id="invalid-yaml"
@@ -388,6 +396,21 @@ def test_broken_study(write_study, text: str, needles: list[str]) -> None:
     with pytest.raises(SpecError) as err:
         load_study(path)
     _assert_one_line(err, path, *needles)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("final", "final"), ("best", "best"), ("off", None), ("'off'", None), ("null", None)],
+)
+def test_log_model_is_a_study_setting_that_changes_no_hash(
+    write_study: Callable[..., Path], value: str, expected: str | None
+) -> None:
+    plain = load_study(HEADLINE_STUDY)
+    text = HEADLINE_STUDY.read_text() + f"log_model: {value}\n"
+    logged = load_study(write_study(text, "overfitting.yaml"))
+    assert plain.log_model is None and logged.log_model == expected
+    assert [c.hash for c in logged.cells] == [c.hash for c in plain.cells]
+    assert {k.log_model for k in logged.runs()} == {expected}
 
 
 def test_missing_study_file(tmp_path: Path) -> None:

@@ -4,7 +4,9 @@ Owns: the parent's side of the worker pool (`suite.executors.workers`): it claim
 a worker is free for it, hands it over, streams the epochs the worker reports to the store,
 and ends the run through `suite.lifecycle.conclude`. One process writes the store, so a
 sqlite store sees no competing writers. Must not: train (the workers do; TensorFlow is
-imported here only to unpickle a finished run's history).
+imported here only to unpickle a finished run's history, and to read back the network a run
+saved with `log_model`: the worker saves it to a file in a temporary folder and sends its
+path; this process logs it and removes the folder).
 
 A run's history does not depend on the worker that trains it nor on the runs it trained
 before. It may depend, in the last bits, on the worker's thread count (`--workers 1` trains in
@@ -35,7 +37,7 @@ from suite.claims import Leases, running
 from suite.data import resolve_source
 from suite.executors.base import Claims, StopRequest
 from suite.executors.workers import take_workers, work
-from suite.lifecycle import RunResult, Trained, conclude, fail, size_tags
+from suite.lifecycle import RunResult, Trained, conclude, discard_network, fail, size_tags
 from suite.names import FAILED, KILLED
 from suite.study import RunKey
 from suite.tracking import EpochLogger, first_line
@@ -109,6 +111,8 @@ class _Round:
                 self.stop_event.set()
             kind, flight = event[0], self.flights[(event[1], event[2])]
             if flight.result is not None:
+                if kind == "done":  # ended already (the store failed it): nothing to log
+                    discard_network(event[3])
                 continue
             if kind == "started":
                 flight.started, flight.pid = True, event[3]
@@ -130,7 +134,11 @@ class _Round:
             self.claims.observer.epoch_done(key, event[3], key.cell.config.train.epochs, event[4])
         else:
             trained: Trained = event[3]
-            flight.logger.flush()
+            try:
+                flight.logger.flush()
+            except BaseException:
+                discard_network(trained)  # conclude, which would, is not reached
+                raise
             self.end(flight, conclude(self.leases, key, flight.run_id, trained))
 
     def end(self, flight: _Flight, result: RunResult) -> None:

@@ -86,8 +86,10 @@ def _init_worker(threads: int, events: Any, stop: Any) -> None:
 
 
 def work(key: RunKey, source: Source) -> bool:
-    """Train one run, reporting it on the event queue; its last event is `done`. False if
-    it never started (a stop request came first): then it reported nothing."""
+    """Train one run, reporting it on the event queue; its last event is `done`, with the
+    run's outcome (a network it saved for `log_model` travels as a file's path, which the
+    parent logs and removes). False if it never started (a stop request came first): then it
+    reported nothing."""
     events, stop = _worker["events"], _worker["stop"]
     if stop.event.is_set():
         return False  # queued before a stop request, too late to cancel: never started

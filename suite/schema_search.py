@@ -1,0 +1,49 @@
+"""The schema of a study's `search:` block: random-search trials drawn from a space.
+
+Owns: `Distribution` (one dimension: log-uniform, uniform or a choice, and its bounds' checks)
+and `SearchSpec` (trials, seed, space). Must not: draw the trials (`suite.study.trial_points`)
+or expand a study. It imports pydantic and `suite.schema_base` only.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field, model_validator
+
+from suite.schema_base import PositiveInt, Strict
+
+
+class Distribution(Strict):
+    """One search dimension: exactly one of `log_uniform: [lo, hi]` (10^U(log lo, log hi)),
+    `uniform: [lo, hi]`, or `choice: [a, b, ...]`. Drawn by `suite.study.sample`."""
+
+    log_uniform: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
+    uniform: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
+    choice: Annotated[list[Any], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Distribution:
+        given = [k for k in ("log_uniform", "uniform", "choice") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of log_uniform: [lo, hi], uniform: [lo, hi], choice: [...]"
+            )
+        bounds = self.log_uniform or self.uniform
+        if bounds is not None:
+            lo, hi = bounds
+            if not lo < hi:
+                raise ValueError(f"expected [low, high] with low < high, got {bounds}")
+            if self.log_uniform is not None and lo <= 0:
+                raise ValueError(f"log_uniform needs positive bounds, got {bounds}")
+        return self
+
+
+class SearchSpec(Strict):
+    """A study's `search:` block: `trials` random configurations drawn from `space` with
+    `seed`; each trial is a cell (crossed with the variants and the grid). The draws are
+    `suite.study.trial_points`."""
+
+    trials: PositiveInt
+    seed: Annotated[int, Field(ge=0)] = 0
+    space: dict[str, Distribution] = Field(min_length=1)
