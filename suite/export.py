@@ -104,7 +104,7 @@ def _for_csv(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
     for column in out.columns:
         if isinstance(out[column].dtype, pd.DatetimeTZDtype):
-            out[column] = out[column].map(lambda t: t.isoformat() if pd.notna(t) else None)
+            out[column] = out[column].map(_iso)
             continue
         if out[column].dtype == object and out[column].map(_nested).any():
             out[column] = out[column].map(lambda v: json.dumps(v) if _nested(v) else v)
@@ -114,10 +114,15 @@ def _for_csv(frame: pd.DataFrame) -> pd.DataFrame:
 def _json_value(value: Any) -> Any:
     """What `json` cannot write itself: times as ISO 8601, numpy's scalars as numbers."""
     if isinstance(value, pd.Timestamp):
-        return value.isoformat()
+        return _iso(value)
     if hasattr(value, "item"):
         return value.item()
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def _iso(value: Any) -> str | None:
+    """A time in ISO 8601, always to the microsecond: one format for the whole column."""
+    return value.isoformat(timespec="microseconds") if pd.notna(value) else None
 
 
 def _nested(value: Any) -> bool:

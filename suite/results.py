@@ -24,7 +24,8 @@ studies side by side, told apart by its `study` column) and `uri`, the tracking 
   the report's order, named as its table names them) and final metric, the mean over the
   counted runs' seeds with its Student-t 95% interval: the numbers of the report's table, from
   the same code (`suite.report.aggregate.cell_rows`).
-- `model(run_id)`: the run's trained network, when its study logged it (`log_model`).
+- `model(run_id)`: the run's trained network (a `keras.Model`), when its study logged it
+  (`log_model: final | best`); `suite.results_model` has it.
 
 Bad input is one line: `ResultsError` (a `LookupError`) names the study, metric or store.
 
@@ -43,10 +44,11 @@ import pandas as pd
 
 from suite.metrics import STEP_METRICS
 from suite.report import aggregate, load
+from suite.results_model import model
 from suite.spec import RunConfig, did_you_mean, flatten, parse_yaml, short_value
 from suite.tracking import Tracker
 
-__all__ = ["ResultsError", "curves", "runs", "settings_of", "summary"]
+__all__ = ["ResultsError", "curves", "model", "runs", "settings_of", "summary"]
 
 Studies = Any  # a study name, a loaded `Study`, or a list of either
 
