@@ -2,8 +2,9 @@
 
 `overfit report A B [--only CELLS]` puts the cells of studies A and B (all of them, or those
 named: a cell name or a variant, `baseline,weight_decay`) in one table and one set of figures.
-Each cell is named `<study>: <cell>` and keeps its study in its key (`<study>:<hash>`), so a
-configuration two studies share stays two cells, each with its own runs. The settings that
+Each cell is named `<study>: <cell>` and keeps its study in its key (`<hash>@<study>`, its
+hash first, as a label that needs it shows its first characters), so a configuration two
+studies share stays two cells, each with its own runs. The settings that
 differ between the cells shown, read from each cell's logged params (and the data its runs
 resolved to, `data_source`), become the table's setting columns; a note lists them all.
 
@@ -56,7 +57,7 @@ def side_by_side(studies: Sequence[str], tracker: Tracker, only: Sequence[str] =
         read = load.load_runs(study, tracker)
         frame = read.runs.assign(experiment_id=read.experiment_id, study=study)
         frame["cell"] = study + ": " + frame["cell"].fillna(frame["cell_hash"])
-        frame["cell_hash"] = study + ":" + frame["cell_hash"]
+        frame["cell_hash"] = frame["cell_hash"] + "@" + study
         parts.append((read, frame, frame["cell"].str.split(": ", n=1).str[1]))
     combined = pd.concat([frame for _, frame, _ in parts], ignore_index=True)
     if only:
