@@ -135,7 +135,8 @@ def summary(study: Studies, *, uri: str | None = None) -> pd.DataFrame:
     """
     tracker = Tracker(uri)
     parts = [
-        summary_of(name, _read(name, tracker).runs, _spec(name, tracker)) for name in _names(study)
+        summary_of(name, _read(name, tracker).runs, study_file(name, tracker))
+        for name in _names(study)
     ]
     return pd.concat(parts, ignore_index=True)
 
@@ -230,8 +231,9 @@ def _read(name: str, tracker: Tracker) -> load.StudyRuns:
     return read
 
 
-def _spec(name: str, tracker: Tracker) -> Any:
-    """The study file the report would use (found as `overfit report NAME` finds it), or None."""
+def study_file(name: str, tracker: Tracker) -> Any:
+    """The study the report would use, loaded (its file found as `overfit report NAME` finds
+    it), or None."""
     from suite.report.source import locate
     from suite.study import load_study
 

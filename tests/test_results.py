@@ -283,6 +283,7 @@ def test_report_of_two_studies_puts_their_cells_side_by_side(
         assert row["train.optimizer.name"] == expected
         assert row["train.optimizer.learning_rate"] == ("0.001" if expected == "adam" else "0.01")
         assert row["model.weight_decay"] in ("0", "0.1")
+        assert row["seeds done"] == "2 / 2"  # each study's own seeds
     # what sizes the training first; Adam's own settings go without saying beside its name
     assert (
         "The settings that differ between the cells shown: train.optimizer.name, "

@@ -270,6 +270,8 @@ def cell_rows(runs: pd.DataFrame, study: Study | None = None) -> list[CellRow]:
     seeds_done = done.groupby("cell_hash")["seed"].nunique()
     expected = len(study.seeds) if study else 0
     expected = max([expected, *seeds_done.tolist()])
+    # studies side by side: each cell is complete at its own study's seeds
+    own = runs.groupby("cell_hash")["expected_seeds"].max() if "expected_seeds" in runs else {}
     name_counts = pd.Series(list(names.values())).value_counts()
     variants = _variants(runs, study)
 
@@ -289,7 +291,7 @@ def cell_rows(runs: pd.DataFrame, study: Study | None = None) -> list[CellRow]:
                 cell_hash=cell_hash,
                 in_study=cell_hash in in_study,
                 adopted=cell_hash in adopted.values(),
-                expected=expected,
+                expected=int(own.get(cell_hash, expected)),
                 done=int(seeds_done.get(cell_hash, 0)),
                 failed=int((failed["cell_hash"] == cell_hash).sum()),
                 running=int((running["cell_hash"] == cell_hash).sum()),

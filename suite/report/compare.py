@@ -55,7 +55,11 @@ def side_by_side(studies: Sequence[str], tracker: Tracker, only: Sequence[str] =
     parts = []
     for study in studies:
         read = load.load_runs(study, tracker)
-        frame = read.runs.assign(experiment_id=read.experiment_id, study=study)
+        frame = read.runs.assign(
+            experiment_id=read.experiment_id,
+            study=study,
+            expected_seeds=_seeds(study, read, tracker),
+        )
         frame["cell"] = study + ": " + frame["cell"].fillna(frame["cell_hash"])
         frame["cell_hash"] = frame["cell_hash"] + "@" + study
         parts.append((read, frame, frame["cell"].str.split(": ", n=1).str[1]))
@@ -95,6 +99,17 @@ def side_by_side(studies: Sequence[str], tracker: Tracker, only: Sequence[str] =
             f"Studies side by side: {', '.join(studies)}. Their cells share every setting."
         )
     return SideBySide(runs, columns[:MAX_COLUMNS], values, notes, provenance)
+
+
+def _seeds(study: str, read: load.StudyRuns, tracker: Tracker) -> int:
+    """How many seeds make a cell of `study` complete: its study file's, when the store
+    records one that loads, else its most complete cell's."""
+    from suite.results import study_file
+
+    spec = study_file(study, tracker)
+    finished = read.runs[read.runs["status"] == "FINISHED"]
+    done = int(finished.groupby("cell_hash")["seed"].nunique().max() or 0) if len(finished) else 0
+    return max(len(spec.seeds), done) if spec is not None else done
 
 
 def differing(runs: pd.DataFrame) -> tuple[list[str], dict[str, dict[str, str]]]:
