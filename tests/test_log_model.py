@@ -59,14 +59,13 @@ def temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def runs_uri(tracking_uri: str) -> Iterator[str]:
-    """`tracking_uri` as MLflow's own, for `runs:/` URIs; the previous one back afterwards."""
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
-        yield tracking_uri
-    finally:
-        mlflow.set_tracking_uri(before)
+def runs_uri(tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """`tracking_uri` as MLflow's own, for `runs:/` URIs, through the environment, which is
+    restored afterwards (`mlflow.set_tracking_uri` would leave MLFLOW_TRACKING_URI set for
+    every later test and the processes they start)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    assert mlflow.get_tracking_uri() == tracking_uri
+    yield tracking_uri
 
 
 def run(write_study: Callable[..., Path], uri: str, log_model: str, workers: int) -> StudyResult:
