@@ -204,6 +204,23 @@ def test_a_cell_without_label_noise_keeps_its_hash() -> None:
     )
 
 
+# the headline study's cells as they were hashed before label noise existed
+HEADLINE_HASHES = [
+    "17183c85ef",
+    "8cb402aef4",
+    "a62882b7e3",
+    "a7153892ef",
+    "b78a774f5b",
+    "ce56a918c8",
+    "d095cb22d7",
+]
+
+
+def test_the_headline_study_keeps_the_hashes_it_had() -> None:
+    study = load_study(Path(__file__).parents[1] / "experiments/overfitting.yaml", check_data=False)
+    assert sorted(cell.config.hash for cell in study.cells) == HEADLINE_HASHES
+
+
 def _hash(dumped: dict[str, Any], config: RunConfig) -> str:
     """`RunConfig.hash` of a dump, the other late settings left out as `identity` does."""
     for section, keys in dumped.items():
@@ -253,8 +270,6 @@ def test_the_metrics_match_the_predictions_of_the_trained_network() -> None:
     last = {name: history.metrics[name][-1] for name in expected}
     assert last == pytest.approx(expected, abs=1e-6)
     assert len(history.metrics["memorized"]) == len(history.metrics["train_clean_accuracy"]) == 6
-    # 40 of 100 labels wrong: accuracy against the true labels of every image is not what
-    # train_clean_accuracy measures
     assert history.label_noise is not None and history.label_noise["n_corrupted"] == 40
 
 
@@ -332,7 +347,7 @@ def test_runs_log_the_metrics_and_what_was_corrupted_in_one_process_and_in_worke
             assert split.label_noise is not None
             assert record_noise == json.loads(json.dumps(split.label_noise.record()))
             assert record_noise["n_corrupted"] == round(cell.config.data.label_noise.fraction * 60)
-    # the same seed, the same corruption in both noisy cells' fraction-independent draw
+    # suite.results reads them back as curves
     frame = results.curves("noisy", ["memorized", "train_clean_accuracy"], uri=stores[1].uri)
     assert set(frame["metric"]) == {"memorized", "train_clean_accuracy"}
     assert set(frame["cell"]) == {"noisy", "random_labels"}
