@@ -368,3 +368,17 @@ def test_the_report_draws_the_label_noise_curves(
     out = suite.report(study, uri=tracking_uri, out=tmp_path / "report")
     page = Path(out.markdown).read_text()
     assert "memorized" in page and "clean train accuracy" in page
+
+
+def test_the_cells_table_shows_each_cells_label_noise(write_study: Callable[..., Path]) -> None:
+    import io
+
+    from rich.console import Console
+
+    from suite.display import cells_table
+
+    console = Console(file=io.StringIO(), width=240)
+    console.print(cells_table(load_study(write_study(NOISY_STUDY))))
+    rows = {line.split()[1]: line for line in console.file.getvalue().splitlines() if "│" in line}
+    assert "0.4 other" in rows["noisy"] and "1 any" in rows["random_labels"]
+    assert "label noise" in console.file.getvalue() and "other" not in rows["clean"]
