@@ -31,7 +31,7 @@ Owns: the source of a dataset (`resolve_source`: `data.path`, `SUITE_MNIST_PATH`
 `SUITE_OFFLINE`) and its `data_source` label (`Source.label`), reading and checking a dataset
 file once per process (`load_pool`), the bundled subset, the size checks (`check_sizes`), and
 one run's data (`make_split`: training, validation and test images, flattened and scaled to
-[0, 1]). Must not: read the study schema (it takes plain values: a path, sizes, a seed), talk to
+[0, 1]; training labels with `label_noise` drawn by `suite.corrupt`). Must not: read the study schema (it takes plain values: a path, sizes, a seed), talk to
 the tracking store (runs are tagged with the label by `suite.tracking`), or import TensorFlow
 but for Keras' download.
 """
@@ -45,8 +45,11 @@ import zipfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from suite.corrupt import LabelNoiseDraw, corrupt_labels
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "npz")
 # what a named dataset holds: image shape and class count, checked when it is read
@@ -155,6 +158,8 @@ class Split:
     source: Source
     num_classes: int
     image_shape: tuple[int, ...]  # of one input before flattening
+    # with `data.label_noise`: the corruption `y_train` holds (`y_train` is what a run trains on)
+    label_noise: LabelNoiseDraw | None = None
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -501,6 +506,7 @@ def make_split(
     source: Source | None = None,
     dataset: str = "mnist",
     val_from: str = "selection",
+    label_noise: dict[str, Any] | None = None,
 ) -> Split:
     """Cut one run's data out of the pool.
 
@@ -514,7 +520,8 @@ def make_split(
       on, and the validation images come from the rest of the pool: the next `val_size`
       images with `first`, a stratified seeded draw with `random`.
 
-    `test_size` keeps the first N test images (all of them by default). `source`, when given,
+    `label_noise` (`{fraction, kind}`) corrupts training labels only, drawn from `seed` (see
+    `suite.corrupt`). `test_size` keeps the first N test images (all of them by default). `source`, when given,
     is used instead of resolving `path` again (a worker process uses the source its parent
     resolved).
 
@@ -546,9 +553,12 @@ def make_split(
         idx, val_idx = np.sort(idx), np.sort(val_idx)
         x_val, y_val = _prepare(pool.x_train[val_idx]), pool.y_train[val_idx].astype(np.int32)
     n_test = len(pool.y_test) if test_size is None else test_size
+    y_train, noise = pool.y_train[idx].astype(np.int32), None
+    if label_noise is not None:
+        y_train, noise = corrupt_labels(y_train, pool.num_classes, **label_noise, seed=seed)
     return Split(
         x_train=_prepare(pool.x_train[idx]),
-        y_train=pool.y_train[idx].astype(np.int32),
+        y_train=y_train,
         x_test=_prepare(pool.x_test[:n_test]),
         y_test=pool.y_test[:n_test].astype(np.int32),
         x_val=x_val,
@@ -556,6 +566,7 @@ def make_split(
         source=pool.source,
         num_classes=pool.num_classes,
         image_shape=tuple(int(n) for n in pool.x_train.shape[1:]),
+        label_noise=noise,
     )
 
 

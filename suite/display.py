@@ -79,6 +79,9 @@ def cells_table(study: Study) -> Table:
     cured = any(_cures(cell.config) for cell in study.cells)
     if cured:  # only studies that use them get the column
         table.add_column("cures")
+    noisy = any(cell.config.data.label_noise for cell in study.cells)
+    if noisy:
+        table.add_column("label noise")
     for cell in study.cells:
         m, t = cell.config.model, cell.config.train
         table.add_row(
@@ -92,8 +95,15 @@ def cells_table(study: Study) -> Table:
             f"{t.optimizer.name} {t.optimizer.learning_rate:g}",
             str(t.epochs),
             *([_cures(cell.config) or "-"] if cured else []),
+            *([_label_noise(cell.config)] if noisy else []),
         )
     return table
+
+
+def _label_noise(config: RunConfig) -> str:
+    """A cell's `data.label_noise`, short: `0.4 other`, or `-` when off."""
+    noise = config.data.label_noise
+    return f"{noise.fraction:g} {noise.kind}" if noise is not None else "-"
 
 
 def _cures(config: RunConfig) -> str:

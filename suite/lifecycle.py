@@ -20,7 +20,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from suite.names import ACTIVATIONS_ARTIFACT, FAILED, FINISHED, KILLED, LOST, Ended, Stored
+from suite.names import (
+    ACTIVATIONS_ARTIFACT,
+    FAILED,
+    FINISHED,
+    KILLED,
+    LABEL_NOISE_ARTIFACT,
+    LOST,
+    Ended,
+    Stored,
+)
 from suite.study import RunKey, Study
 
 if TYPE_CHECKING:  # MLflow and TensorFlow are imported where a run is logged or trained
@@ -220,9 +229,9 @@ def train_claimed(
 
 def _record(leases: Leases, run_id: str, history: History) -> dict[str, float]:
     """Log what a trained run holds beyond its epochs (confusion matrix, per-update losses,
-    activation histograms, its network, final metrics) and end it FINISHED; returns its final
-    metrics. The network is logged before the run is FINISHED: a finished run that asked for
-    one has it."""
+    activation histograms, the label noise it trained with, its network, final metrics) and
+    end it FINISHED; returns its final metrics. The network is logged before the run is
+    FINISHED: a finished run that asked for one has it."""
     tracker = leases.tracker
     final = history.final()
     if history.network is not None:
@@ -236,6 +245,8 @@ def _record(leases: Leases, run_id: str, history: History) -> dict[str, float]:
         )
     if history.activations is not None:
         tracker.log_dict(run_id, history.activations, ACTIVATIONS_ARTIFACT)
+    if history.label_noise is not None:
+        tracker.log_dict(run_id, history.label_noise, LABEL_NOISE_ARTIFACT)
     leases.finish(run_id, final)
     return final
 

@@ -18,6 +18,10 @@ EPOCH_METRICS = (
     "weight_norm",  # L2 norm of all kernels
 )
 VAL_METRICS = ("val_loss", "val_accuracy")  # when the run has a validation split
+# per epoch, when the run has `data.label_noise`: the accuracy on the training images whose
+# labels were not corrupted, and the share of corrupted ones predicted as their corrupted label
+# (each when the run has such images); train_accuracy is against the labels the run trains on
+NOISE_METRICS = ("train_clean_accuracy", "memorized")
 # per update, MLflow step = update counted from 1, with `train.log_batch_loss`
 STEP_METRICS = ("batch_loss",)  # the minibatch's data loss before that update
 
@@ -45,7 +49,7 @@ EARLY_STOP_METRICS = ("stopped_epoch", "restored_epoch")
 # a run's last train_loss / test_loss, as the report names them
 LAST_LOSSES = ("final_train_loss", "final_test_loss")
 # what a report figure may draw: curves of the first, per-run values of the second
-CURVE_METRICS = (*EPOCH_METRICS, *VAL_METRICS, *STEP_METRICS)
+CURVE_METRICS = (*EPOCH_METRICS, *VAL_METRICS, *NOISE_METRICS, *STEP_METRICS)
 RUN_METRICS = (*FINAL_METRICS, *FINAL_VAL_METRICS, *EARLY_STOP_METRICS, *LAST_LOSSES)
 
 # what a study's `reference:` may name: a final metric, or a per-epoch name meaning its final value

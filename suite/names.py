@@ -70,4 +70,5 @@ STUDY_FILE_TAG = "study_file"  # the absolute path of the study's YAML, as `over
 REPORT_ARTIFACT_PATH = "report"
 CONFUSION_ARTIFACT = "confusion_matrix"
 ACTIVATIONS_ARTIFACT = "activations.json"  # with train.log_activations
+LABEL_NOISE_ARTIFACT = "label_noise.json"  # with data.label_noise: what was corrupted
 MODEL_ARTIFACT = "model"  # the run's network, an MLflow Keras model, with the study's log_model

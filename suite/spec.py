@@ -8,7 +8,8 @@ configuration, so the same configuration is the same cell wherever it appears. E
 mistake becomes a `SpecError` whose one-line message names the file and the key path.
 
 Owns: the pydantic schema of a run (`RunConfig` and its sections) and of a study file
-(`StudyFile`; its `search:` block's schema is `suite.schema_search`), reading YAML the way study files are written
+(`StudyFile`; its `search:` block's schema is `suite.schema_search`, a run's `data:`
+section's `suite.schema_data`), reading YAML the way study files are written
 (`parse_yaml`, `read_study_file`), turning pydantic's errors into `SpecError` (`validate`), and
 the small helpers the schema's users share (`flatten`, `short_value`, `describe_init`,
 `steps_per_epoch`, `did_you_mean`). The `report:` block's schema is `suite.report.figure_spec`.
@@ -32,7 +33,6 @@ from pydantic import (
     BaseModel,
     Field,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -47,6 +47,7 @@ from suite.schema_base import (
     did_you_mean,
 )
 from suite.schema_cures import AugmentSpec, EarlyStopping
+from suite.schema_data import DataSpec, LabelNoise
 from suite.schema_search import Distribution, SearchSpec
 
 __all__ = [
@@ -59,6 +60,7 @@ __all__ = [
     "AugmentSpec",
     "ConvLayer",
     "EarlyStopping",
+    "LabelNoise",
     "ModelSpec",
     "OptimizerSpec",
     "RunConfig",
@@ -144,30 +146,6 @@ def read_study_file(path: Path) -> Any:
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(err, "problem", None) or "invalid YAML"
         raise SpecError(f"{path}: invalid YAML{where}: {problem}") from None
-
-
-class DataSpec(Strict):
-    """Which images a run trains and tests on."""
-
-    dataset: Literal["mnist", "fashion_mnist", "cifar10", "npz"] = "mnist"
-    # mnist: a Keras mnist.npz, else SUITE_MNIST_PATH, Keras' cache, the bundled subset;
-    # fashion_mnist, cifar10: a Keras-layout .npz or a folder of the original files, else
-    # Keras' cache; npz: the archive (x_train, y_train, x_test, y_test), required
-    path: str | None = Field(default=None, validate_default=True)
-    train_size: PositiveInt | None = None  # None: the whole training pool
-    subset: Literal["first", "random"] = "first"  # first N (textbook) or stratified seeded draw
-    val_size: Annotated[int, Field(ge=0)] = 0  # validation images (see val_from)
-    # selection: held out of the train_size + val_size images selected; pool: taken from the
-    # pool's images beyond the train_size training images, which stay the same as without one
-    val_from: Literal["selection", "pool"] = "selection"
-    test_size: PositiveInt | None = None  # first N test images; None: the whole test set
-
-    @field_validator("path")
-    @classmethod
-    def _npz_has_a_path(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None and info.data.get("dataset") == "npz":
-            raise ValueError("dataset npz needs the path of an .npz file")
-        return value
 
 
 class StdInit(Strict):
@@ -407,6 +385,7 @@ LATE_SETTINGS: dict[str, Any] = {
     "train.early_stopping": None,
     "train.augment": None,
     "train.label_smoothing": 0.0,
+    "data.label_noise": None,
 }
 
 

@@ -272,7 +272,7 @@ def _data_source(cell: Cell, where: str, check_sizes: bool, strict: bool) -> tup
     """The `data_source` label a cell's runs use, and why its data is missing ("" when it is
     there); with `check_sizes`, its sizes are checked; with `strict`, missing data is a
     SpecError."""
-    from suite import data
+    from suite import corrupt, data
 
     spec: DataSpec = cell.config.data
     try:
@@ -280,7 +280,10 @@ def _data_source(cell: Cell, where: str, check_sizes: bool, strict: bool) -> tup
             sizes = (spec.train_size, spec.val_size, spec.test_size)
             source = data.check_sizes(spec.path, *sizes, dataset=spec.dataset)
             # a cnn's stack must fit the images; geometric augmentation needs images
-            check_inputs(cell.config, data.load_pool(source).x_train.shape[1:])
+            pool = data.load_pool(source)
+            check_inputs(cell.config, pool.x_train.shape[1:])
+            if spec.label_noise is not None:  # a new label needs another class to come from
+                corrupt.check_classes(pool.num_classes)
             return source.label, ""
         return data.resolve_source(spec.path, spec.dataset).label, ""
     except data.DataUnavailable as err:

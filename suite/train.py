@@ -24,7 +24,8 @@ hundreds of epochs training carries the difference on.
 
 Owns: one run's training (`train`): the compiled programs a process keeps, the minibatch order
 (`batch_order`), the optimizers and losses as the textbook defines them, the per-epoch metrics
-and the end-of-run ones (`History.final`, with the confusion matrix and the per-class scores),
+(with label noise, `train_clean_accuracy` and `memorized`, from the same evaluation) and the
+test-set confusion matrix, kept in a `suite.history.History` (which sums a run up at its end),
 divergence (`Diverged`), the activation histograms before and after training, the weights a
 run's network is saved with (`log_model`: its last, or its best test epoch's, `_BestTest`), and
 TensorFlow's thread count (`pin_threads`). Must not: import MLflow or log anything (`suite.lifecycle` records
@@ -43,7 +44,6 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import keras
@@ -52,9 +52,9 @@ import tensorflow as tf
 
 from suite import builders, cures
 from suite.data import Split
+from suite.history import History, confusion_matrix, per_class
 from suite.metrics import EPOCH_METRICS, FINAL_METRICS, VAL_METRICS
 from suite.models import (
-    SavedNetwork,
     activations_record,
     build_model,
     layer_histograms,
@@ -62,7 +62,16 @@ from suite.models import (
 )
 from suite.spec import ModelSpec, OptimizerSpec, RunConfig, steps_per_epoch
 
-__all__ = ["EPOCH_METRICS", "FINAL_METRICS", "VAL_METRICS", "Diverged", "History", "train"]
+__all__ = [
+    "EPOCH_METRICS",
+    "FINAL_METRICS",
+    "VAL_METRICS",
+    "Diverged",
+    "History",
+    "confusion_matrix",
+    "per_class",
+    "train",
+]
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 PROBE_IMAGES = 1000  # test images the activation histograms of the MNIST network use
@@ -76,85 +85,6 @@ class Diverged(RuntimeError):
         super().__init__(reason)
         self.reason = reason
         self.history = history
-
-
-@dataclass
-class History:
-    """Per-epoch metrics of one run; index 0 is epoch 1."""
-
-    metrics: dict[str, list[float]] = field(default_factory=dict)
-    train_seconds: float = 0.0
-    # test-set confusion matrix at the end: rows are true digits, columns predicted ones
-    confusion: np.ndarray | None = None
-    # every update's minibatch data loss, in order (`train.log_batch_loss`)
-    batch_loss: list[float] = field(default_factory=list)
-    # per-layer activation histograms (`train.log_activations`): the textbook's probe and the
-    # network's hidden layers before and after training (see `layer_histograms`)
-    activations: dict[str, Any] | None = None
-    # with `train.early_stopping`: the epoch it stopped at (None: it ran every epoch), the
-    # epoch whose weights the run ended with, and their metrics, evaluated once more
-    stopped_epoch: int | None = None
-    restored_epoch: int | None = None
-    restored: dict[str, float] | None = None
-    # with `log_model`: the network the run logs, saved to a file (see `train`)
-    network: SavedNetwork | None = None
-
-    @property
-    def epochs(self) -> int:
-        return len(self.metrics.get("train_loss", []))
-
-    def append(self, values: dict[str, float]) -> None:
-        for name, value in values.items():
-            self.metrics.setdefault(name, []).append(value)
-
-    def final(self) -> dict[str, float]:
-        """The end-of-run summary metrics (design.md): final values, best test epoch, time;
-        the final and best validation accuracy when the run has a validation split. With early
-        stopping the final values are those of the weights the run ended with (`restored`),
-        and `stopped_epoch` (when it stopped) and `restored_epoch` are added."""
-        test = self.metrics["test_accuracy"]
-        best = int(np.argmax(test))
-        val = self.metrics.get("val_accuracy")
-        last = {name: values[-1] for name, values in self.metrics.items()}
-        end = self.restored or last
-        stop = {
-            **({"stopped_epoch": float(self.stopped_epoch)} if self.stopped_epoch else {}),
-            **({"restored_epoch": float(self.restored_epoch)} if self.restored_epoch else {}),
-        }
-        return {
-            "final_train_accuracy": end["train_accuracy"],
-            "final_test_accuracy": end["test_accuracy"],
-            "final_gap": end["train_accuracy"] - end["test_accuracy"],
-            "best_test_accuracy": test[best],
-            "best_epoch": float(best + 1),
-            "train_seconds": self.train_seconds,
-            **(
-                {"final_val_accuracy": end["val_accuracy"], "best_val_accuracy": max(val)}
-                if val
-                else {}
-            ),
-            **stop,
-            **(per_class(self.confusion) if self.confusion is not None else {}),
-        }
-
-
-def per_class(confusion: np.ndarray) -> dict[str, float]:
-    """Macro-averaged precision, recall and F1 from a confusion matrix (rows: true class),
-    by scikit-learn. Every class of the matrix counts equally; a class never predicted (or
-    absent from the labels) scores 0 for the undefined ratio (`zero_division=0`)."""
-    from sklearn.metrics import precision_recall_fscore_support
-
-    rows, columns = np.indices(confusion.shape)
-    counts = np.asarray(confusion, dtype=np.int64).ravel()
-    truth, predicted = np.repeat(rows.ravel(), counts), np.repeat(columns.ravel(), counts)
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        truth, predicted, labels=np.arange(len(confusion)), average="macro", zero_division=0
-    )
-    return {
-        "test_precision_macro": float(precision),
-        "test_recall_macro": float(recall),
-        "test_f1_macro": float(f1),
-    }
 
 
 def make_optimizer(spec: OptimizerSpec) -> keras.optimizers.Optimizer:
@@ -258,8 +188,12 @@ def train(
         parts["val"] = split.y_val
     sizes = {name: len(labels) for name, labels in parts.items()}
     shape = (split.x_train.shape[1], split.num_classes, split.image_shape, builder_file)
-    program = _program(config, sizes, shape, best=log_model == "best")
+    noise = split.label_noise
+    measures = noise_metrics(sizes["train"], len(noise.indices)) if noise is not None else ()
+    program = _program(config, sizes, shape, best=log_model == "best", noise=measures)
     program.reset(config, seed)
+    if noise is not None and program.noisy is not None:
+        program.noisy.assign(noise.mask())
     model = program.model
 
     # one evaluation batch: the training subset first (minibatches gather from it), then the
@@ -275,7 +209,7 @@ def train(
         layer_histograms(model, probe_x, config.model.activation) if spec.log_activations else None
     )
     orders = batch_order(n, spec.batch_size, spec.epochs, spec.sampling, seed, spec.steps_per_epoch)
-    history = History()
+    history = History(label_noise=noise.record() if noise is not None else None)
     start = time.perf_counter()
     for first in range(0, spec.epochs, EPOCHS_PER_CALL):
         chunk = orders[first : first + EPOCHS_PER_CALL]
@@ -324,6 +258,16 @@ def _conclude_stopping(program: _Program, history: History, x: tf.Tensor, y: tf.
         history.restored = None
 
 
+def noise_metrics(n_train: int, n_corrupted: int) -> tuple[str, ...]:
+    """The label-noise metrics a run with `n_corrupted` of `n_train` labels corrupted logs:
+    each needs images to measure (`fraction: 1.0` leaves no clean image, a small fraction of
+    a small subset may corrupt none)."""
+    return (
+        *(("train_clean_accuracy",) if n_corrupted < n_train else ()),
+        *(("memorized",) if n_corrupted else ()),
+    )
+
+
 class _Program:
     """A model, its optimizer and the compiled epochs that train and evaluate them.
 
@@ -340,11 +284,18 @@ class _Program:
     """
 
     def __init__(
-        self, config: RunConfig, sizes: dict[str, int], shape: DataShape, best: bool = False
+        self,
+        config: RunConfig,
+        sizes: dict[str, int],
+        shape: DataShape,
+        best: bool = False,
+        noise: tuple[str, ...] = (),
     ) -> None:
         """Build the model and optimizer of runs shaped like `config`, and the `tf.function`s
         that train and evaluate their epochs (traced on their first call); with `best`, the
-        epochs keep the weights of the best test accuracy (`_BestTest`)."""
+        epochs keep the weights of the best test accuracy (`_BestTest`); `noise` names the
+        label-noise metrics to measure (`noise_metrics`), from the corrupted images' mask
+        `noisy` (1.0 where the label a run trains on was corrupted), set per run."""
         spec = config.train
         self.shape = shape
         self.model = build_model(_shape_of(config.model), 0, *shape)
@@ -395,7 +346,10 @@ class _Program:
         self.names = [f"{p}_{m}" for p in sizes for m in ("loss", "accuracy")] + [
             "reg_loss",
             "weight_norm",
+            *noise,
         ]
+        self.noise = noise
+        self.noisy = tf.Variable(tf.zeros([n]), trainable=False, name="noisy") if noise else None
         x_spec = tf.TensorSpec([offset, shape[0]], tf.float32)
         y_spec = tf.TensorSpec([offset], tf.int32)
         self._run = tf.function(
@@ -452,8 +406,17 @@ class _Program:
         for name, (lo, hi) in self.bounds.items():
             part, labels = logits[lo:hi], y[lo:hi]
             out[f"{name}_loss"] = self.loss_fn(labels, part)
-            hits = tf.argmax(part, axis=1, output_type=tf.int32) == labels
-            out[f"{name}_accuracy"] = tf.reduce_mean(tf.cast(hits, tf.float32))
+            hits = tf.cast(tf.argmax(part, axis=1, output_type=tf.int32) == labels, tf.float32)
+            out[f"{name}_accuracy"] = tf.reduce_mean(hits)
+            if name == "train" and self.noisy is not None:
+                # the labels trained on: a clean image's own, a corrupted one's corrupted label
+                noisy = self.noisy
+                shares = {
+                    "train_clean_accuracy": tf.reduce_sum(hits * (1.0 - noisy))
+                    / tf.reduce_sum(1.0 - noisy),
+                    "memorized": tf.reduce_sum(hits * noisy) / tf.reduce_sum(noisy),
+                }
+                out.update({k: shares[k] for k in self.noise})
         out["reg_loss"] = self._penalty()
         out["weight_norm"] = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(k)) for k in self.kernels]))
         return out
@@ -553,10 +516,14 @@ def _shape_of(model: ModelSpec) -> ModelSpec:
 
 
 def _program(
-    config: RunConfig, sizes: dict[str, int], shape: DataShape, best: bool = False
+    config: RunConfig,
+    sizes: dict[str, int],
+    shape: DataShape,
+    best: bool = False,
+    noise: tuple[str, ...] = (),
 ) -> _Program:
     """The compiled program for runs shaped like `config` (keeping the best test epoch's
-    weights with `best`), made on first use."""
+    weights with `best`, measuring the label-noise metrics `noise`), made on first use."""
     spec = config.train
     key = json.dumps(
         [
@@ -567,6 +534,7 @@ def _program(
             [shape[0], shape[1], list(shape[2]), shape[3]],
             builders.fingerprint(shape[3]) if shape[3] else None,
             best,
+            noise,
         ],
         sort_keys=True,
     )
@@ -574,7 +542,7 @@ def _program(
     if program is None:
         if len(_PROGRAMS) >= MAX_PROGRAMS:
             _PROGRAMS.pop(next(iter(_PROGRAMS)))
-        program = _Program(config, sizes, shape, best)
+        program = _Program(config, sizes, shape, best, noise)
     _PROGRAMS[key] = program  # most recently used last
     return program
 
@@ -590,10 +558,3 @@ def make_loss(name: str) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
         return tf.reduce_mean(0.5 * tf.reduce_sum(tf.square(tf.nn.softmax(logits) - target), 1))
 
     return mse
-
-
-def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
-    """Counts of (true class, predicted class) pairs: a `classes` x `classes` int matrix."""
-    from sklearn.metrics import confusion_matrix as counts
-
-    return counts(labels, predicted, labels=np.arange(classes)).astype(np.int64)

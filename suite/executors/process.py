@@ -3,10 +3,10 @@
 Owns: the parent's side of the worker pool (`suite.executors.workers`): it claims a run when
 a worker is free for it, hands it over, streams the epochs the worker reports to the store,
 and ends the run through `suite.lifecycle.conclude`. One process writes the store, so a
-sqlite store sees no competing writers. Must not: train (the workers do; TensorFlow is
-imported here only to unpickle a finished run's history, and to read back the network a run
-saved with `log_model`: the worker saves it to a file in a temporary folder and sends its
-path; this process logs it and removes the folder).
+sqlite store sees no competing writers. Must not: train (the workers do; a finished run's
+history unpickles without TensorFlow, `suite.history`, which is imported here only to read
+back the network a run saved with `log_model`: the worker saves it to a file in a temporary
+folder and sends its path; this process logs it and removes the folder).
 
 A run's history does not depend on the worker that trains it nor on the runs it trained
 before. It may depend, in the last bits, on the worker's thread count (`--workers 1` trains in

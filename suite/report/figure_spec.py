@@ -21,7 +21,9 @@ from suite.metrics import CURVE_METRICS, RUN_METRICS
 from suite.schema_base import PositiveInt, Strict
 
 # the per-epoch views a report can draw (`report.metrics`; see suite.report.figures.VIEWS)
-ReportView = Literal["accuracy", "loss", "gap", "weight_norm", "reg_loss", "validation"]
+ReportView = Literal[
+    "accuracy", "loss", "gap", "weight_norm", "reg_loss", "validation", "label_noise"
+]
 # what a report may rank cells by (`report.sort`); final_gap ranks the smallest first
 SortMetric = Literal[
     "final_test_accuracy",

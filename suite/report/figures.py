@@ -128,6 +128,20 @@ VIEWS = {
             "The regularisation term (weight decay, L1) added to the training loss over "
             "epochs; line: mean over seeds, band: 95% interval.",
         ),
+        View(
+            "label_noise",
+            "clean train accuracy (solid) and memorized noise (dashed)",
+            "fraction of the training images",
+            {
+                "train_clean_accuracy": ("-", "clean images"),
+                "memorized": ("--", "corrupted images"),
+            },
+            "With label noise: accuracy on the training images whose labels are clean "
+            "(solid), and the share of corrupted ones predicted as their corrupted label "
+            "(dashed): a network fits the clean labels first and memorizes the noise later. "
+            "Line: mean over seeds, band: 95% interval.",
+            limits=(0.0, 1.02),
+        ),
     )
 }
 
