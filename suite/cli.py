@@ -474,7 +474,9 @@ def server(
 
 @app.command()
 def export(
-    studies: Annotated[list[str], typer.Argument(help="Study names (as in the store).")],
+    studies: Annotated[
+        list[str], typer.Argument(help="Study names (as in the store), or their study YAMLs.")
+    ],
     fmt: Annotated[str, typer.Option("--format", help="csv, parquet or json (records).")] = "csv",
     out_dir: Annotated[
         Path | None,
