@@ -184,16 +184,8 @@ def _settings(items: tuple[tuple[str, str], ...]) -> tuple[tuple[str, Any], ...]
         typed = RunConfig.model_validate(nested).model_dump(mode="json")
     except ValueError:
         return tuple(parsed.items())
-    init = typed["model"].pop("init")
-    flat = flatten(typed)
-    flat["model.init"] = short_value(init)
-    ordered = {key: flat[key] for key in sorted(flat, key=_order(flat))}
-    return tuple(ordered.items())
-
-
-def _order(flat: dict[str, Any]) -> Any:
-    keys = list(flat)
-    return lambda key: (key.split(".")[0] != "data", key.split(".")[0] != "model", keys.index(key))
+    typed["model"]["init"] = short_value(typed["model"]["init"])  # one value, in its place
+    return tuple(flatten(typed).items())
 
 
 def _value(text: str) -> Any:
