@@ -299,3 +299,35 @@ def assert_same_metrics(
         f"rel {FLOAT_REL} or abs {FLOAT_ABS}):\n  " + "\n  ".join(bad[:10])
     )
     return worst
+
+
+def run_in_workers(
+    study: Study, tmp_path: Path, template: Path, workers: tuple[int, ...] = (1, 2)
+) -> dict[int, tuple[Any, Any]]:
+    """`study` run with each worker count into a store of its own (a copy of `template`):
+    {workers: (its Tracker, the StudyResult)}."""
+    from suite.runner import run_study
+    from suite.tracking import Tracker
+
+    out = {}
+    for n in workers:
+        db = tmp_path / f"workers{n}.db"
+        db.write_bytes(template.read_bytes())
+        tracker = Tracker(f"sqlite:///{db}")
+        out[n] = (tracker, run_study(study, tracker, workers=n))
+    return out
+
+
+def histories(tracker: Any, study: str) -> dict[tuple[str, int, str], list[tuple[int, float]]]:
+    """Every metric of every FINISHED run of `study`, by (cell hash, seed, metric): its
+    (step, value) points."""
+    experiment_id = tracker.experiment_id(study, create=False)
+    assert experiment_id is not None
+    out = {}
+    for record in tracker.runs(experiment_id):
+        if record.status != "FINISHED":
+            continue
+        for name in tracker.client.get_run(record.run_id).data.metrics:
+            points = tracker.client.get_metric_history(record.run_id, name)
+            out[(record.cell_hash, record.seed, name)] = sorted((p.step, p.value) for p in points)
+    return out

@@ -12,13 +12,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import assert_same_metrics
+from conftest import assert_same_metrics, histories, run_in_workers
 
 from suite import data, results, train
 from suite.corrupt import LabelNoiseError, corrupt_labels
 from suite.metrics import CURVE_METRICS, NOISE_METRICS
 from suite.names import FINISHED, LABEL_NOISE_ARTIFACT
-from suite.runner import run_study
 from suite.spec import LATE_SETTINGS, RunConfig, SpecError
 from suite.study import load_study
 from suite.tracking import Tracker
@@ -291,18 +290,6 @@ def _args(config: RunConfig) -> tuple[RunConfig, data.Split, int]:
 # --- runs in the store ----------------------------------------------------------------------
 
 
-def _histories(tracker: Tracker, study: str) -> dict[tuple[str, int, str], Any]:
-    experiment_id = tracker.experiment_id(study, create=False)
-    assert experiment_id is not None
-    out: dict[tuple[str, int, str], Any] = {}
-    for record in tracker.runs(experiment_id):
-        assert record.status == "FINISHED"
-        for name in tracker.client.get_run(record.run_id).data.metrics:
-            points = tracker.client.get_metric_history(record.run_id, name)
-            out[(record.cell_hash, record.seed, name)] = sorted((p.step, p.value) for p in points)
-    return out
-
-
 def _artifact(tracker: Tracker, run_id: str) -> dict[str, Any] | None:
     names = [f.path for f in tracker.client.list_artifacts(run_id)]
     if LABEL_NOISE_ARTIFACT not in names:
@@ -318,14 +305,11 @@ def test_runs_log_the_metrics_and_what_was_corrupted_in_one_process_and_in_worke
     path = write_study(NOISY_STUDY)
     study = load_study(path)
     cells = {cell.name: cell for cell in study.cells}
-    stores = {}
-    for workers in (1, 2):
-        db = tmp_path / f"workers{workers}.db"
-        db.write_bytes(_store_template.read_bytes())
-        stores[workers] = Tracker(f"sqlite:///{db}")
-        result = run_study(study, stores[workers], workers=workers)
+    ran = run_in_workers(study, tmp_path, _store_template)
+    stores = {workers: tracker for workers, (tracker, _) in ran.items()}
+    for _, result in ran.values():
         assert result.ok and result.count(FINISHED) == 6
-    one, two = _histories(stores[1], "noisy"), _histories(stores[2], "noisy")
+    one, two = histories(stores[1], "noisy"), histories(stores[2], "noisy")
     assert_same_metrics(one, two)
     logged = {(cell, name) for cell, _, name in one}
     noisy, random, clean = (cells[n].hash for n in ("noisy", "random_labels", "clean"))

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import assert_same_metrics
+from conftest import assert_same_metrics, histories, run_in_workers
 
 from suite import tracking
 from suite.executors import process
@@ -50,20 +50,6 @@ def _bundled(bundled_only: None) -> None:
     """Path-less data resolves to the bundled subset; workers get the source resolved here."""
 
 
-def histories(tracker: Tracker, study: str) -> dict[tuple[str, int, str], list[tuple[int, float]]]:
-    """Every per-epoch metric of every FINISHED run, by (cell hash, seed, metric)."""
-    experiment_id = tracker.experiment_id(study, create=False)
-    assert experiment_id is not None
-    records = [r for r in tracker.runs(experiment_id) if r.status == "FINISHED"]
-    client = tracker.client
-    out = {}
-    for record in records:
-        for name in client.get_run(record.run_id).data.metrics:
-            points = client.get_metric_history(record.run_id, name)
-            out[(record.cell_hash, record.seed, name)] = sorted((p.step, p.value) for p in points)
-    return out
-
-
 def statuses(tracker: Tracker, study: str) -> list[str]:
     experiment_id = tracker.experiment_id(study, create=False)
     assert experiment_id is not None
@@ -74,12 +60,9 @@ def test_workers_log_the_histories_one_process_logs(
     write_study: Callable[..., Path], tmp_path: Path, _store_template: Path
 ) -> None:
     study = load_study(write_study(STUDY.replace("EPOCHS", "12")))
-    stores = {}
-    for workers in (1, 2):
-        db = tmp_path / f"workers{workers}.db"
-        db.write_bytes(_store_template.read_bytes())
-        stores[workers] = Tracker(f"sqlite:///{db}")
-        result = run_study(study, stores[workers], workers=workers)
+    ran = run_in_workers(study, tmp_path, _store_template)
+    stores = {workers: tracker for workers, (tracker, _) in ran.items()}
+    for _, result in ran.values():
         assert result.ok and result.count(FINISHED) == 6
         assert [r.key for r in result.results] == study.runs(), "results come in run order"
         assert all(r.peak_memory_mb and r.peak_memory_mb > 50 for r in result.results)
