@@ -146,6 +146,29 @@ def test_a_killed_worker_fails_its_runs_and_the_others_go_on(
     assert statuses(tracker, "pooled").count("FINISHED") == 6
 
 
+def test_a_broken_pool_closes_even_with_a_worker_that_does_not_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker killed while writing to the event queue leaves its lock taken: a surviving
+    worker then cannot stop, and the pool's own shutdown would join it forever. Here the
+    survivor sleeps through the pool's SIGTERM, like one stuck on that lock."""
+    monkeypatch.setattr(worker_processes, "CLOSE_SECONDS", 2.0)
+    pool = worker_processes.Workers(2)
+    stuck = pool.executor.submit(time.sleep, 3600)
+    pid = pool.executor.submit(os.getpid).result(timeout=120)
+    time.sleep(0.5)  # both tasks taken: one worker sleeps, the other is idle
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(Exception, match="terminated abruptly"):
+        stuck.result(timeout=60)
+    survivors = pool.processes()
+    assert survivors, "the sleeping worker outlives the pool's break"
+    start = time.monotonic()
+    pool.close(wait=True)
+    assert time.monotonic() - start < 15
+    assert not any(p.is_alive() for p in survivors)
+    pool.events.close()
+
+
 def test_default_workers_follow_the_cpus_and_the_runs() -> None:
     cpus = worker_processes.cpu_count()
     assert worker_processes.default_workers(1) == 1

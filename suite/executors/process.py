@@ -63,7 +63,7 @@ class _Round:
     """One pool's life: hand claimed runs to free workers, log what the workers report."""
 
     def __init__(self, workers: int, claims: Claims, stop: StopRequest) -> None:
-        own = take_workers(workers)
+        own = self.own = take_workers(workers)
         self.stop = stop
         self.workers = workers
         self.executor, self.events, self.stop_event = own.executor, own.events, own.stop_event
@@ -148,7 +148,7 @@ class _Round:
     def close(self, stopping: bool) -> None:
         if stopping:
             self.stop_event.set()  # also after a second Ctrl-C, which does not wait for them
-        self.executor.shutdown(wait=not stopping, cancel_futures=True)
+        self.own.close(wait=not stopping)
         self.events.close()
 
 
