@@ -441,3 +441,15 @@ def test_validation_runs_report_final_and_best_val_accuracy() -> None:
     assert final["final_val_accuracy"] == history.metrics["val_accuracy"][-1]
     assert final["best_val_accuracy"] == max(history.metrics["val_accuracy"])
     assert "final_val_accuracy" not in _run(_config()).final()
+
+
+def test_fit_epoch_is_the_first_epoch_at_099_train_accuracy() -> None:
+    from suite.history import History
+
+    history = History()
+    for train_accuracy in (0.5, 0.98, 0.99, 0.97, 1.0):
+        history.append({"train_accuracy": train_accuracy, "test_accuracy": 0.5})
+    assert history.final()["fit_epoch"] == 3.0
+    never = History()
+    never.append({"train_accuracy": 0.989, "test_accuracy": 0.5})
+    assert "fit_epoch" not in never.final()
