@@ -116,7 +116,9 @@ class KillAWorker(Silent):
         self.started += 1
 
     def epoch_done(self, key: RunKey, epoch: int, epochs: int, values: dict[str, float]) -> None:
-        if self.started >= 2 and not self.killed:
+        # mid-run (of 80 epochs), so that both workers are busy: the epochs reach this process
+        # in bursts, later than they ran, and a run just started may be another's last epochs
+        if self.started >= 2 and epoch >= 40 and not self.killed:
             self.killed = True
             os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)  # type: ignore[arg-type]
 
