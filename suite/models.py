@@ -5,12 +5,12 @@ the output is a Dense layer of logits (softmax lives in the loss). Regularisatio
 the kernels, so `model.losses` holds exactly the textbook's penalty.
 
 Owns: the network a `ModelSpec` describes (layers, activations, the textbook's classic dropout,
-weight initialisers, L1/L2 penalties), the checks of an initialisation (`parameter_count`,
-`kernel_stds`, `expected_std`), activation histograms (`histogram`, a network's
+weight initialisers and their `init_scale`, `scale_parameters`, L1/L2 penalties), the checks
+of an initialisation (`parameter_count`, `kernel_stds`, `expected_std`), activation histograms (`histogram`, a network's
 `layer_histograms`, the textbook's probe, `activation_probe`, and a run's `activations_record`),
 and a trained network saved to a Keras file for its run's record (`SavedNetwork`,
-`save_network`). Must not: train or evaluate (`suite.train` owns the loop, the optimizer and
-the loss), read data, or reach MLflow: of the suite it imports `suite._tf`, the schema
+`save_network`). Must not: train or evaluate (`suite.train` owns the loop, `suite.optimizers`
+the optimizer and the loss), read data, or reach MLflow: of the suite it imports `suite._tf`, the schema
 (`suite.spec`) and `suite.builders` only.
 """
 
