@@ -43,11 +43,13 @@ Loss = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 class EarlyStop:
     """Keras' early-stopping rule, traced into the compiled epochs.
 
-    After each epoch (`update`) the monitored value improves when it beats the best so far by
-    more than `min_delta`; an improvement saves the network's weights (with `restore_best`)
-    and clears the wait, anything else adds one to it, and the epoch that brings the wait to
-    `patience` (never the first) is the stop. Keras 3's `restore_best_weights` puts the best
-    epoch's weights back at the end of training whether it stopped or not; so does `restore`.
+    After each evaluated epoch (`update`: every epoch, or every `train.eval_every`th) the
+    monitored value improves when it beats the best so far by more than `min_delta`; an
+    improvement saves the network's weights (with `restore_best`) and clears the wait, anything
+    else adds one to it, and the evaluation that brings the wait to `patience` (never the
+    first) is the stop: patience counts evaluations. Keras 3's `restore_best_weights` puts the
+    best epoch's weights back at the end of training whether it stopped or not; so does
+    `restore`. Epochs (`best_epoch`, `stopped`) are the evaluated epochs' own numbers.
     """
 
     def __init__(self, spec: EarlyStopping, weights: Sequence[Any]) -> None:
@@ -58,7 +60,8 @@ class EarlyStop:
         self.saved = [tf.Variable(tf.zeros_like(w.value), trainable=False) for w in self.weights]
         self.best = tf.Variable(0.0, trainable=False, name="stop_best")
         self.wait = tf.Variable(0, trainable=False, name="stop_wait")
-        self.epoch = tf.Variable(0, trainable=False, name="stop_epoch")
+        self.evaluations = tf.Variable(0, trainable=False, name="stop_evaluations")
+        self.epoch = tf.Variable(0, trainable=False, name="stop_epoch")  # the last evaluated
         self.best_epoch = tf.Variable(0, trainable=False, name="stop_best_epoch")
         self.stopped = tf.Variable(0, trainable=False, name="stopped_epoch")
         self.reset()
@@ -66,13 +69,14 @@ class EarlyStop:
     def reset(self) -> None:
         """A new run: no best yet, nothing waited, not stopped."""
         self.best.assign(math.inf if self.lower else -math.inf)
-        for variable in (self.wait, self.epoch, self.best_epoch, self.stopped):
+        for variable in (self.wait, self.evaluations, self.epoch, self.best_epoch, self.stopped):
             variable.assign(0)
 
-    def update(self, current: tf.Tensor) -> tf.Tensor:
-        """One epoch's monitored value (traced); returns whether the run stops here."""
-        epoch = self.epoch + 1
+    def update(self, current: tf.Tensor, epoch: tf.Tensor) -> tf.Tensor:
+        """An evaluated epoch's monitored value and its number, from 1 (traced); returns
+        whether the run stops here."""
         self.epoch.assign(epoch)
+        self.evaluations.assign_add(1)
         delta = self.spec.min_delta
         improved = current + delta < self.best if self.lower else current - delta > self.best
 
@@ -87,7 +91,7 @@ class EarlyStop:
         self.wait.assign(wait)
         stop = tf.logical_and(
             tf.logical_not(improved),
-            tf.logical_and(wait >= self.spec.patience, epoch > 1),
+            tf.logical_and(wait >= self.spec.patience, self.evaluations > 1),
         )
         self.stopped.assign(tf.where(stop, epoch, self.stopped))
         return stop

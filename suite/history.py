@@ -20,9 +20,12 @@ if TYPE_CHECKING:  # a saved network is only carried here
 
 @dataclass
 class History:
-    """Per-epoch metrics of one run; index 0 is epoch 1."""
+    """Per-epoch metrics of one run, at the epochs it evaluated (`evaluated`)."""
 
     metrics: dict[str, list[float]] = field(default_factory=dict)
+    # the epoch (from 1) of each point of `metrics`: every epoch, or with `train.eval_every`
+    # every Nth and the last
+    evaluated: list[int] = field(default_factory=list)
     train_seconds: float = 0.0
     # test-set confusion matrix at the end: rows are true digits, columns predicted ones
     confusion: np.ndarray | None = None
@@ -44,9 +47,12 @@ class History:
 
     @property
     def epochs(self) -> int:
-        return len(self.metrics.get("train_loss", []))
+        """The last epoch evaluated: the last one trained (the last evaluation is the run's)."""
+        return self.evaluated[-1] if self.evaluated else 0
 
-    def append(self, values: dict[str, float]) -> None:
+    def append(self, values: dict[str, float], epoch: int | None = None) -> None:
+        """One evaluated epoch's metrics; `epoch` (from 1) defaults to the next one."""
+        self.evaluated.append(epoch if epoch is not None else self.epochs + 1)
         for name, value in values.items():
             self.metrics.setdefault(name, []).append(value)
 
@@ -69,7 +75,7 @@ class History:
             "final_test_accuracy": end["test_accuracy"],
             "final_gap": end["train_accuracy"] - end["test_accuracy"],
             "best_test_accuracy": test[best],
-            "best_epoch": float(best + 1),
+            "best_epoch": float(self.evaluated[best]),
             "train_seconds": self.train_seconds,
             **(
                 {"final_val_accuracy": end["val_accuracy"], "best_val_accuracy": max(val)}

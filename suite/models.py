@@ -5,12 +5,12 @@ the output is a Dense layer of logits (softmax lives in the loss). Regularisatio
 the kernels, so `model.losses` holds exactly the textbook's penalty.
 
 Owns: the network a `ModelSpec` describes (layers, activations, the textbook's classic dropout,
-weight initialisers, L1/L2 penalties), the checks of an initialisation (`parameter_count`,
-`kernel_stds`, `expected_std`), activation histograms (`histogram`, a network's
+weight initialisers and their `init_scale`, `scale_parameters`, L1/L2 penalties), the checks
+of an initialisation (`parameter_count`, `kernel_stds`, `expected_std`), activation histograms (`histogram`, a network's
 `layer_histograms`, the textbook's probe, `activation_probe`, and a run's `activations_record`),
 and a trained network saved to a Keras file for its run's record (`SavedNetwork`,
-`save_network`). Must not: train or evaluate (`suite.train` owns the loop, the optimizer and
-the loss), read data, or reach MLflow: of the suite it imports `suite._tf`, the schema
+`save_network`). Must not: train or evaluate (`suite.train` owns the loop, `suite.optimizers`
+the optimizer and the loss), read data, or reach MLflow: of the suite it imports `suite._tf`, the schema
 (`suite.spec`) and `suite.builders` only.
 """
 
@@ -126,6 +126,30 @@ def build_model(
         image_shape: one input's shape, (H, W) or (H, W, C); a `cnn` needs it.
         builder_file: with `model.builder`, the file its module was found in (`Cell`).
     """
+    model = _network(spec, seed, input_dim, num_classes, image_shape, builder_file)
+    if spec.init_scale is not None:
+        scale_parameters(model, spec.init_scale)
+    return model
+
+
+def scale_parameters(model: keras.Model, scale: float) -> None:
+    """Multiply every kernel and bias by `scale` (`model.init_scale`): Omnigrok multiplies all
+    of a network's parameters after their initializers; batch norm's gamma and beta and its
+    running statistics stay as they are (it normalises away a scaled kernel anyway)."""
+    for variable in model.trainable_variables:
+        if variable.path.split("/")[-1] in ("kernel", "bias"):
+            variable.assign(variable * scale)
+
+
+def _network(
+    spec: ModelSpec,
+    seed: int,
+    input_dim: int,
+    num_classes: int,
+    image_shape: tuple[int, ...] | None,
+    builder_file: str | None,
+) -> keras.Sequential:
+    """`build_model`'s network, as its initializers made it."""
     layers: list[keras.layers.Layer] = [keras.Input(shape=(input_dim,))]
     if spec.builder is not None:
         shape = image_shape or (input_dim,)
@@ -227,11 +251,14 @@ def kernel_stds(model: keras.Model) -> list[float]:
     return out
 
 
-def expected_std(init: str | StdInit, fan_in: int) -> float | None:
-    """The std an init rule promises for a layer with `fan_in` inputs (None if not fixed)."""
+def expected_std(init: str | StdInit, fan_in: int, init_scale: float | None = None) -> float | None:
+    """The std an init rule promises for a layer with `fan_in` inputs, times `init_scale`
+    (None if not fixed)."""
+    scale = init_scale if init_scale is not None else 1.0
     if isinstance(init, StdInit):
-        return init.std
-    return {"he": math.sqrt(2 / fan_in), "xavier": math.sqrt(1 / fan_in)}.get(init)
+        return init.std * scale
+    std = {"he": math.sqrt(2 / fan_in), "xavier": math.sqrt(1 / fan_in)}.get(init)
+    return std * scale if std is not None else None
 
 
 # activation histograms (the textbook's figure 6-10 ff.): 30 bins over the activation's range

@@ -24,7 +24,8 @@ class EarlyStopping(Strict):
     After each epoch the monitored metric improves when it beats the best so far by more than
     `min_delta` (lower for `val_loss`, higher for `val_accuracy`); the run stops at the end of
     the epoch that makes `patience` epochs in a row without improvement (never after the
-    first). With `restore_best` the run ends with the weights of its best epoch, stopped or
+    first). With `train.eval_every` it decides at the evaluated epochs only, and `patience`
+    counts evaluations (`suite.spec.RunConfig` refuses one the run could never reach). With `restore_best` the run ends with the weights of its best epoch, stopped or
     not (Keras 3), and its final metrics are theirs.
     """
 

@@ -9,8 +9,8 @@ mistake becomes a `SpecError` whose one-line message names the file and the key 
 
 Owns: the pydantic schema of a run (`RunConfig` and its sections) and of a study file
 (`StudyFile`; its `search:` block's schema is `suite.schema_search`, a run's `data:`
-section's `suite.schema_data`), reading YAML the way study files are written
-(`parse_yaml`, `read_study_file`), turning pydantic's errors into `SpecError` (`validate`), and
+section's `suite.schema_data`, its `train.optimizer`'s `suite.schema_optimizer`), reading
+YAML the way study files are written (`parse_yaml`, `read_study_file`), turning pydantic's errors into `SpecError` (`validate`), and
 the small helpers the schema's users share (`flatten`, `short_value`, `describe_init`,
 `steps_per_epoch`, `did_you_mean`). The `report:` block's schema is `suite.report.figure_spec`.
 Must not touch: expanding a study into cells, search draws and data (`suite.study`), the
@@ -48,6 +48,7 @@ from suite.schema_base import (
 )
 from suite.schema_cures import AugmentSpec, EarlyStopping
 from suite.schema_data import DataSpec, LabelNoise
+from suite.schema_optimizer import OPTIMIZER_DEFAULTS, OptimizerSpec
 from suite.schema_search import Distribution, SearchSpec
 
 __all__ = [
@@ -95,16 +96,6 @@ KERAS_INITIALIZERS = (
     "zeros",
     "ones",
 )
-
-# The textbook's optimizer defaults (reference/book-ch06.md); Keras' own defaults differ.
-OPTIMIZER_DEFAULTS: dict[str, dict[str, float]] = {
-    "sgd": {"learning_rate": 0.01},
-    "momentum": {"learning_rate": 0.01, "momentum": 0.9},
-    "nesterov": {"learning_rate": 0.01, "momentum": 0.9},
-    "adagrad": {"learning_rate": 0.01, "epsilon": 1e-7},
-    "rmsprop": {"learning_rate": 0.01, "rho": 0.99, "epsilon": 1e-7},
-    "adam": {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7},
-}
 
 
 class _Loader(yaml.SafeLoader):
@@ -197,6 +188,9 @@ class ModelSpec(Strict):
     # Keras' MaxNorm(max_norm) on every kernel after each update: each unit's incoming weight
     # vector (a conv filter's whole kernel) is scaled back to this L2 norm when longer
     max_norm: PositiveFloat | None = None
+    # every kernel and bias times this after its initializer (Omnigrok's `init_scale`, which
+    # multiplies all parameters; batch norm's own are left as they are); null: off
+    init_scale: PositiveFloat | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -269,29 +263,6 @@ def conv_output_sizes(spec: ModelSpec, image_shape: tuple[int, ...]) -> list[tup
     return out
 
 
-class OptimizerSpec(Strict):
-    """An optimizer by name; unset hyperparameters take the textbook's defaults."""
-
-    name: Literal["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"] = "sgd"
-    learning_rate: PositiveFloat | None = None
-    momentum: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
-    rho: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
-    beta_1: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
-    beta_2: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
-    epsilon: PositiveFloat | None = None
-
-    @model_validator(mode="after")
-    def _fill_defaults(self) -> OptimizerSpec:
-        defaults = OPTIMIZER_DEFAULTS[self.name]
-        for key in ("momentum", "rho", "beta_1", "beta_2", "epsilon"):
-            if getattr(self, key) is not None and key not in defaults:
-                raise ValueError(f"{key}: not a setting of the {self.name} optimizer")
-        for key, value in defaults.items():
-            if getattr(self, key) is None:
-                object.__setattr__(self, key, value)
-        return self
-
-
 def steps_per_epoch(n: int, batch_size: int) -> int:
     """Updates per epoch when `train.steps_per_epoch` is unset: the textbook's
     max(n / batch, 1), rounded up for uneven sizes."""
@@ -323,6 +294,9 @@ class TrainSpec(Strict):
     # Keras' categorical cross-entropy with smoothed targets, y * (1 - s) + s / K, as the training
     # objective; the logged losses stay the plain cross-entropy (see suite.metrics)
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    # evaluate (and log, and early-stop on) every Nth epoch and the last one only: the updates
+    # of a long run cost far less than evaluating the whole batch after each of its epochs
+    eval_every: PositiveInt = 1
 
     @model_validator(mode="after")
     def _smoothing_needs_cross_entropy(self) -> TrainSpec:
@@ -347,6 +321,27 @@ class RunConfig(Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _evaluations_fit(self) -> RunConfig:
+        train = self.train
+        every, stopping = train.eval_every, train.early_stopping
+        if every > train.epochs:
+            raise ValueError(
+                f"train.eval_every: {every} is more than train.epochs ({train.epochs}): at most "
+                "every epoch's last, set eval_every to train.epochs or fewer"
+            )
+        # patience counts evaluations; a stop needs max(patience, 1) + 1 of them (never at the
+        # first): refused when the run has fewer, as patience given in epochs would be
+        evaluations = math.ceil(train.epochs / every)
+        if every > 1 and stopping is not None and evaluations < max(stopping.patience, 1) + 1:
+            raise ValueError(
+                f"train.early_stopping.patience: counts evaluations, one every {every} epochs: "
+                f"{stopping.patience} of them wait {stopping.patience * every} epochs, and "
+                f"train.epochs {train.epochs} has {evaluations} evaluations, too few to ever "
+                "stop; patience is not in epochs"
+            )
+        return self
+
     def flat(self) -> dict[str, Any]:
         """Dotted-key params, as logged to MLflow."""
         return flatten(self.model_dump(mode="json"))
@@ -360,9 +355,12 @@ class RunConfig(Strict):
         already holds."""
         dumped = self.model_dump(mode="json")
         for dotted, default in LATE_SETTINGS.items():
-            section, key = dotted.split(".")
-            if dumped[section].get(key, default) == default:
-                dumped[section].pop(key, None)
+            *sections, key = dotted.split(".")
+            section = dumped
+            for name in sections:  # train.optimizer.weight_decay sits two levels down
+                section = section[name]
+            if section.get(key, default) == default:
+                section.pop(key, None)
         return dumped
 
     @property
@@ -387,6 +385,9 @@ LATE_SETTINGS: dict[str, Any] = {
     "train.augment": None,
     "train.label_smoothing": 0.0,
     "data.label_noise": None,
+    "model.init_scale": None,
+    "train.eval_every": 1,
+    "train.optimizer.weight_decay": None,
 }
 
 

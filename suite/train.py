@@ -7,10 +7,15 @@ host reads the model's metrics once per call, instead of Keras' per-batch callba
 per-epoch `evaluate()` machinery. The evaluation is most of a run's arithmetic: this loop runs
 close to the machine's matmul speed (`make bench` measures how close).
 
+With `train.eval_every: N` only every Nth epoch and the last are evaluated (a call then runs
+whole periods of N epochs): the history, the epoch hook, the best test epoch and early stopping
+(its patience counted in evaluations) see those epochs only, each under its own number. A long
+run (Omnigrok's 100k updates) then costs its updates and a few hundred evaluations.
+
 The compiled program (model, optimizer, traced function) is kept per process and reused by
 every later run of the same shape, reset to that run's initial weights, optimizer state,
 learning rate and penalty coefficients (see `_Program`); a history does not depend on which
-runs a process trained before it.
+runs a process trained before it. The optimizers and losses are `suite.optimizers`'.
 
 An epoch is `ceil(train_size / batch_size)` updates, or `train.steps_per_epoch` of them. With
 `sampling: with_replacement` each update draws `batch_size` indices with replacement (the
@@ -23,7 +28,7 @@ the bit. With another thread count or CPU the sums inside a matmul may be rounde
 hundreds of epochs training carries the difference on.
 
 Owns: one run's training (`train`): the compiled programs a process keeps, the minibatch order
-(`batch_order`), the optimizers and losses as the textbook defines them, the per-epoch metrics
+(`batch_order`), which epochs are evaluated (`evaluated_epochs`), the per-epoch metrics
 (with label noise, `train_clean_accuracy` and `memorized`, from the same evaluation) and the
 test-set confusion matrix, kept in a `suite.history.History` (which sums a run up at its end),
 divergence (`Diverged`), the activation histograms before and after training, the weights a
@@ -60,7 +65,8 @@ from suite.models import (
     layer_histograms,
     save_network,
 )
-from suite.spec import ModelSpec, OptimizerSpec, RunConfig, steps_per_epoch
+from suite.optimizers import make_loss, make_optimizer
+from suite.spec import ModelSpec, RunConfig, steps_per_epoch
 
 __all__ = [
     "EPOCH_METRICS",
@@ -85,30 +91,6 @@ class Diverged(RuntimeError):
         super().__init__(reason)
         self.reason = reason
         self.history = history
-
-
-def make_optimizer(spec: OptimizerSpec) -> keras.optimizers.Optimizer:
-    """Keras optimizers configured to the textbook's update rules and defaults."""
-    lr = spec.learning_rate
-    match spec.name:
-        case "sgd":
-            return keras.optimizers.SGD(learning_rate=lr)
-        case "momentum" | "nesterov":
-            return keras.optimizers.SGD(
-                learning_rate=lr, momentum=spec.momentum, nesterov=spec.name == "nesterov"
-            )
-        case "adagrad":
-            # the textbook's accumulator starts at 0 (Keras: 0.1)
-            return keras.optimizers.Adagrad(
-                learning_rate=lr, initial_accumulator_value=0.0, epsilon=spec.epsilon
-            )
-        case "rmsprop":
-            return keras.optimizers.RMSprop(learning_rate=lr, rho=spec.rho, epsilon=spec.epsilon)
-        case "adam":
-            return keras.optimizers.Adam(
-                learning_rate=lr, beta_1=spec.beta_1, beta_2=spec.beta_2, epsilon=spec.epsilon
-            )
-    raise ValueError(f"unknown optimizer {spec.name}")
 
 
 def batch_order(
@@ -168,8 +150,9 @@ def train(
         config: the resolved run configuration.
         split: the run's data (see `suite.data.make_split`).
         seed: seeds the weights, dropout masks and minibatch draws.
-        on_epoch: called after every epoch with (epoch starting at 1, that epoch's metrics),
-            in bursts of up to `EPOCHS_PER_CALL` epochs.
+        on_epoch: called after every evaluated epoch (every epoch, or every
+            `train.eval_every`th and the last) with (epoch starting at 1, its metrics), in
+            bursts of up to `EPOCHS_PER_CALL` epochs (or one evaluation period).
         builder_file: with `model.builder`, the file its module was found in.
         log_model: `final` or `best`: the history's `network` holds the weights the run ends
             with, or those of its `best_epoch` (kept by the compiled epochs, see `_BestTest`).
@@ -209,15 +192,21 @@ def train(
         layer_histograms(model, probe_x, config.model.activation) if spec.log_activations else None
     )
     orders = batch_order(n, spec.batch_size, spec.epochs, spec.sampling, seed, spec.steps_per_epoch)
+    numbers = evaluated_epochs(spec.epochs, spec.eval_every)
+    # whole evaluation periods per call, so that each call evaluates at least once
+    per_call = spec.eval_every * math.ceil(EPOCHS_PER_CALL / spec.eval_every)
     history = History(label_noise=noise.record() if noise is not None else None)
     start = time.perf_counter()
-    for first in range(0, spec.epochs, EPOCHS_PER_CALL):
-        chunk = orders[first : first + EPOCHS_PER_CALL]
-        result = {k: v.numpy() for k, v in program.run(chunk, x_eval_t, y_eval_t).items()}
+    for first in range(0, spec.epochs, per_call):
+        chunk, chunk_numbers = orders[first : first + per_call], numbers[first : first + per_call]
+        ran = program.run(chunk, chunk_numbers, x_eval_t, y_eval_t)
+        result = {k: v.numpy() for k, v in ran.items()}
         if spec.log_batch_loss:
             batch_losses = result.pop("batch_loss").reshape(-1).tolist()
+        accounted = 0  # epochs of the chunk whose updates' losses are in the history
+        at = chunk_numbers[chunk_numbers > 0]
         for i in range(len(result["train_loss"])):  # fewer than the chunk after a stop
-            epoch = first + i + 1
+            epoch = int(at[i])
             values = {k: float(v[i]) for k, v in result.items()}
             values["gap"] = values["train_accuracy"] - values["test_accuracy"]
             bad = [k for k, v in values.items() if not math.isfinite(v)]
@@ -225,8 +214,10 @@ def train(
                 history.train_seconds = time.perf_counter() - start
                 raise Diverged(f"diverged at epoch {epoch}: {bad[0]} is {values[bad[0]]}", history)
             if spec.log_batch_loss:
-                history.batch_loss.extend(batch_losses[i * program.steps : (i + 1) * program.steps])
-            history.append(values)
+                steps = program.steps
+                history.batch_loss.extend(batch_losses[accounted * steps : (epoch - first) * steps])
+                accounted = epoch - first
+            history.append(values, epoch)
             if on_epoch is not None:
                 on_epoch(epoch, values)
         if program.stop is not None and int(program.stop.stopped):
@@ -258,6 +249,13 @@ def _conclude_stopping(program: _Program, history: History, x: tf.Tensor, y: tf.
         history.restored = None
 
 
+def evaluated_epochs(epochs: int, every: int) -> np.ndarray:
+    """Per epoch, its number (from 1) when it is evaluated, else 0: every `every`th epoch and
+    the last one (`train.eval_every`)."""
+    number = np.arange(1, epochs + 1, dtype=np.int32)
+    return np.where((number % every == 0) | (number == epochs), number, 0).astype(np.int32)
+
+
 def noise_metrics(n_train: int, n_corrupted: int) -> tuple[str, ...]:
     """The label-noise metrics a run with `n_corrupted` of `n_train` labels corrupted logs:
     each needs images to measure (`fraction: 1.0` leaves no clean image, a small fraction of
@@ -276,8 +274,10 @@ class _Program:
     shape: `reset` gives it the initial weights and optimizer state a freshly built model and
     optimizer for the run's spec and seed would have, and its learning rate and penalty
     coefficients are variables, so runs that differ only in those (a search, a weight-decay
-    sweep, an initialisation grid) share one compiled program, with the results a fresh
-    model would give, to the bit.
+    sweep, an initialisation grid or init scale) share one compiled program, with the results
+    a fresh model would give, to the bit. The optimizer's other hyperparameters (momentum,
+    betas, AdamW's weight_decay) are Python constants of its traced update: runs that differ
+    in one get programs of their own (`_program`'s key).
 
     The cures of `suite.cures` a run asks for (early stopping, augmentation, label smoothing,
     max-norm) are traced into the same program; each is absent from the graph when off.
@@ -350,11 +350,14 @@ class _Program:
         ]
         self.noise = noise
         self.noisy = tf.Variable(tf.zeros([n]), trainable=False, name="noisy") if noise else None
+        # with eval_every 1 every epoch is evaluated: no condition in the graph
+        self.sparse = spec.eval_every > 1
         x_spec = tf.TensorSpec([offset, shape[0]], tf.float32)
         y_spec = tf.TensorSpec([offset], tf.int32)
+        orders_spec = tf.TensorSpec([None, per_epoch], tf.int32)
         self._run = tf.function(
             self._epochs,
-            input_signature=[tf.TensorSpec([None, per_epoch], tf.int32), x_spec, y_spec],
+            input_signature=[orders_spec, tf.TensorSpec([None], tf.int32), x_spec, y_spec],
         )
         self._evaluate = tf.function(self._measure, input_signature=[x_spec, y_spec])
 
@@ -385,10 +388,8 @@ class _Program:
             data_loss = self.loss_fn(yb, logits)  # logged losses leave the smoothing out
         return data_loss
 
-    def _epoch(
-        self, order: tf.Tensor, x: tf.Tensor, y: tf.Tensor
-    ) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
-        """One epoch's updates, then its evaluation (traced)."""
+    def _epoch_updates(self, order: tf.Tensor, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        """One epoch's updates (traced); their minibatch losses with `log_batch_loss`."""
         batch, steps = self.batch, self.steps
         losses = tf.TensorArray(tf.float32, size=steps, element_shape=[])
         for step in tf.range(steps):
@@ -396,7 +397,7 @@ class _Program:
             data_loss = self._update(tf.gather(x, idx), tf.gather(y, idx))
             if self.log_batch:
                 losses = losses.write(step, data_loss)
-        return self._measure(x, y), losses.stack() if self.log_batch else tf.zeros([0])
+        return losses.stack() if self.log_batch else tf.zeros([0])
 
     def _measure(self, x: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
         """Every part's loss and accuracy in inference mode, the penalty and the weight norm,
@@ -421,33 +422,44 @@ class _Program:
         out["weight_norm"] = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(k)) for k in self.kernels]))
         return out
 
-    def _epochs(self, orders: tf.Tensor, x: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
-        """`len(orders)` epochs (traced); with early stopping, up to the stop: per-metric arrays
-        of the epochs run."""
-        names, log_batch, stop = self.names, self.log_batch, self.stop
+    def _epochs(
+        self, orders: tf.Tensor, numbers: tf.Tensor, x: tf.Tensor, y: tf.Tensor
+    ) -> dict[str, tf.Tensor]:
+        """`len(orders)` epochs (traced), each evaluated when its `numbers` entry (its epoch
+        number, from 1) is not 0; with early stopping, up to the stop: per-metric arrays of
+        the evaluations made, per-update losses of every epoch run."""
+        names, log_batch, stop, sparse = self.names, self.log_batch, self.stop, self.sparse
         count = tf.shape(orders)[0]
         size = {"size": 0, "dynamic_size": True} if stop is not None else {"size": count}
-        arrays = {name: tf.TensorArray(tf.float32, **size) for name in names}
+        evaluations = {"size": 0, "dynamic_size": True} if sparse else size
+        arrays = {name: tf.TensorArray(tf.float32, **evaluations) for name in names}
         batch_losses = tf.TensorArray(
             tf.float32, element_shape=[self.steps if log_batch else 0], **size
         )
+        made = tf.constant(0)  # evaluations so far
         for e in tf.range(count):
-            values, losses = self._epoch(orders[e], x, y)
-            arrays = {name: arrays[name].write(e, values[name]) for name in names}
-            batch_losses = batch_losses.write(e, losses)
-            if self.best is not None:
-                self.best.update(values["test_accuracy"])
-            if stop is not None and stop.update(values[stop.monitor]):
-                break
+            batch_losses = batch_losses.write(e, self._epoch_updates(orders[e], x, y))
+            # a Python `True` without eval_every, so no condition is traced
+            if not sparse or numbers[e] > 0:
+                values = self._measure(x, y)
+                arrays = {name: arrays[name].write(made, values[name]) for name in names}
+                made += 1
+                if self.best is not None:
+                    self.best.update(values["test_accuracy"])
+                if stop is not None and stop.update(values[stop.monitor], numbers[e]):
+                    break
         out = {name: array.stack() for name, array in arrays.items()}
         if log_batch:
             out["batch_loss"] = batch_losses.stack()
         return out
 
-    def run(self, orders: np.ndarray, x: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Train and evaluate up to `len(orders)` epochs (fewer when early stopping stops the
-        run); per-metric arrays, one value per epoch run."""
-        return self._run(tf.constant(orders), x, y)
+    def run(
+        self, orders: np.ndarray, numbers: np.ndarray, x: tf.Tensor, y: tf.Tensor
+    ) -> dict[str, tf.Tensor]:
+        """Train up to `len(orders)` epochs (fewer when early stopping stops the run),
+        evaluating those whose `numbers` (`evaluated_epochs`) are not 0; per-metric arrays,
+        one value per evaluation made."""
+        return self._run(tf.constant(orders), tf.constant(numbers), x, y)
 
     def evaluate(self, x: tf.Tensor, y: tf.Tensor) -> dict[str, float]:
         """The metrics of the network as it is now, on the evaluation batch."""
@@ -512,7 +524,9 @@ MAX_PROGRAMS = 4  # compiled programs a process keeps (least recently used dropp
 def _shape_of(model: ModelSpec) -> ModelSpec:
     """What a compiled program depends on: the model without its initialisation and penalty
     coefficients (the program sets those per run)."""
-    return model.model_copy(update={"init": "he", "weight_decay": 0.0, "l1": 0.0})
+    return model.model_copy(
+        update={"init": "he", "weight_decay": 0.0, "l1": 0.0, "init_scale": None}
+    )
 
 
 def _program(
@@ -529,7 +543,11 @@ def _program(
         [
             _shape_of(config.model).model_dump(mode="json"),
             spec.optimizer.model_copy(update={"learning_rate": None}).model_dump(mode="json"),
-            spec.model_dump(mode="json", exclude={"optimizer", "epochs", "log_activations"}),
+            # a sparse program takes the epochs to evaluate as an input: one for every N
+            spec.model_dump(
+                mode="json", exclude={"optimizer", "epochs", "log_activations", "eval_every"}
+            ),
+            spec.eval_every > 1,
             sizes,
             [shape[0], shape[1], list(shape[2]), shape[3]],
             builders.fingerprint(shape[3]) if shape[3] else None,
@@ -545,26 +563,3 @@ def _program(
         program = _Program(config, sizes, shape, best, noise)
     _PROGRAMS[key] = program  # most recently used last
     return program
-
-
-def make_loss(name: str) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-    """The data loss on logits: softmax cross-entropy; the textbook's mean squared error on
-    the softmax outputs, 0.5 * sum over classes of (p - one_hot)^2, averaged over the batch;
-    or (`mse_logits`) the squared error of the raw outputs against the one-hot labels,
-    averaged over batch and classes (PyTorch's `MSELoss`, as Omnigrok's grokking code uses
-    it)."""
-    if name == "cross_entropy":
-        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    if name == "mse_logits":
-
-        def mse_logits(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-            target = tf.one_hot(labels, tf.shape(logits)[1], dtype=logits.dtype)
-            return tf.reduce_mean(tf.square(logits - target))
-
-        return mse_logits
-
-    def mse(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-        target = tf.one_hot(labels, tf.shape(logits)[1], dtype=logits.dtype)
-        return tf.reduce_mean(0.5 * tf.reduce_sum(tf.square(tf.nn.softmax(logits) - target), 1))
-
-    return mse

@@ -222,13 +222,13 @@ def test_the_headline_study_keeps_the_hashes_it_had() -> None:
 
 def _hash(dumped: dict[str, Any], config: RunConfig) -> str:
     """`RunConfig.hash` of a dump, the other late settings left out as `identity` does."""
-    for section, keys in dumped.items():
-        for key in list(keys):
-            if (
-                f"{section}.{key}" in LATE_SETTINGS
-                and keys[key] == LATE_SETTINGS[f"{section}.{key}"]
-            ):
-                del keys[key]
+    for dotted, default in LATE_SETTINGS.items():
+        *sections, key = dotted.split(".")  # train.optimizer.weight_decay: two levels down
+        keys = dumped
+        for section in sections:
+            keys = keys[section]
+        if key in keys and keys[key] == default:
+            del keys[key]
     assert dumped == {k: v for k, v in config.identity().items()}
     return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()[:10]
 

@@ -339,8 +339,8 @@ def _assert_one_line(err: pytest.ExceptionInfo[SpecError], path: Path, *needles:
             id="momentum-with-sgd",
         ),
         pytest.param(
-            "name: t\nbase: {train: {optimizer: {name: adamw}}}\n",
-            ["base.train.optimizer.name", "adamw"],
+            "name: t\nbase: {train: {optimizer: {name: adamax}}}\n",
+            ["base.train.optimizer.name", "adamax"],
             id="unknown-optimizer",
         ),
         pytest.param(
