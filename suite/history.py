@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from suite.metrics import SCALING_METRICS
+
 if TYPE_CHECKING:  # a saved network is only carried here
     from suite.models import SavedNetwork
 
@@ -44,6 +46,9 @@ class History:
     # with `data.label_noise`: which training images were corrupted, to which label
     # (`suite.corrupt.LabelNoiseDraw.record`), logged as the `label_noise.json` artifact
     label_noise: dict[str, Any] | None = None
+    # in a cross-entropy run: its calibration at the end (`suite.calibration.calibrate`), the
+    # `reliability.json` artifact, with the temperature scaling's final metrics
+    calibration: dict[str, Any] | None = None
 
     @property
     def epochs(self) -> int:
@@ -60,7 +65,8 @@ class History:
         """The end-of-run summary metrics (design.md): final values, best test epoch, time;
         the final and best validation accuracy when the run has a validation split. With early
         stopping the final values are those of the weights the run ended with (`restored`),
-        and `stopped_epoch` (when it stopped) and `restored_epoch` are added."""
+        and `stopped_epoch` (when it stopped) and `restored_epoch` are added; a calibrated run
+        with a validation split adds its temperature scaling's metrics (`SCALING_METRICS`)."""
         test = self.metrics["test_accuracy"]
         best = int(np.argmax(test))
         val = self.metrics.get("val_accuracy")
@@ -84,6 +90,7 @@ class History:
             ),
             **stop,
             **fitted(self.metrics["train_accuracy"]),
+            **{k: float(v) for k, v in (self.calibration or {}).items() if k in SCALING_METRICS},
             **(per_class(self.confusion) if self.confusion is not None else {}),
         }
 

@@ -27,6 +27,7 @@ from suite.names import (
     KILLED,
     LABEL_NOISE_ARTIFACT,
     LOST,
+    RELIABILITY_ARTIFACT,
     Ended,
     Stored,
 )
@@ -229,7 +230,8 @@ def train_claimed(
 
 def _record(leases: Leases, run_id: str, history: History) -> dict[str, float]:
     """Log what a trained run holds beyond its epochs (confusion matrix, per-update losses,
-    activation histograms, the label noise it trained with, its network, final metrics) and
+    activation histograms, the label noise it trained with, its reliability bins, its network,
+    final metrics) and
     end it FINISHED; returns its final metrics. The network is logged before the run is
     FINISHED: a finished run that asked for one has it."""
     tracker = leases.tracker
@@ -247,6 +249,8 @@ def _record(leases: Leases, run_id: str, history: History) -> dict[str, float]:
         tracker.log_dict(run_id, history.activations, ACTIVATIONS_ARTIFACT)
     if history.label_noise is not None:
         tracker.log_dict(run_id, history.label_noise, LABEL_NOISE_ARTIFACT)
+    if history.calibration is not None:
+        tracker.log_dict(run_id, history.calibration, RELIABILITY_ARTIFACT)
     leases.finish(run_id, final)
     return final
 

@@ -22,6 +22,9 @@ VAL_METRICS = ("val_loss", "val_accuracy")  # when the run has a validation spli
 # labels were not corrupted, and the share of corrupted ones predicted as their corrupted label
 # (each when the run has such images); train_accuracy is against the labels the run trains on
 NOISE_METRICS = ("train_clean_accuracy", "memorized")
+# per epoch, in cross-entropy runs (`suite.calibration`): the expected calibration error of the
+# top label in 15 equal-width confidence bins, on the test set and the validation split
+ECE_METRICS = ("test_ece", "val_ece")
 # per update, MLflow step = update counted from 1, with `train.log_batch_loss`
 STEP_METRICS = ("batch_loss",)  # the minibatch's data loss before that update
 
@@ -49,15 +52,19 @@ EARLY_STOP_METRICS = ("stopped_epoch", "restored_epoch")
 # per run, at the end, when its train accuracy reached 0.99 (suite.history.FIT_ACCURACY):
 # the first epoch it did, how fast it fitted its labels
 FIT_METRICS = ("fit_epoch",)
+# per run, at the end, in cross-entropy runs with a validation split: the temperature fitted
+# on the validation split (its NLL), and the test set's ECE and NLL at logits / temperature
+SCALING_METRICS = ("temperature", "test_ece_scaled", "test_loss_scaled")
 # a run's last train_loss / test_loss, as the report names them
 LAST_LOSSES = ("final_train_loss", "final_test_loss")
 # what a report figure may draw: curves of the first, per-run values of the second
-CURVE_METRICS = (*EPOCH_METRICS, *VAL_METRICS, *NOISE_METRICS, *STEP_METRICS)
+CURVE_METRICS = (*EPOCH_METRICS, *VAL_METRICS, *NOISE_METRICS, *ECE_METRICS, *STEP_METRICS)
 RUN_METRICS = (
     *FINAL_METRICS,
     *FINAL_VAL_METRICS,
     *EARLY_STOP_METRICS,
     *FIT_METRICS,
+    *SCALING_METRICS,
     *LAST_LOSSES,
 )
 

@@ -71,4 +71,6 @@ REPORT_ARTIFACT_PATH = "report"
 CONFUSION_ARTIFACT = "confusion_matrix"
 ACTIVATIONS_ARTIFACT = "activations.json"  # with train.log_activations
 LABEL_NOISE_ARTIFACT = "label_noise.json"  # with data.label_noise: what was corrupted
+# cross-entropy runs: the test set's reliability bins, before and after temperature scaling
+RELIABILITY_ARTIFACT = "reliability.json"
 MODEL_ARTIFACT = "model"  # the run's network, an MLflow Keras model, with the study's log_model

@@ -29,13 +29,15 @@ hundreds of epochs training carries the difference on.
 
 Owns: one run's training (`train`): the compiled programs a process keeps, the minibatch order
 (`batch_order`), which epochs are evaluated (`evaluated_epochs`), the per-epoch metrics
-(with label noise, `train_clean_accuracy` and `memorized`, from the same evaluation) and the
-test-set confusion matrix, kept in a `suite.history.History` (which sums a run up at its end),
-divergence (`Diverged`), the activation histograms before and after training, the weights a
-run's network is saved with (`log_model`: its last, or its best test epoch's, `_BestTest`), and
-TensorFlow's thread count (`pin_threads`). Must not: import MLflow or log anything (`suite.lifecycle` records
-the `History` a run returns), resolve or load a dataset (a run is handed its
-`suite.data.Split`), or choose which runs to train.
+(with label noise, `train_clean_accuracy` and `memorized`; in cross-entropy runs `test_ece` and
+`val_ece`, from the same evaluation), the test-set confusion matrix and the calibration at the
+end (`suite.calibration.calibrate`: temperature scaling, with a validation split), kept in
+a `suite.history.History` (which sums a run up at its end), divergence (`Diverged`), the
+activation histograms before and after training, the weights a run's network is saved with
+(`log_model`: its last, or its best test epoch's, `_BestTest`), and TensorFlow's thread count
+(`pin_threads`). Must not: import MLflow or log anything (`suite.lifecycle` records the
+`History` a run returns), resolve or load a dataset (a run is handed its `suite.data.Split`),
+or choose which runs to train.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from suite import builders, cures
+from suite import builders, calibration, cures
 from suite.data import Split
 from suite.history import History, confusion_matrix, per_class
 from suite.metrics import EPOCH_METRICS, FINAL_METRICS, VAL_METRICS
@@ -225,8 +227,11 @@ def train(
     if program.stop is not None:
         _conclude_stopping(program, history, x_eval_t, y_eval_t)
     history.train_seconds = time.perf_counter() - start
-    predicted = np.argmax(model(x_eval_t[n : n + sizes["test"]], training=False).numpy(), axis=1)
-    history.confusion = confusion_matrix(split.y_test, predicted, split.num_classes)
+    test_logits = model(x_eval_t[n : n + sizes["test"]], training=False).numpy()
+    history.confusion = confusion_matrix(split.y_test, test_logits.argmax(1), split.num_classes)
+    if program.calibrated:  # the weights the run ends with (restored ones after a stop)
+        val = model(split.x_val, training=False).numpy() if "val" in parts else None
+        history.calibration = calibration.calibrate(test_logits, split.y_test, val, split.y_val)
     if at_init is not None:
         history.activations = activations_record(config, model, probe_x, at_init, seed)
     if log_model is not None:
@@ -312,6 +317,7 @@ class _Program:
         )
         self.log_batch = spec.log_batch_loss
         self.loss_fn = make_loss(spec.loss)
+        self.calibrated = calibration.measured(spec.loss)  # test_ece and val_ece, per epoch
         self.objective = cures.objective(self.loss_fn, spec.label_smoothing, shape[1])
         # every Dense and Conv2D kernel (a user's model: every kernel, nested or not): the
         # penalty, the weight norm and max-norm cover them
@@ -347,6 +353,7 @@ class _Program:
             "reg_loss",
             "weight_norm",
             *noise,
+            *(f"{p}_ece" for p in sizes if p != "train" and self.calibrated),
         ]
         self.noise = noise
         self.noisy = tf.Variable(tf.zeros([n]), trainable=False, name="noisy") if noise else None
@@ -400,8 +407,9 @@ class _Program:
         return losses.stack() if self.log_batch else tf.zeros([0])
 
     def _measure(self, x: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Every part's loss and accuracy in inference mode, the penalty and the weight norm,
-        from one pass over the evaluation batch (traced)."""
+        """Every part's loss and accuracy in inference mode (and the test set's and validation
+        split's calibration error), the penalty and the weight norm, from one pass over the
+        evaluation batch (traced)."""
         logits = self.model(x, training=False)
         out = {}
         for name, (lo, hi) in self.bounds.items():
@@ -409,6 +417,8 @@ class _Program:
             out[f"{name}_loss"] = self.loss_fn(labels, part)
             hits = tf.cast(tf.argmax(part, axis=1, output_type=tf.int32) == labels, tf.float32)
             out[f"{name}_accuracy"] = tf.reduce_mean(hits)
+            if name != "train" and self.calibrated:
+                out[f"{name}_ece"] = calibration.expected_calibration_error(part, hits)
             if name == "train" and self.noisy is not None:
                 # the labels trained on: a clean image's own, a corrupted one's corrupted label
                 noisy = self.noisy
