@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from suite.calibration import measured
 from suite.metrics import REFERENCE_METRICS
 from suite.report.figure_spec import FIGURE_METRICS, GROUP_FIELDS, GROUP_NAMES, ReportSpec
 from suite.spec import (
@@ -456,7 +457,8 @@ def _seeds(top: StudyFile, where: str) -> tuple[int, ...]:
 
 
 def _check_figures(report: ReportSpec, cells: list[Cell], where: str) -> None:
-    """Every figure names metrics that exist and settings the cells have."""
+    """Every figure names metrics that exist and settings the cells have; a reliability
+    figure needs a cell whose runs measure their calibration (a cross-entropy one)."""
     settings = {key for cell in cells for key in cell.config.flat()}
     # a section key groups by what is below it: `model.init` covers `model.init.std`
     settings |= {key.rsplit(".", n)[0] for key in settings for n in range(1, key.count("."))}
@@ -467,6 +469,11 @@ def _check_figures(report: ReportSpec, cells: list[Cell], where: str) -> None:
                 raise SpecError(
                     f"{label}.{key}: unknown metric {metric!r}{did_you_mean(metric, known)}"
                 )
+        if figure.kind == "reliability" and not any(measured(c.config.train.loss) for c in cells):
+            raise SpecError(
+                f"{label}.kind: reliability needs cells trained with train.loss: cross_entropy "
+                "(calibration is measured in cross-entropy runs only); every cell uses mse"
+            )
         for key in GROUP_FIELDS:
             value = getattr(figure, key, None)
             if not isinstance(value, str) or value in GROUP_NAMES:

@@ -63,6 +63,11 @@ METRIC_LABELS = {
     "best_epoch": "best epoch",
     "stopped_epoch": "epoch stopped at (early stopping)",
     "restored_epoch": "epoch whose weights were kept",
+    "test_ece": "test calibration error (ECE)",
+    "val_ece": "validation calibration error (ECE)",
+    "temperature": "fitted temperature",
+    "test_ece_scaled": "test ECE after temperature scaling",
+    "test_loss_scaled": "test loss after temperature scaling",
 }
 
 

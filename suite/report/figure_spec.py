@@ -1,9 +1,10 @@
 """The report-figure schema: a study's `report:` block, validated as strictly as its runs.
 
 Owns: the views and sort keys a report accepts, the grouping keys a figure may name, one model
-per figure kind (`curves`, `versus`, `scatter`, `activations`, `confusion`, `cures`), the `kind`-tagged
-union of them (`FigureSpec`), `ReportSpec`, and the metrics each kind of figure names
-(`FIGURE_METRICS`, checked against the study's cells by `suite.study`).
+per figure kind (`curves`, `versus`, `scatter`, `activations`, `confusion`, `cures`,
+`reliability`), the `kind`-tagged union of them (`FigureSpec`), `ReportSpec`, and the metrics
+each kind of figure names (`FIGURE_METRICS`, checked against the study's cells by
+`suite.study`).
 Must not touch: drawing (`suite.report.write`, `extra`, `figures`), runs or the tracking store.
 It imports pydantic, `suite.schema_base` and `suite.metrics` only, so `overfit validate` loads
 none of the report's heavy libraries (pandas, matplotlib, seaborn, MLflow).
@@ -22,7 +23,7 @@ from suite.schema_base import PositiveInt, Strict
 
 # the per-epoch views a report can draw (`report.metrics`; see suite.report.figures.VIEWS)
 ReportView = Literal[
-    "accuracy", "loss", "gap", "weight_norm", "reg_loss", "validation", "label_noise"
+    "accuracy", "loss", "gap", "weight_norm", "reg_loss", "validation", "label_noise", "calibration"
 ]
 # what a report may rank cells by (`report.sort`); final_gap ranks the smallest first
 SortMetric = Literal[
@@ -121,9 +122,34 @@ class CuresFigure(Strict):
     title: str | None = None
 
 
-FIGURE_KINDS = ("curves", "versus", "scatter", "activations", "confusion", "cures")
+class ReliabilityFigure(Strict):
+    """Reliability diagrams of the test set per cell (cross-entropy runs), seeds pooled by
+    summing their bins: accuracy against confidence before temperature scaling and after it
+    (runs with a validation split), the pooled ECE of each in the panel's title."""
+
+    kind: Literal["reliability"]
+    top: PositiveInt | None = None  # the best N cells by `report.sort`; None: every cell
+    columns: Annotated[int, Field(ge=1, le=8)] = 4
+    title: str | None = None
+
+
+FIGURE_KINDS = (
+    "curves",
+    "versus",
+    "scatter",
+    "activations",
+    "confusion",
+    "cures",
+    "reliability",
+)
 FigureSpec = Annotated[
-    CurvesFigure | VersusFigure | ScatterFigure | ActivationsFigure | ConfusionFigure | CuresFigure,
+    CurvesFigure
+    | VersusFigure
+    | ScatterFigure
+    | ActivationsFigure
+    | ConfusionFigure
+    | CuresFigure
+    | ReliabilityFigure,
     Field(discriminator="kind"),
 ]
 
@@ -136,6 +162,7 @@ FIGURE_METRICS: dict[str, Callable[[Any], NamedMetrics]] = {
     "activations": lambda figure: [],
     "confusion": lambda figure: [],
     "cures": lambda figure: [],  # final_gap and final_test_accuracy: every run logs them
+    "reliability": lambda figure: [],  # its cells' loss is checked (`suite.study`)
 }
 
 

@@ -142,6 +142,16 @@ VIEWS = {
             "Line: mean over seeds, band: 95% interval.",
             limits=(0.0, 1.02),
         ),
+        View(
+            "calibration",
+            "test (dashed) and validation (dotted) calibration error",
+            "expected calibration error",
+            {"test_ece": ("--", "test"), "val_ece": (":", "validation")},
+            "Expected calibration error per cell over epochs (cross-entropy runs): the "
+            "gap between confidence and accuracy over 15 equal-width confidence bins of "
+            "the top label, weighted by the bins' shares; 0 is calibrated. Test dashed, "
+            "validation dotted; line: mean over seeds, band: 95% interval.",
+        ),
     )
 }
 

@@ -22,21 +22,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from suite.metrics import STEP_METRICS
-from suite.names import ACTIVATIONS_ARTIFACT, CONFUSION_ARTIFACT
 from suite.report import (
     aggregate,
     colours,
     cures,
+    documents,
     extra,
     figures,
     finding,
     groups,
     links,
     load,
+    reliability,
     render,
     stopping,
 )
@@ -47,6 +47,7 @@ from suite.report.figure_spec import (
     ConfusionFigure,
     CuresFigure,
     CurvesFigure,
+    ReliabilityFigure,
     ReportSpec,
     ScatterFigure,
     VersusFigure,
@@ -402,7 +403,7 @@ def _scatter(fig: ScatterFigure, name: str, inputs: _Inputs, values: Values) -> 
 
 
 def _confusion(fig: ConfusionFigure, name: str, inputs: _Inputs, values: Values) -> Images:
-    matrices = _confusions(inputs.tracker, inputs.used)
+    matrices = documents.confusions(inputs.tracker, inputs.used)
     png = extra.confusion(matrices, inputs.table, fig, inputs.study)
     caption = (
         "Test-set confusion matrix per cell, counts summed over seeds and each row "
@@ -418,11 +419,11 @@ def _cures(fig: CuresFigure, name: str, inputs: _Inputs, values: Values) -> Imag
 
 
 def _histograms(fig: ActivationsFigure, name: str, inputs: _Inputs, values: Values) -> Images:
-    documents = _activations(inputs.tracker, inputs.used)
+    histograms = documents.activations(inputs.tracker, inputs.used)
     return [
         (
             f"{name}-{stage}",
-            extra.activations(documents, inputs.table, stage, inputs.study),
+            extra.activations(histograms, inputs.table, stage, inputs.study),
             f"activation histograms: {stage.replace('_', ' ')}",
             f"Share of activations per bin ({extra.STAGES[stage]}), one row per cell, "
             "one column per layer, averaged over seeds; values beyond the range count in "
@@ -430,6 +431,13 @@ def _histograms(fig: ActivationsFigure, name: str, inputs: _Inputs, values: Valu
         )
         for stage in extra.STAGES
     ]
+
+
+def _reliability(fig: ReliabilityFigure, name: str, inputs: _Inputs, values: Values) -> Images:
+    pooled = reliability.pool(documents.reliability(inputs.tracker, inputs.used))
+    png = reliability.draw(pooled, inputs.table, fig, inputs.study)
+    caption = reliability.caption(pooled, len(inputs.used))
+    return [(name, png, fig.title or "reliability diagrams", caption)]
 
 
 def _curves_need(fig: CurvesFigure) -> str:
@@ -446,6 +454,7 @@ DRAW: dict[str, Callable[[Any, str, _Inputs, Values], Images]] = {
     "activations": _histograms,
     "confusion": _confusion,
     "cures": _cures,
+    "reliability": _reliability,
 }
 # ... and what a run must have logged for it to draw anything
 NEEDS: dict[str, Callable[[Any], str]] = {
@@ -455,6 +464,7 @@ NEEDS: dict[str, Callable[[Any], str]] = {
     "activations": lambda fig: "activations.json; set train.log_activations",
     "confusion": lambda fig: "confusion_matrix.json",
     "cures": lambda fig: "final_gap and final_test_accuracy",
+    "reliability": lambda fig: "reliability.json, logged by cross-entropy runs",
 }
 
 
@@ -466,25 +476,6 @@ def _failure_notes(runs: pd.DataFrame, cells: list[aggregate.CellRow]) -> dict[s
         reasons = failed.loc[failed["cell_hash"] == row.cell_hash, load.FAILURE_TAG].dropna()
         if row.failed and len(reasons):
             out[row.cell_hash] = str(reasons.iloc[0]).split(":")[0][:40]
-    return out
-
-
-def _confusions(tracker: Tracker, used: pd.DataFrame) -> dict[str, np.ndarray]:
-    documents = load.load_documents(tracker, used, CONFUSION_ARTIFACT + ".json")
-    out: dict[str, np.ndarray] = {}
-    for run_id, cell_hash in zip(used["run_id"], used["cell_hash"], strict=True):
-        if run_id in documents:
-            matrix = np.asarray(documents[run_id]["matrix"], dtype=float)
-            out[cell_hash] = out.get(cell_hash, 0) + matrix
-    return out
-
-
-def _activations(tracker: Tracker, used: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
-    documents = load.load_documents(tracker, used, ACTIVATIONS_ARTIFACT)
-    out: dict[str, list[dict[str, Any]]] = {}
-    for run_id, cell_hash in zip(used["run_id"], used["cell_hash"], strict=True):
-        if run_id in documents:
-            out.setdefault(cell_hash, []).append(documents[run_id])
     return out
 
 
