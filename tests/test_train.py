@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from suite import data, models, train
+from suite.metrics import ECE_METRICS
 from suite.spec import RunConfig
 
 EPOCHS = 3
@@ -60,8 +61,9 @@ def tiny_run() -> tuple[train.History, list[tuple[int, dict[str, float]]]]:
 def test_history_has_every_metric_for_every_epoch(tiny_run) -> None:
     history, _ = tiny_run
     assert history.epochs == EPOCHS
-    assert set(history.metrics) == set(train.EPOCH_METRICS)
-    for name in train.EPOCH_METRICS:
+    # a cross-entropy run without a validation split measures the test set's calibration
+    assert set(history.metrics) == {*train.EPOCH_METRICS, "test_ece"}
+    for name in history.metrics:
         values = history.metrics[name]
         assert len(values) == EPOCHS, name
         assert all(isinstance(v, float) and math.isfinite(v) for v in values), name
@@ -97,7 +99,7 @@ def test_on_epoch_sees_every_epoch_in_order(tiny_run) -> None:
     history, calls = tiny_run
     assert [epoch for epoch, _ in calls] == [1, 2, 3]
     for epoch, values in calls:
-        assert set(values) == set(train.EPOCH_METRICS)
+        assert set(values) == {*train.EPOCH_METRICS, "test_ece"}
         for name, value in values.items():
             assert history.metrics[name][epoch - 1] == value
 
@@ -163,7 +165,7 @@ def test_first_epoch_starts_from_the_built_model(tiny_run) -> None:
 
 def test_validation_metrics_iff_val_split() -> None:
     history = _run(_config(data={"val_size": 20}))
-    assert set(history.metrics) == set(train.EPOCH_METRICS) | set(train.VAL_METRICS)
+    assert set(history.metrics) == {*train.EPOCH_METRICS, *train.VAL_METRICS, *ECE_METRICS}
     for name in train.VAL_METRICS:
         assert len(history.metrics[name]) == EPOCHS
     for value in history.metrics["val_accuracy"]:
@@ -240,7 +242,7 @@ def test_divergence_raises_with_the_history_before_it() -> None:
     match = re.search(r"diverged at epoch (\d+): (\w+) is (nan|inf|-inf)", reason)
     assert match, reason
     epoch = int(match.group(1))
-    assert match.group(2) in (*train.EPOCH_METRICS, *train.VAL_METRICS)
+    assert match.group(2) in (*train.EPOCH_METRICS, *train.VAL_METRICS, *ECE_METRICS)
     assert str(err.value) == reason
     before = err.value.history
     assert epoch >= 2, "the test wants a few finite epochs first"
