@@ -14,7 +14,8 @@ bin) add up across seeds, so the report pools seeds exactly.
 
 Calibration is measured for cross-entropy runs only (`train.loss: cross_entropy`,
 `measured`): Guo et al. calibrate networks trained by log-likelihood, and the scaled loss is
-a log-likelihood, which an MSE run's logged (squared-error) losses could not be set beside.
+a log-likelihood, which an MSE run's logged (squared-error) losses could not be set beside
+(`mse` and `mse_logits` runs measure none of it).
 
 Owns: the traced ECE of one evaluation (`expected_calibration_error`, TensorFlow imported
 inside it, so that the report and `suite.history` can import this module without TensorFlow),

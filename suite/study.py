@@ -472,7 +472,7 @@ def _check_figures(report: ReportSpec, cells: list[Cell], where: str) -> None:
         if figure.kind == "reliability" and not any(measured(c.config.train.loss) for c in cells):
             raise SpecError(
                 f"{label}.kind: reliability needs cells trained with train.loss: cross_entropy "
-                "(calibration is measured in cross-entropy runs only); every cell uses mse"
+                "(calibration is measured in cross-entropy runs only); no cell does"
             )
         for key in GROUP_FIELDS:
             value = getattr(figure, key, None)

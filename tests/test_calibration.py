@@ -129,8 +129,9 @@ def test_the_compiled_ece_is_numpys_ece_of_the_same_networks_predictions() -> No
     )
 
 
-def test_mse_runs_measure_no_calibration() -> None:
-    history, _ = _trained(_config(train={"loss": "mse"}))
+@pytest.mark.parametrize("loss", ["mse", "mse_logits"])
+def test_mse_runs_measure_no_calibration(loss: str) -> None:
+    history, _ = _trained(_config(train={"loss": loss}))
     assert not {"test_ece", "val_ece"} & set(history.metrics)
     assert history.calibration is None
     assert "temperature" not in history.final()
@@ -300,6 +301,7 @@ base:
 variants:
   plain: {}
   wd: {model: {weight_decay: 0.1}}
+  logits: {train: {loss: mse_logits}}
 report:
   figures:
     - {kind: confusion}
