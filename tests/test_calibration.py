@@ -367,3 +367,10 @@ def test_ece_of_empty_bins_is_nan() -> None:
     assert math.isnan(
         calibration.ece_of({"count": [0.0] * 15, "confidence": [0.0] * 15, "correct": [0.0] * 15})
     )
+
+
+def test_with_eval_every_the_ece_is_measured_at_the_evaluated_epochs_only() -> None:
+    history, _ = _trained(_config(train={"epochs": 5, "eval_every": 2}))
+    evaluated = len(history.metrics["test_loss"])
+    assert evaluated < 5
+    assert len(history.metrics["test_ece"]) == len(history.metrics["val_ece"]) == evaluated
