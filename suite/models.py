@@ -87,6 +87,10 @@ def kernel_initializer(init: str | StdInit, seed: int) -> keras.initializers.Ini
     """
     if isinstance(init, StdInit):
         return keras.initializers.RandomNormal(mean=0.0, stddev=init.std, seed=seed)
+    if init == "pytorch":  # nn.Linear's and nn.Conv2d's default: U(+-1/sqrt(fan_in))
+        return keras.initializers.VarianceScaling(
+            scale=1.0 / 3.0, mode="fan_in", distribution="uniform", seed=seed
+        )
     if init in ("he", "xavier"):
         return keras.initializers.VarianceScaling(
             scale=2.0 if init == "he" else 1.0,
@@ -98,6 +102,15 @@ def kernel_initializer(init: str | StdInit, seed: int) -> keras.initializers.Ini
     if hasattr(initializer, "seed"):
         initializer.seed = seed
     return initializer
+
+
+def bias_initializer(init: str | StdInit, fan_in: int, seed: int) -> Any:
+    """Zeros, as Keras and the textbook start every bias; with `init: pytorch`, PyTorch's
+    default U(+-1/sqrt(fan_in)) (Omnigrok's grokking setup scales biases with the kernels)."""
+    if init != "pytorch":
+        return "zeros"
+    bound = 1.0 / math.sqrt(fan_in)
+    return keras.initializers.RandomUniform(-bound, bound, seed=seed)
 
 
 def kernel_regularizer(spec: ModelSpec) -> keras.regularizers.Regularizer | None:
@@ -158,8 +171,12 @@ def _network(
         built = builders.build(spec.builder, builder_file or "", shape, num_classes, seed)
         return keras.Sequential([*layers, built], name="builder")
     regularizer = kernel_regularizer(spec)
+    fan_in = input_dim
     if spec.kind == "cnn":
-        layers += _conv_stack(spec, seed, conv_input_shape(image_shape), regularizer)
+        shape = conv_input_shape(image_shape)
+        layers += _conv_stack(spec, seed, shape, regularizer)
+        height, width = conv_output_sizes(spec, shape)[-1]
+        fan_in = height * width * spec.conv[-1].filters
     sizes = [*spec.hidden, num_classes]
     for i, units in enumerate(sizes):
         last = i == len(sizes) - 1
@@ -167,13 +184,14 @@ def _network(
             keras.layers.Dense(
                 units,
                 kernel_initializer=kernel_initializer(spec.init, seed * 1000 + i),
-                bias_initializer="zeros",
+                bias_initializer=bias_initializer(spec.init, fan_in, seed * 1000 + 300 + i),
                 kernel_regularizer=regularizer,
                 name="logits" if last else f"dense_{i + 1}",
             )
         )
         if last:
             break
+        fan_in = units
         if spec.batch_norm:
             layers.append(_batch_norm(spec, f"bn_{i + 1}"))
         layers.append(keras.layers.Activation(ACTIVATIONS[spec.activation], name=f"act_{i + 1}"))
@@ -208,7 +226,10 @@ def _conv_stack(
     and dropout as the dense layers (the textbook's semantics)."""
     conv_output_sizes(spec, shape)
     layers: list[keras.layers.Layer] = [keras.layers.Reshape(shape, name="image")]
+    channels = shape[2]
     for i, conv in enumerate(spec.conv):
+        fan_in = conv.kernel * conv.kernel * channels
+        channels = conv.filters
         layers.append(
             keras.layers.Conv2D(
                 conv.filters,
@@ -216,7 +237,7 @@ def _conv_stack(
                 strides=conv.stride,
                 padding="valid",
                 kernel_initializer=kernel_initializer(spec.init, seed * 1000 + 100 + i),
-                bias_initializer="zeros",
+                bias_initializer=bias_initializer(spec.init, fan_in, seed * 1000 + 400 + i),
                 kernel_regularizer=regularizer,
                 name=f"conv_{i + 1}",
             )
@@ -257,7 +278,11 @@ def expected_std(init: str | StdInit, fan_in: int, init_scale: float | None = No
     scale = init_scale if init_scale is not None else 1.0
     if isinstance(init, StdInit):
         return init.std * scale
-    std = {"he": math.sqrt(2 / fan_in), "xavier": math.sqrt(1 / fan_in)}.get(init)
+    std = {
+        "he": math.sqrt(2 / fan_in),
+        "xavier": math.sqrt(1 / fan_in),
+        "pytorch": math.sqrt(1 / (3 * fan_in)),  # U(+-a) has std a/sqrt(3)
+    }.get(init)
     return std * scale if std is not None else None
 
 

@@ -230,8 +230,8 @@ class ModelSpec(Strict):
             raise ValueError(
                 f"expected he, xavier, a Keras initializer name or {{std: x}}, got {value!r}"
             )
-        if isinstance(value, str) and value not in ("he", "xavier", *KERAS_INITIALIZERS):
-            hint = did_you_mean(value, ("he", "xavier", *KERAS_INITIALIZERS))
+        if isinstance(value, str) and value not in ("he", "xavier", "pytorch", *KERAS_INITIALIZERS):
+            hint = did_you_mean(value, ("he", "xavier", "pytorch", *KERAS_INITIALIZERS))
             raise ValueError(f"unknown init {value!r}{hint}; or give {{std: 0.01}}")
         return value
 
