@@ -41,6 +41,8 @@ class History:
     # with `data.label_noise`: which training images were corrupted, to which label
     # (`suite.corrupt.LabelNoiseDraw.record`), logged as the `label_noise.json` artifact
     label_noise: dict[str, Any] | None = None
+    # the network's trainable parameters, counted on the built Keras model (a builder's too)
+    n_params: int | None = None
 
     @property
     def epochs(self) -> int:
@@ -54,7 +56,8 @@ class History:
         """The end-of-run summary metrics (design.md): final values, best test epoch, time;
         the final and best validation accuracy when the run has a validation split. With early
         stopping the final values are those of the weights the run ended with (`restored`),
-        and `stopped_epoch` (when it stopped) and `restored_epoch` are added."""
+        and `stopped_epoch` (when it stopped) and `restored_epoch` are added; `n_params` when
+        the network was counted."""
         test = self.metrics["test_accuracy"]
         best = int(np.argmax(test))
         val = self.metrics.get("val_accuracy")
@@ -77,6 +80,7 @@ class History:
                 else {}
             ),
             **stop,
+            **({"n_params": float(self.n_params)} if self.n_params is not None else {}),
             **(per_class(self.confusion) if self.confusion is not None else {}),
         }
 

@@ -33,6 +33,7 @@ FINAL_METRICS = (
     "best_test_accuracy",
     "best_epoch",
     "train_seconds",
+    "n_params",  # the network's trainable parameters (weights, biases, batch norm's scales)
     # on the test set at the end, macro-averaged over the classes (the confusion matrix
     # itself is the run's `confusion_matrix.json` artifact)
     "test_precision_macro",

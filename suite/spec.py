@@ -386,6 +386,7 @@ LATE_SETTINGS: dict[str, Any] = {
     "train.augment": None,
     "train.label_smoothing": 0.0,
     "data.label_noise": None,
+    "data.randomize_inputs": None,
 }
 
 

@@ -59,6 +59,7 @@ from suite.models import (
     build_model,
     layer_histograms,
     save_network,
+    trainable_count,
 )
 from suite.spec import ModelSpec, OptimizerSpec, RunConfig, steps_per_epoch
 
@@ -209,7 +210,10 @@ def train(
         layer_histograms(model, probe_x, config.model.activation) if spec.log_activations else None
     )
     orders = batch_order(n, spec.batch_size, spec.epochs, spec.sampling, seed, spec.steps_per_epoch)
-    history = History(label_noise=noise.record() if noise is not None else None)
+    history = History(
+        label_noise=noise.record() if noise is not None else None,
+        n_params=trainable_count(model),
+    )
     start = time.perf_counter()
     for first in range(0, spec.epochs, EPOCHS_PER_CALL):
         chunk = orders[first : first + EPOCHS_PER_CALL]
