@@ -147,7 +147,7 @@ class Pool:
 
 @dataclass(frozen=True)
 class Split:
-    """What one run sees: float32 inputs (pixels in [0, 1]), flattened, and int32 labels."""
+    """What one run sees: flat float32 inputs (pixels in [0, 1] unless randomized), int32 labels."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -522,10 +522,9 @@ def make_split(
       images with `first`, a stratified seeded draw with `random`.
 
     `label_noise` (`{fraction, kind}`) corrupts training labels only, drawn from `seed` (see
-    `suite.corrupt`); `randomize_inputs` replaces the inputs of every part, training, validation
-    and test (see `suite.randomize`). `test_size` keeps the first N test images (all of them by
-    default). `source`, when given, is used instead of resolving `path` again (a worker process
-    uses the source its parent resolved).
+    `suite.corrupt`); `randomize_inputs` randomizes every part's inputs (`suite.randomize`).
+    `test_size` keeps the first N test images (all of them by default). `source`, when given,
+    is used instead of resolving `path` again (a worker process uses its parent's source).
 
     Its parameters besides `seed` and `source` are named as the `data:` section's keys, so a
     caller passes a section whole, `make_split(**config.data.model_dump(), seed=seed)`, and a
@@ -558,15 +557,16 @@ def make_split(
     y_train, noise = pool.y_train[idx].astype(np.int32), None
     if label_noise is not None:
         y_train, noise = corrupt_labels(y_train, pool.num_classes, **label_noise, seed=seed)
-    x = {"train": _prepare(pool.x_train[idx]), "val": x_val, "test": _prepare(pool.x_test[:n_test])}
+    inputs = _prepare(pool.x_train[idx]), x_val, _prepare(pool.x_test[:n_test])
     if randomize_inputs is not None:
-        x = randomize(x, randomize_inputs, pool.x_train, seed=seed)
+        inputs = randomize(randomize_inputs, pool.x_train, *inputs, seed=seed)
+    x_train, x_val, x_test = inputs
     return Split(
-        x_train=x["train"],
+        x_train=x_train,
         y_train=y_train,
-        x_test=x["test"],
+        x_test=x_test,
         y_test=pool.y_test[:n_test].astype(np.int32),
-        x_val=x["val"],
+        x_val=x_val,
         y_val=y_val,
         source=pool.source,
         num_classes=pool.num_classes,

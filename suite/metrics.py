@@ -52,6 +52,13 @@ LAST_LOSSES = ("final_train_loss", "final_test_loss")
 # what a report figure may draw: curves of the first, per-run values of the second
 CURVE_METRICS = (*EPOCH_METRICS, *VAL_METRICS, *NOISE_METRICS, *STEP_METRICS)
 RUN_METRICS = (*FINAL_METRICS, *FINAL_VAL_METRICS, *EARLY_STOP_METRICS, *LAST_LOSSES)
+# the setting a run must have to log these: a figure naming one needs a cell that sets it
+LOGGED_WITH = {
+    **dict.fromkeys((*VAL_METRICS, *FINAL_VAL_METRICS), "data.val_size"),
+    **dict.fromkeys(EARLY_STOP_METRICS, "train.early_stopping"),
+    **dict.fromkeys(NOISE_METRICS, "data.label_noise"),
+    **dict.fromkeys(STEP_METRICS, "train.log_batch_loss"),
+}
 
 # what a study's `reference:` may name: a final metric, or a per-epoch name meaning its final value
 REFERENCE_METRICS = (

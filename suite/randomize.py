@@ -60,38 +60,34 @@ def pixel_stats(images: np.ndarray) -> tuple[float, float]:
 
 
 def randomize_inputs(
-    inputs: dict[str, np.ndarray | None],
     kind: str,
     pool_images: np.ndarray,
+    train: np.ndarray,
+    val: np.ndarray | None,
+    test: np.ndarray,
     *,
     seed: int,
-) -> dict[str, np.ndarray | None]:
-    """Each part's flattened float32 inputs, randomized as `kind` says (None stays None).
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """A run's training, validation (None without one) and test inputs, randomized.
 
     Args:
-        inputs: the run's inputs by part (`train`, `val`, `test`), flattened (N, H*W*C) in
-            the image's (H, W, C) order, as `suite.data` prepares them.
         kind: `shuffled_pixels`, `random_pixels` or `gaussian`.
         pool_images: the dataset's training pool, as stored: the shape of one input before
             flattening, and the statistics `gaussian` matches.
+        train, val, test: the run's inputs, flattened (N, H*W*C) in the image's (H, W, C)
+            order, float32, as `suite.data` prepares them.
         seed: the run's data seed.
 
     Raises:
-        ValueError: an unknown kind, or a part not named in `PARTS`.
+        ValueError: an unknown kind.
     """
     if kind not in KINDS:
         raise ValueError(f"data.randomize_inputs: expected one of {', '.join(KINDS)}, got {kind!r}")
-    unknown = set(inputs) - set(PARTS)
-    if unknown:
-        raise ValueError(f"randomize_inputs: unknown part {sorted(unknown)[0]!r}")
     pixels, channels = pixel_layout(tuple(int(n) for n in pool_images.shape[1:]))
-    stats = pixel_stats(pool_images) if kind == "gaussian" else (0.0, 1.0)
+    mean, std = pixel_stats(pool_images) if kind == "gaussian" else (0.0, 1.0)
     shared = np.random.default_rng([STREAM, seed]).permutation(pixels)
-    out: dict[str, np.ndarray | None] = {}
-    for part, x in inputs.items():
-        if x is None:  # a run without a validation split
-            out[part] = None
-            continue
+
+    def randomized(x: np.ndarray, part: str) -> np.ndarray:
         rng = np.random.default_rng([STREAM, seed, PARTS.index(part)])
         grid = x.reshape(len(x), pixels, channels)
         if kind == "shuffled_pixels":
@@ -101,6 +97,11 @@ def randomize_inputs(
             order = np.argsort(rng.random((len(x), pixels)), axis=1)
             moved = np.take_along_axis(grid, order[:, :, None], axis=1)
         else:
-            moved = rng.normal(stats[0], stats[1], size=grid.shape)
-        out[part] = moved.reshape(len(x), -1).astype(np.float32)
-    return out
+            moved = rng.normal(mean, std, size=grid.shape)
+        return moved.reshape(len(x), -1).astype(np.float32)
+
+    return (
+        randomized(train, "train"),
+        None if val is None else randomized(val, "val"),
+        randomized(test, "test"),
+    )

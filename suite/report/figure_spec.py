@@ -1,7 +1,7 @@
 """The report-figure schema: a study's `report:` block, validated as strictly as its runs.
 
 Owns: the views and sort keys a report accepts, the grouping keys a figure may name, one model
-per figure kind (`curves`, `versus`, `scatter`, `activations`, `confusion`, `cures`), the `kind`-tagged
+per figure kind (`curves`, `versus`, `scatter`, `activations`, `confusion`, `cures`, `size`), the `kind`-tagged
 union of them (`FigureSpec`), `ReportSpec`, and the metrics each kind of figure names
 (`FIGURE_METRICS`, checked against the study's cells by `suite.study`).
 Must not touch: drawing (`suite.report.write`, `extra`, `figures`), runs or the tracking store.
@@ -120,11 +120,31 @@ class CuresFigure(Strict):
     title: str | None = None
 
 
-FIGURE_KINDS = ("curves", "versus", "scatter", "activations", "confusion", "cures")
+class SizeFigure(Strict):
+    """Final metrics (one facet each) against the network's size, `n_params` on a log axis:
+    mean and 95% interval per cell, cells of one `hue` joined in size order, and the
+    interpolation threshold (training images x classes) as a labelled vertical line (double
+    descent: Belkin et al. 2019, Nakkiran et al. 2019)."""
+
+    kind: Literal["size"]
+    y: list[str] = Field(min_length=1)
+    hue: GroupKey = "variant"
+    title: str | None = None
+
+
+FIGURE_KINDS = ("curves", "versus", "scatter", "activations", "confusion", "cures", "size")
 FigureSpec = Annotated[
-    CurvesFigure | VersusFigure | ScatterFigure | ActivationsFigure | ConfusionFigure | CuresFigure,
+    CurvesFigure
+    | VersusFigure
+    | ScatterFigure
+    | ActivationsFigure
+    | ConfusionFigure
+    | CuresFigure
+    | SizeFigure,
     Field(discriminator="kind"),
 ]
+# what a size figure may draw against n_params: any per-run metric but n_params itself
+SIZE_METRICS = tuple(metric for metric in RUN_METRICS if metric != "n_params")
 
 # the metrics a figure names, by kind: (its field, the metric, the metrics that field accepts)
 NamedMetrics = list[tuple[str, str, tuple[str, ...]]]
@@ -135,6 +155,7 @@ FIGURE_METRICS: dict[str, Callable[[Any], NamedMetrics]] = {
     "activations": lambda figure: [],
     "confusion": lambda figure: [],
     "cures": lambda figure: [],  # final_gap and final_test_accuracy: every run logs them
+    "size": lambda figure: [("y", metric, SIZE_METRICS) for metric in figure.y],
 }
 
 

@@ -38,6 +38,7 @@ from suite.report import (
     links,
     load,
     render,
+    size,
     stopping,
 )
 from suite.report.compare import SideBySide
@@ -49,6 +50,7 @@ from suite.report.figure_spec import (
     CurvesFigure,
     ReportSpec,
     ScatterFigure,
+    SizeFigure,
     VersusFigure,
 )
 from suite.report.links import UI_DEFAULT, check_ui_url
@@ -392,6 +394,12 @@ def _versus(fig: VersusFigure, name: str, inputs: _Inputs, values: Values) -> Im
     return [(name, png, fig.title or f"final metrics against {fig.x}", caption)]
 
 
+def _size(fig: SizeFigure, name: str, inputs: _Inputs, values: Values) -> Images:
+    png = size.figure(fig, inputs.table, values, inputs.used, inputs.study)
+    caption = size.CAPTION.format(hue=fig.hue)
+    return [(name, png, fig.title or "final metrics against model size", caption)]
+
+
 def _scatter(fig: ScatterFigure, name: str, inputs: _Inputs, values: Values) -> Images:
     png = extra.scatter(fig, inputs.used, values, inputs.study)
     caption = (
@@ -446,6 +454,7 @@ DRAW: dict[str, Callable[[Any, str, _Inputs, Values], Images]] = {
     "activations": _histograms,
     "confusion": _confusion,
     "cures": _cures,
+    "size": _size,
 }
 # ... and what a run must have logged for it to draw anything
 NEEDS: dict[str, Callable[[Any], str]] = {
@@ -455,6 +464,7 @@ NEEDS: dict[str, Callable[[Any], str]] = {
     "activations": lambda fig: "activations.json; set train.log_activations",
     "confusion": lambda fig: "confusion_matrix.json",
     "cures": lambda fig: "final_gap and final_test_accuracy",
+    "size": lambda fig: f"n_params and {', '.join(fig.y)}",
 }
 
 
