@@ -221,7 +221,7 @@ def parameter_count(spec: ModelSpec, input_dim: int = 784, num_classes: int = 10
 def trainable_count(model: keras.Model) -> int:
     """The trainable parameters of a built network, as Keras' summary counts them: every
     trainable variable's size (batch norm's moving statistics are not trainable)."""
-    return sum(int(np.prod(variable.shape)) for variable in model.trainable_variables)
+    return sum(math.prod(variable.shape) for variable in model.trainable_variables)
 
 
 def kernel_stds(model: keras.Model) -> list[float]:
