@@ -80,9 +80,21 @@ class History:
                 else {}
             ),
             **stop,
+            **fitted(self.metrics["train_accuracy"]),
             **({"n_params": float(self.n_params)} if self.n_params is not None else {}),
             **(per_class(self.confusion) if self.confusion is not None else {}),
         }
+
+
+FIT_ACCURACY = 0.99  # a run has fitted its training labels once its train accuracy reaches it
+
+
+def fitted(train_accuracy: list[float]) -> dict[str, float]:
+    """`fit_epoch`: the first epoch whose train accuracy (against the labels the run trains
+    on, corrupted ones included) reached FIT_ACCURACY; nothing when none did. Zhang et al.'s
+    measure of how much slower noisier labels are fitted."""
+    reached = np.flatnonzero(np.asarray(train_accuracy) >= FIT_ACCURACY)
+    return {"fit_epoch": float(reached[0] + 1)} if len(reached) else {}
 
 
 def per_class(confusion: np.ndarray) -> dict[str, float]:

@@ -47,11 +47,20 @@ FINAL_VAL_METRICS = ("final_val_accuracy", "best_val_accuracy")
 # before its last one (its curves end there), and the epoch whose weights it ended with (the
 # best one with `restore_best`, else its last); its final_* metrics are those weights' own
 EARLY_STOP_METRICS = ("stopped_epoch", "restored_epoch")
+# per run, at the end, when its train accuracy reached 0.99 (suite.history.FIT_ACCURACY):
+# the first epoch it did, how fast it fitted its labels
+FIT_METRICS = ("fit_epoch",)
 # a run's last train_loss / test_loss, as the report names them
 LAST_LOSSES = ("final_train_loss", "final_test_loss")
 # what a report figure may draw: curves of the first, per-run values of the second
 CURVE_METRICS = (*EPOCH_METRICS, *VAL_METRICS, *NOISE_METRICS, *STEP_METRICS)
-RUN_METRICS = (*FINAL_METRICS, *FINAL_VAL_METRICS, *EARLY_STOP_METRICS, *LAST_LOSSES)
+RUN_METRICS = (
+    *FINAL_METRICS,
+    *FINAL_VAL_METRICS,
+    *EARLY_STOP_METRICS,
+    *FIT_METRICS,
+    *LAST_LOSSES,
+)
 # the setting a run must have to log these: a figure naming one needs a cell that sets it
 LOGGED_WITH = {
     **dict.fromkeys((*VAL_METRICS, *FINAL_VAL_METRICS), "data.val_size"),

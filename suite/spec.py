@@ -309,8 +309,9 @@ class TrainSpec(Strict):
     # updates between two evaluations; None: the textbook's epoch, ceil(train_size / batch_size).
     # Iteration-based studies (2000 updates on the whole pool) evaluate every N updates instead.
     steps_per_epoch: PositiveInt | None = None
-    # cross_entropy: softmax cross-entropy; mse: 0.5 * sum((softmax - one_hot)^2), batch mean
-    loss: Literal["cross_entropy", "mse"] = "cross_entropy"
+    # cross_entropy: softmax cross-entropy; mse: 0.5 * sum((softmax - one_hot)^2), batch mean;
+    # mse_logits: mean over batch and classes of (output - one_hot)^2, no softmax (Omnigrok's)
+    loss: Literal["cross_entropy", "mse", "mse_logits"] = "cross_entropy"
     # also log every update's minibatch loss (`batch_loss`, step = update from 1)
     log_batch_loss: bool = False
     # also log per-layer activation histograms (`activations.json`): the textbook's probe

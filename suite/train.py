@@ -552,10 +552,20 @@ def _program(
 
 
 def make_loss(name: str) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-    """The data loss on logits: softmax cross-entropy, or the textbook's mean squared error
-    on the softmax outputs, 0.5 * sum over classes of (p - one_hot)^2, averaged over the batch."""
+    """The data loss on logits: softmax cross-entropy; the textbook's mean squared error on
+    the softmax outputs, 0.5 * sum over classes of (p - one_hot)^2, averaged over the batch;
+    or (`mse_logits`) the squared error of the raw outputs against the one-hot labels,
+    averaged over batch and classes (PyTorch's `MSELoss`, as Omnigrok's grokking code uses
+    it)."""
     if name == "cross_entropy":
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if name == "mse_logits":
+
+        def mse_logits(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+            target = tf.one_hot(labels, tf.shape(logits)[1], dtype=logits.dtype)
+            return tf.reduce_mean(tf.square(logits - target))
+
+        return mse_logits
 
     def mse(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
         target = tf.one_hot(labels, tf.shape(logits)[1], dtype=logits.dtype)

@@ -116,7 +116,9 @@ class KillAWorker(Silent):
         self.started += 1
 
     def epoch_done(self, key: RunKey, epoch: int, epochs: int, values: dict[str, float]) -> None:
-        if self.started >= 2 and not self.killed:
+        # mid-run (of 80 epochs), so that both workers are busy: the epochs reach this process
+        # in bursts, later than they ran, and a run just started may be another's last epochs
+        if self.started >= 2 and epoch >= 40 and not self.killed:
             self.killed = True
             os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)  # type: ignore[arg-type]
 
@@ -144,6 +146,29 @@ def test_a_killed_worker_fails_its_runs_and_the_others_go_on(
     again = run_study(study, tracker)  # in this process: the rerun completes them
     assert again.ok and again.count(FINISHED) == len(failed)
     assert statuses(tracker, "pooled").count("FINISHED") == 6
+
+
+def test_a_broken_pool_closes_even_with_a_worker_that_does_not_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker killed while writing to the event queue leaves its lock taken: a surviving
+    worker then cannot stop, and the pool's own shutdown would join it forever. Here the
+    survivor sleeps through the pool's SIGTERM, like one stuck on that lock."""
+    monkeypatch.setattr(worker_processes, "CLOSE_SECONDS", 2.0)
+    pool = worker_processes.Workers(2)
+    stuck = pool.executor.submit(time.sleep, 3600)
+    pid = pool.executor.submit(os.getpid).result(timeout=120)
+    time.sleep(0.5)  # both tasks taken: one worker sleeps, the other is idle
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(Exception, match="terminated abruptly"):
+        stuck.result(timeout=60)
+    survivors = pool.processes()
+    assert survivors, "the sleeping worker outlives the pool's break"
+    start = time.monotonic()
+    pool.close(wait=True)
+    assert time.monotonic() - start < 15
+    assert not any(p.is_alive() for p in survivors)
+    pool.events.close()
 
 
 def test_default_workers_follow_the_cpus_and_the_runs() -> None:

@@ -392,6 +392,16 @@ def test_mse_loss_is_half_squared_error_on_softmax() -> None:
     assert ce == pytest.approx(np.mean(-np.log(p[np.arange(6), labels])), rel=1e-5)
 
 
+def test_mse_logits_is_squared_error_of_the_raw_outputs() -> None:
+    rng = np.random.default_rng(1)
+    logits = rng.normal(scale=3.0, size=(5, 10)).astype(np.float32)
+    labels = np.array([2, 2, 7, 0, 9], dtype=np.int32)
+    got = float(train.make_loss("mse_logits")(labels, logits))
+    # PyTorch's MSELoss: the mean over every element, batch and classes
+    assert got == pytest.approx(np.mean((logits - np.eye(10)[labels]) ** 2), rel=1e-5)
+    assert got != pytest.approx(float(train.make_loss("mse")(labels, logits)), rel=1e-2)
+
+
 def test_mse_run_logs_losses_in_its_own_scale() -> None:
     history = _run(_config(train={"loss": "mse"}))
     # 0.5 * sum of squared softmax errors is at most 1 per image
@@ -431,3 +441,15 @@ def test_validation_runs_report_final_and_best_val_accuracy() -> None:
     assert final["final_val_accuracy"] == history.metrics["val_accuracy"][-1]
     assert final["best_val_accuracy"] == max(history.metrics["val_accuracy"])
     assert "final_val_accuracy" not in _run(_config()).final()
+
+
+def test_fit_epoch_is_the_first_epoch_at_099_train_accuracy() -> None:
+    from suite.history import History
+
+    history = History()
+    for train_accuracy in (0.5, 0.98, 0.99, 0.97, 1.0):
+        history.append({"train_accuracy": train_accuracy, "test_accuracy": 0.5})
+    assert history.final()["fit_epoch"] == 3.0
+    never = History()
+    never.append({"train_accuracy": 0.989, "test_accuracy": 0.5})
+    assert "fit_epoch" not in never.final()

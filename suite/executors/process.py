@@ -44,6 +44,7 @@ from suite.tracking import EpochLogger, first_line
 
 WORKER_DIED = "a worker process died (killed, or out of memory?) and the pool stopped"
 DRAIN_SECONDS = 120.0  # how long runs a broken pool stopped get to say they stopped
+SETTLE_SECONDS = 5.0  # how long a dead worker's last events may take to arrive
 
 
 @dataclass
@@ -63,7 +64,7 @@ class _Round:
     """One pool's life: hand claimed runs to free workers, log what the workers report."""
 
     def __init__(self, workers: int, claims: Claims, stop: StopRequest) -> None:
-        own = take_workers(workers)
+        own = self.own = take_workers(workers)
         self.stop = stop
         self.workers = workers
         self.executor, self.events, self.stop_event = own.executor, own.events, own.stop_event
@@ -148,7 +149,7 @@ class _Round:
     def close(self, stopping: bool) -> None:
         if stopping:
             self.stop_event.set()  # also after a second Ctrl-C, which does not wait for them
-        self.executor.shutdown(wait=not stopping, cancel_futures=True)
+        self.own.close(wait=not stopping)
         self.events.close()
 
 
@@ -250,13 +251,17 @@ def _drain(round_: _Round) -> None:
             outcome[id(flight)] = future.exception()
 
     def reporting(flight: _Flight) -> bool:
-        """Its `done` event may still come: its worker said it would, or lives on."""
+        """Its `done` event may still come: its worker lives on, or said it would and what
+        it wrote may still be on its way (a worker that died right after its run ended
+        loses the events it had not yet written)."""
         if flight.result is not None or flight.withdrawn:
             return False
+        alive = flight.pid is not None and running(flight.pid)
         if outcome.get(id(flight)) == "started":
-            return True
-        return flight.started and flight.pid is not None and running(flight.pid)
+            return alive or flight.pid is None or time.monotonic() < settled
+        return flight.started and alive
 
+    settled = time.monotonic() + SETTLE_SECONDS
     deadline = time.monotonic() + DRAIN_SECONDS
     while any(reporting(f) for f in round_.flights.values()) and time.monotonic() < deadline:
         round_.relay(block=1.0)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
+import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -68,12 +70,29 @@ class _SharedStop:
             raise KeyboardInterrupt
 
 
+TERM_GRACE_SECONDS = 30.0  # a SIGTERM's run has this long to stop before its worker exits
+CLOSE_SECONDS = TERM_GRACE_SECONDS + 15.0  # the parent's wait for a closing pool's workers
+
+
+def _exit_now() -> None:
+    os._exit(1)
+
+
 def _init_worker(threads: int, events: Any, stop: Any) -> None:
     # Ctrl-C reaches every process of the terminal's group: the parent decides what it means
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     shared = _SharedStop(stop)
 
     def terminate(signum: int, frame: object) -> None:
+        # the run stops at its next epoch boundary and reports it; but a pool breaks by a
+        # worker's death (SIGKILL, out of memory), and a worker killed while it wrote to the
+        # shared event queue leaves the queue's lock taken: then this worker's queue thread
+        # waits for it forever, and so would its exit, and the pool's join of it. So a
+        # SIGTERM ends this process in TERM_GRACE_SECONDS at most.
+        if not shared.terminated:
+            timer = threading.Timer(TERM_GRACE_SECONDS, _exit_now)
+            timer.daemon = True
+            timer.start()
         shared.terminated = True
 
     signal.signal(signal.SIGTERM, terminate)
@@ -131,15 +150,41 @@ class Workers:
         for _ in range(self.workers):
             self.executor.submit(os.getpid)
 
+    def processes(self) -> list[multiprocessing.process.BaseProcess]:
+        """The pool's live worker processes."""
+        return [p for p in multiprocessing.active_children() if p not in self.others]
+
     def terminate(self) -> None:
         """End the workers now, mid-import or idle: waiting would take seconds, for nothing.
         No run is in progress: nothing to mark KILLED."""
-        mine = [p for p in multiprocessing.active_children() if p not in self.others]
+        mine = self.processes()
         self.executor.shutdown(wait=False, cancel_futures=True)
         for process in mine:
             process.kill()
         for process in mine:
             process.join(timeout=5)
+
+    def close(self, wait: bool) -> None:
+        """Shut the pool down; with `wait`, until its workers have exited, within
+        CLOSE_SECONDS: a worker still alive then is killed.
+
+        The pool's own `shutdown(wait=True)` joins its workers without a limit; after a
+        worker's death it could wait forever for one stuck on a lock the dead worker held.
+        """
+        mine = self.processes()
+        manager = getattr(self.executor, "_executor_manager_thread", None)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        if not wait:
+            return
+        deadline = time.monotonic() + CLOSE_SECONDS
+        for process in mine:
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
+        for process in mine:
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=5)
+        if manager is not None:
+            manager.join(timeout=5)
 
 
 _warm: Workers | None = None

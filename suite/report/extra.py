@@ -227,8 +227,11 @@ def _curve_axes(figure: Figure, axes: np.ndarray, spec: CurvesFigure, log: bool)
     if log:
         axes.flat[0].set_yscale("log")
         axes.flat[0].yaxis.set_minor_formatter(NullFormatter())
+    if spec.log_x:
+        for ax in axes.flat:
+            ax.set_xscale("log")
     step = spec.metric in STEP_METRICS
-    xlabel = "update" if step else "epoch"
+    xlabel = ("update" if step else "epoch") + (" (log scale)" if spec.log_x else "")
     ylabel = metric_label(spec.metric) + (" (log scale)" if log else "")
     if spec.facet:
         figure.supxlabel(xlabel)

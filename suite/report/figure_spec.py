@@ -65,6 +65,7 @@ class CurvesFigure(Strict):
     style: GroupKey | None = None
     facet: GroupKey | None = None
     smooth: PositiveInt = 1  # centred moving average over this many points
+    log_x: bool = False  # epochs on a log axis: long runs (grokking) whose change comes late
     log_y: bool = False
     columns: Annotated[int, Field(ge=1, le=8)] = 4
     title: str | None = None

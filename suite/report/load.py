@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
-from suite.metrics import EARLY_STOP_METRICS, FINAL_METRICS, FINAL_VAL_METRICS
+from suite.metrics import EARLY_STOP_METRICS, FINAL_METRICS, FINAL_VAL_METRICS, FIT_METRICS
 from suite.names import (
     CELL_HASH_TAG,
     CELL_TAG,
@@ -56,7 +56,7 @@ TAGS = (
 # early, its value at `restored_epoch`: the weights its other final metrics describe)
 LAST_VALUES = {"train_loss": "final_train_loss", "test_loss": "final_test_loss"}
 # what a run logs once at its end: the final metrics, and early stopping's epochs
-RUN_END_METRICS = (*FINAL_METRICS, *FINAL_VAL_METRICS, *EARLY_STOP_METRICS)
+RUN_END_METRICS = (*FINAL_METRICS, *FINAL_VAL_METRICS, *EARLY_STOP_METRICS, *FIT_METRICS)
 
 RUN_COLUMNS = (
     "run_id",
