@@ -31,9 +31,10 @@ Owns: the source of a dataset (`resolve_source`: `data.path`, `SUITE_MNIST_PATH`
 `SUITE_OFFLINE`) and its `data_source` label (`Source.label`), reading and checking a dataset
 file once per process (`load_pool`), the bundled subset, the size checks (`check_sizes`), and
 one run's data (`make_split`: training, validation and test images, flattened and scaled to
-[0, 1]; training labels with `label_noise` drawn by `suite.corrupt`). Must not: read the study schema (it takes plain values: a path, sizes, a seed), talk to
-the tracking store (runs are tagged with the label by `suite.tracking`), or import TensorFlow
-but for Keras' download.
+[0, 1]; training labels with `label_noise` drawn by `suite.corrupt`, inputs randomized by
+`suite.randomize`). Must not: read the study schema (it takes plain values: a path, sizes, a
+seed), talk to the tracking store (runs are tagged with the label by `suite.tracking`), or
+import TensorFlow but for Keras' download.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from suite.corrupt import LabelNoiseDraw, corrupt_labels
+from suite.randomize import randomize_inputs as randomize
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "npz")
 # what a named dataset holds: image shape and class count, checked when it is read
@@ -89,9 +91,7 @@ AVAILABLE_BY = {
 BUNDLED_FILE = "mnist-train-10k.npz"
 BUNDLED_TRAIN_POOL = 8000  # the bundled file's first 8000 digits train, the last 2000 test
 # Keras' own cache; KERAS_HOME moves it, as it does for Keras
-KERAS_CACHE = (
-    Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "datasets" / "mnist.npz"
-)
+KERAS_CACHE = KERAS_HOME / "mnist.npz"
 MNIST_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
@@ -147,7 +147,7 @@ class Pool:
 
 @dataclass(frozen=True)
 class Split:
-    """What one run sees: float32 inputs (pixels in [0, 1]), flattened, and int32 labels."""
+    """What one run sees: flat float32 inputs (pixels in [0, 1] unless randomized), int32 labels."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -507,6 +507,7 @@ def make_split(
     dataset: str = "mnist",
     val_from: str = "selection",
     label_noise: dict[str, Any] | None = None,
+    randomize_inputs: str | None = None,
 ) -> Split:
     """Cut one run's data out of the pool.
 
@@ -521,9 +522,9 @@ def make_split(
       images with `first`, a stratified seeded draw with `random`.
 
     `label_noise` (`{fraction, kind}`) corrupts training labels only, drawn from `seed` (see
-    `suite.corrupt`). `test_size` keeps the first N test images (all of them by default). `source`, when given,
-    is used instead of resolving `path` again (a worker process uses the source its parent
-    resolved).
+    `suite.corrupt`); `randomize_inputs` randomizes every part's inputs (`suite.randomize`).
+    `test_size` keeps the first N test images (all of them by default). `source`, when given,
+    is used instead of resolving `path` again (a worker process uses its parent's source).
 
     Its parameters besides `seed` and `source` are named as the `data:` section's keys, so a
     caller passes a section whole, `make_split(**config.data.model_dump(), seed=seed)`, and a
@@ -556,10 +557,14 @@ def make_split(
     y_train, noise = pool.y_train[idx].astype(np.int32), None
     if label_noise is not None:
         y_train, noise = corrupt_labels(y_train, pool.num_classes, **label_noise, seed=seed)
+    inputs = _prepare(pool.x_train[idx]), x_val, _prepare(pool.x_test[:n_test])
+    if randomize_inputs is not None:
+        inputs = randomize(randomize_inputs, pool.x_train, *inputs, seed=seed)
+    x_train, x_val, x_test = inputs
     return Split(
-        x_train=_prepare(pool.x_train[idx]),
+        x_train=x_train,
         y_train=y_train,
-        x_test=_prepare(pool.x_test[:n_test]),
+        x_test=x_test,
         y_test=pool.y_test[:n_test].astype(np.int32),
         x_val=x_val,
         y_val=y_val,

@@ -49,6 +49,8 @@ class History:
     # in a cross-entropy run: its calibration at the end (`suite.calibration.calibrate`), the
     # `reliability.json` artifact, with the temperature scaling's final metrics
     calibration: dict[str, Any] | None = None
+    # the network's trainable parameters, counted on the built Keras model (a builder's too)
+    n_params: int | None = None
 
     @property
     def epochs(self) -> int:
@@ -66,7 +68,8 @@ class History:
         the final and best validation accuracy when the run has a validation split. With early
         stopping the final values are those of the weights the run ended with (`restored`),
         and `stopped_epoch` (when it stopped) and `restored_epoch` are added; a calibrated run
-        with a validation split adds its temperature scaling's metrics (`SCALING_METRICS`)."""
+        with a validation split adds its temperature scaling's metrics (`SCALING_METRICS`);
+        `n_params` when the network was counted."""
         test = self.metrics["test_accuracy"]
         best = int(np.argmax(test))
         val = self.metrics.get("val_accuracy")
@@ -91,6 +94,7 @@ class History:
             **stop,
             **fitted(self.metrics["train_accuracy"]),
             **{k: float(v) for k, v in (self.calibration or {}).items() if k in SCALING_METRICS},
+            **({"n_params": float(self.n_params)} if self.n_params is not None else {}),
             **(per_class(self.confusion) if self.confusion is not None else {}),
         }
 

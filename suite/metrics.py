@@ -36,6 +36,7 @@ FINAL_METRICS = (
     "best_test_accuracy",
     "best_epoch",
     "train_seconds",
+    "n_params",  # the network's trainable parameters (weights, biases, batch norm's scales)
     # on the test set at the end, macro-averaged over the classes (the confusion matrix
     # itself is the run's `confusion_matrix.json` artifact)
     "test_precision_macro",
@@ -67,6 +68,13 @@ RUN_METRICS = (
     *SCALING_METRICS,
     *LAST_LOSSES,
 )
+# the setting a run must have to log these: a figure naming one needs a cell that sets it
+LOGGED_WITH = {
+    **dict.fromkeys((*VAL_METRICS, *FINAL_VAL_METRICS), "data.val_size"),
+    **dict.fromkeys(EARLY_STOP_METRICS, "train.early_stopping"),
+    **dict.fromkeys(NOISE_METRICS, "data.label_noise"),
+    **dict.fromkeys(STEP_METRICS, "train.log_batch_loss"),
+}
 
 # what a study's `reference:` may name: a final metric, or a per-epoch name meaning its final value
 REFERENCE_METRICS = (

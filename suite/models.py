@@ -5,8 +5,9 @@ the output is a Dense layer of logits (softmax lives in the loss). Regularisatio
 the kernels, so `model.losses` holds exactly the textbook's penalty.
 
 Owns: the network a `ModelSpec` describes (layers, activations, the textbook's classic dropout,
-weight initialisers and their `init_scale`, `scale_parameters`, L1/L2 penalties), the checks
-of an initialisation (`parameter_count`, `kernel_stds`, `expected_std`), activation histograms (`histogram`, a network's
+weight initialisers and their `init_scale`, `scale_parameters`, L1/L2 penalties), its size
+(`trainable_count`, what a run logs as `n_params`), the checks of an initialisation
+(`parameter_count`, `kernel_stds`, `expected_std`), activation histograms (`histogram`, a network's
 `layer_histograms`, the textbook's probe, `activation_probe`, and a run's `activations_record`),
 and a trained network saved to a Keras file for its run's record (`SavedNetwork`,
 `save_network`). Must not: train or evaluate (`suite.train` owns the loop, `suite.optimizers`
@@ -260,6 +261,12 @@ def parameter_count(spec: ModelSpec, input_dim: int = 784, num_classes: int = 10
     sizes = [input_dim, *spec.hidden, num_classes]
     dense = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
     return dense + (2 * sum(spec.hidden) if spec.batch_norm else 0)
+
+
+def trainable_count(model: keras.Model) -> int:
+    """The trainable parameters of a built network, as Keras' summary counts them: every
+    trainable variable's size (batch norm's moving statistics are not trainable)."""
+    return sum(math.prod(variable.shape) for variable in model.trainable_variables)
 
 
 def kernel_stds(model: keras.Model) -> list[float]:

@@ -1,18 +1,23 @@
-"""The schema of a run's data: `data:` (`DataSpec`) and its `label_noise:` (`LabelNoise`).
+"""The schema of a run's data: `data:` (`DataSpec`), its `label_noise:` (`LabelNoise`) and
+`randomize_inputs:`.
 
 Owns: which images a run trains and tests on, as the study file says it (dataset, path, sizes,
-subset, validation split) and the label noise its training labels get. Must not: load or cut
-data (`suite.data`), corrupt labels (`suite.corrupt`), or check sizes against a dataset
-(`suite.study`). It imports pydantic and `suite.schema_base` only.
+subset, validation split), the label noise its training labels get and the randomization of
+its inputs. Must not: load or cut data (`suite.data`), corrupt labels (`suite.corrupt`),
+randomize inputs (`suite.randomize`), or check sizes against a dataset (`suite.study`). It
+imports pydantic and `suite.schema_base` only.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from suite.schema_base import PositiveInt, Strict
+from suite.schema_base import PositiveInt, Strict, did_you_mean
+
+# `data.randomize_inputs` besides off (Zhang et al. 2017; semantics in `suite.randomize`)
+RANDOMIZE_INPUTS = ("shuffled_pixels", "random_pixels", "gaussian")
 
 
 class LabelNoise(Strict):
@@ -46,6 +51,21 @@ class DataSpec(Strict):
     test_size: PositiveInt | None = None  # first N test images; None: the whole test set
     # corrupted training labels, seeded by the run's data seed; None: off
     label_noise: LabelNoise | None = None
+    # inputs with their structure destroyed, in every part (train, val, test), seeded by the
+    # run's data seed: one pixel permutation for all images, one per image, or gaussian noise
+    # of the training pool's mean and std; None: off
+    randomize_inputs: Literal["shuffled_pixels", "random_pixels", "gaussian"] | None = None
+
+    @field_validator("randomize_inputs", mode="before")
+    @classmethod
+    def _randomize_inputs(cls, value: Any) -> Any:
+        """`off` (which YAML reads as false) and null are off; anything else names a kind."""
+        if value is None or value is False or value == "off":
+            return None
+        if value not in RANDOMIZE_INPUTS:
+            hint = did_you_mean(value, RANDOMIZE_INPUTS) if isinstance(value, str) else ""
+            raise ValueError(f"expected {', '.join(RANDOMIZE_INPUTS)} or off, got {value!r}{hint}")
+        return value
 
     @field_validator("path")
     @classmethod

@@ -388,6 +388,7 @@ LATE_SETTINGS: dict[str, Any] = {
     "model.init_scale": None,
     "train.eval_every": 1,
     "train.optimizer.weight_decay": None,
+    "data.randomize_inputs": None,
 }
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from suite.calibration import measured
-from suite.metrics import REFERENCE_METRICS
+from suite.metrics import LOGGED_WITH, REFERENCE_METRICS
 from suite.report.figure_spec import FIGURE_METRICS, GROUP_FIELDS, GROUP_NAMES, ReportSpec
 from suite.spec import (
     DataSpec,
@@ -469,6 +469,9 @@ def _check_figures(report: ReportSpec, cells: list[Cell], where: str) -> None:
                 raise SpecError(
                     f"{label}.{key}: unknown metric {metric!r}{did_you_mean(metric, known)}"
                 )
+            setting = LOGGED_WITH.get(metric)
+            if setting and not any(_sets(cell, setting) for cell in cells):
+                raise SpecError(f"{label}.{key}: no cell logs {metric}: it needs {setting}")
         if figure.kind == "reliability" and not any(measured(c.config.train.loss) for c in cells):
             raise SpecError(
                 f"{label}.kind: reliability needs cells trained with train.loss: cross_entropy "
@@ -482,6 +485,12 @@ def _check_figures(report: ReportSpec, cells: list[Cell], where: str) -> None:
                 raise SpecError(
                     f"{label}.{key}: no setting {value!r}{did_you_mean(value, settings)}"
                 )
+
+
+def _sets(cell: Cell, dotted: str) -> bool:
+    """Whether a cell sets `dotted` to something besides off (a value, or keys below it)."""
+    flat = cell.config.flat()
+    return bool(flat.get(dotted)) or any(key.startswith(dotted + ".") for key in flat)
 
 
 def sample(distribution: Distribution, rng: Any) -> Any:

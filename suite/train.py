@@ -66,6 +66,7 @@ from suite.models import (
     build_model,
     layer_histograms,
     save_network,
+    trainable_count,
 )
 from suite.optimizers import make_loss, make_optimizer
 from suite.spec import ModelSpec, RunConfig, steps_per_epoch
@@ -197,7 +198,10 @@ def train(
     numbers = evaluated_epochs(spec.epochs, spec.eval_every)
     # whole evaluation periods per call, so that each call evaluates at least once
     per_call = spec.eval_every * math.ceil(EPOCHS_PER_CALL / spec.eval_every)
-    history = History(label_noise=noise.record() if noise is not None else None)
+    history = History(
+        label_noise=noise.record() if noise is not None else None,
+        n_params=trainable_count(model),
+    )
     start = time.perf_counter()
     for first in range(0, spec.epochs, per_call):
         chunk, chunk_numbers = orders[first : first + per_call], numbers[first : first + per_call]

@@ -285,7 +285,7 @@ def test_activation(activation: str, x: float, y: float) -> None:
 
 def test_pytorch_init_draws_kernels_and_biases_as_pytorch_does() -> None:
     spec = ModelSpec(hidden=[400, 300], init="pytorch")
-    model = build_model(spec, seed=3)
+    model = models.build_model(spec, seed=3)
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     for layer, fan_in in zip(dense, (784, 400, 300), strict=True):
         bound = 1.0 / np.sqrt(fan_in)
@@ -293,6 +293,8 @@ def test_pytorch_init_draws_kernels_and_biases_as_pytorch_does() -> None:
         assert np.abs(kernel).max() <= bound and np.abs(bias).max() <= bound
         assert kernel.std() == pytest.approx(bound / np.sqrt(3), rel=0.05)
         assert np.abs(bias).max() > bound / 2  # drawn, not zeros
-    scaled = build_model(ModelSpec(hidden=[400, 300], init="pytorch", init_scale=8.0), seed=3)
+    scaled = models.build_model(
+        ModelSpec(hidden=[400, 300], init="pytorch", init_scale=8.0), seed=3
+    )
     for mine, theirs in zip(model.get_weights(), scaled.get_weights(), strict=True):
         np.testing.assert_allclose(theirs, 8.0 * mine, rtol=1e-6)

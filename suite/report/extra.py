@@ -60,6 +60,7 @@ METRIC_LABELS = {
     "final_train_loss": "final train loss",
     "final_test_loss": "final test loss",
     "train_seconds": "training time (s)",
+    "n_params": "trainable parameters",
     "best_epoch": "best epoch",
     "stopped_epoch": "epoch stopped at (early stopping)",
     "restored_epoch": "epoch whose weights were kept",

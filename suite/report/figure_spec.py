@@ -2,8 +2,8 @@
 
 Owns: the views and sort keys a report accepts, the grouping keys a figure may name, one model
 per figure kind (`curves`, `versus`, `scatter`, `activations`, `confusion`, `cures`,
-`reliability`), the `kind`-tagged union of them (`FigureSpec`), `ReportSpec`, and the metrics
-each kind of figure names (`FIGURE_METRICS`, checked against the study's cells by
+`reliability`, `size`), the `kind`-tagged union of them (`FigureSpec`), `ReportSpec`, and the
+metrics each kind of figure names (`FIGURE_METRICS`, checked against the study's cells by
 `suite.study`).
 Must not touch: drawing (`suite.report.write`, `extra`, `figures`), runs or the tracking store.
 It imports pydantic, `suite.schema_base` and `suite.metrics` only, so `overfit validate` loads
@@ -133,6 +133,18 @@ class ReliabilityFigure(Strict):
     title: str | None = None
 
 
+class SizeFigure(Strict):
+    """Final metrics (one facet each) against the network's size, `n_params` on a log axis:
+    mean and 95% interval per cell, cells of one `hue` joined in size order, and the
+    interpolation threshold (training images x classes) as a labelled vertical line (double
+    descent: Belkin et al. 2019, Nakkiran et al. 2019)."""
+
+    kind: Literal["size"]
+    y: list[str] = Field(min_length=1)
+    hue: GroupKey = "variant"
+    title: str | None = None
+
+
 FIGURE_KINDS = (
     "curves",
     "versus",
@@ -141,6 +153,7 @@ FIGURE_KINDS = (
     "confusion",
     "cures",
     "reliability",
+    "size",
 )
 FigureSpec = Annotated[
     CurvesFigure
@@ -149,9 +162,12 @@ FigureSpec = Annotated[
     | ActivationsFigure
     | ConfusionFigure
     | CuresFigure
-    | ReliabilityFigure,
+    | ReliabilityFigure
+    | SizeFigure,
     Field(discriminator="kind"),
 ]
+# what a size figure may draw against n_params: any per-run metric but n_params itself
+SIZE_METRICS = tuple(metric for metric in RUN_METRICS if metric != "n_params")
 
 # the metrics a figure names, by kind: (its field, the metric, the metrics that field accepts)
 NamedMetrics = list[tuple[str, str, tuple[str, ...]]]
@@ -163,6 +179,7 @@ FIGURE_METRICS: dict[str, Callable[[Any], NamedMetrics]] = {
     "confusion": lambda figure: [],
     "cures": lambda figure: [],  # final_gap and final_test_accuracy: every run logs them
     "reliability": lambda figure: [],  # its cells' loss is checked (`suite.study`)
+    "size": lambda figure: [("y", metric, SIZE_METRICS) for metric in figure.y],
 }
 
 

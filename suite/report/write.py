@@ -38,6 +38,7 @@ from suite.report import (
     load,
     reliability,
     render,
+    size,
     stopping,
 )
 from suite.report.compare import SideBySide
@@ -50,6 +51,7 @@ from suite.report.figure_spec import (
     ReliabilityFigure,
     ReportSpec,
     ScatterFigure,
+    SizeFigure,
     VersusFigure,
 )
 from suite.report.links import UI_DEFAULT, check_ui_url
@@ -393,6 +395,12 @@ def _versus(fig: VersusFigure, name: str, inputs: _Inputs, values: Values) -> Im
     return [(name, png, fig.title or f"final metrics against {fig.x}", caption)]
 
 
+def _size(fig: SizeFigure, name: str, inputs: _Inputs, values: Values) -> Images:
+    png = size.figure(fig, inputs.table, values, inputs.used, inputs.study)
+    caption = size.CAPTION.format(hue=fig.hue)
+    return [(name, png, fig.title or "final metrics against model size", caption)]
+
+
 def _scatter(fig: ScatterFigure, name: str, inputs: _Inputs, values: Values) -> Images:
     png = extra.scatter(fig, inputs.used, values, inputs.study)
     caption = (
@@ -455,6 +463,7 @@ DRAW: dict[str, Callable[[Any, str, _Inputs, Values], Images]] = {
     "confusion": _confusion,
     "cures": _cures,
     "reliability": _reliability,
+    "size": _size,
 }
 # ... and what a run must have logged for it to draw anything
 NEEDS: dict[str, Callable[[Any], str]] = {
@@ -465,6 +474,7 @@ NEEDS: dict[str, Callable[[Any], str]] = {
     "confusion": lambda fig: "confusion_matrix.json",
     "cures": lambda fig: "final_gap and final_test_accuracy",
     "reliability": lambda fig: "reliability.json, logged by cross-entropy runs",
+    "size": lambda fig: f"n_params and {', '.join(fig.y)}",
 }
 
 
