@@ -15,7 +15,8 @@ from suite.study import Study, load_study
 from suite.tracking import Tracker
 
 EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))
-TINY = {"train.epochs": 2, "data.test_size": 200}
+# evaluated every epoch: a long study evaluates every 100 of its 20,000
+TINY = {"train.epochs": 2, "data.test_size": 200, "train.eval_every": 1}
 # plain nets at weight std 1 overflow to NaN in the first epoch, as the textbook's own code
 # does (its published 0.097 is the accuracy of NaN outputs); every other run must finish
 MAY_DIVERGE = {("batch_norm", "plain[init=std:1]")}
