@@ -280,3 +280,26 @@ def test_a_study_on_an_npz_runs_and_logs_its_dataset(
     import pandas as pd
 
     assert chance_level(pd.DataFrame({"params": [{}], "n_classes": ["3"]})) == pytest.approx(1 / 3)
+
+
+def test_label_noise_on_data_of_one_class_is_one_line_at_load(
+    tmp_path: Path, write_study: Callable[..., Path]
+) -> None:
+    ones = np.zeros(60, dtype=np.int64)
+    path = colour_npz(tmp_path / "one.npz", y_train=ones, y_test=ones[:30])
+    study = write_study(
+        f"""
+name: one_class
+base:
+  data: {{dataset: npz, path: {path}, train_size: 30, label_noise: {{fraction: 0.2}}}}
+  model: {{hidden: [8]}}
+  train: {{epochs: 1}}
+seeds: [0]
+"""
+    )
+    with pytest.raises(SpecError) as err:
+        load_study(study)
+    message = str(err.value)
+    assert "\n" not in message and study.name in message
+    # one class is no classification problem: the data itself is refused, before the noise
+    assert "data.path" in message and "at least 2 classes" in message
