@@ -82,22 +82,32 @@ def cells_table(study: Study) -> Table:
     noisy = any(cell.config.data.label_noise for cell in study.cells)
     if noisy:
         table.add_column("label noise")
+    randomized = any(cell.config.data.randomize_inputs for cell in study.cells)
+    if randomized:
+        table.add_column("inputs")
     for cell in study.cells:
         m, t = cell.config.model, cell.config.train
         table.add_row(
             escape(cell.name),
             "[yellow]no data[/]" if cell.data_missing else cell.hash,
             _layers(m),
-            "-" if m.builder else describe_init(m.init),
+            "-" if m.builder else describe_init(m.init) + _times(m.init_scale),
             f"{m.weight_decay:g}",
             f"{m.dropout:g} {m.dropout_style}" if m.dropout else "-",
             "yes" if m.batch_norm else "-",
-            f"{t.optimizer.name} {t.optimizer.learning_rate:g}",
-            str(t.epochs),
+            f"{t.optimizer.name} {t.optimizer.learning_rate:g}"
+            + (f" wd {t.optimizer.weight_decay:g}" if t.optimizer.weight_decay else ""),
+            str(t.epochs) + (f" (eval /{t.eval_every})" if t.eval_every > 1 else ""),
             *([_cures(cell.config) or "-"] if cured else []),
             *([_label_noise(cell.config)] if noisy else []),
+            *([cell.config.data.randomize_inputs or "-"] if randomized else []),
         )
     return table
+
+
+def _times(scale: float | None) -> str:
+    """`model.init_scale`, short: ` x8`, or nothing when off."""
+    return f" x{scale:g}" if scale is not None and scale != 1.0 else ""
 
 
 def _label_noise(config: RunConfig) -> str:

@@ -123,6 +123,14 @@ def test_validate_prints_the_cells(tmp_path: Path) -> None:
     assert "runs: 21" in done.stdout
 
 
+def test_validate_shows_the_research_settings(tmp_path: Path) -> None:
+    experiments = Path(__file__).resolve().parents[1] / "experiments"
+    done = overfit("validate", str(experiments / "grokking.yaml"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "pytorch x8" in done.stdout and "adamw 0.001 wd 0.01" in done.stdout
+    assert "20000 (eval /100)" in done.stdout
+
+
 def test_validate_checks_a_study_without_its_data_and_run_refuses_it(
     write_study: Callable[[str], Path], tmp_path: Path
 ) -> None:
