@@ -92,7 +92,7 @@ class History:
                 else {}
             ),
             **stop,
-            **fitted(self.metrics["train_accuracy"]),
+            **fitted(self.metrics["train_accuracy"], self.evaluated),
             **{k: float(v) for k, v in (self.calibration or {}).items() if k in SCALING_METRICS},
             **({"n_params": float(self.n_params)} if self.n_params is not None else {}),
             **(per_class(self.confusion) if self.confusion is not None else {}),
@@ -102,12 +102,13 @@ class History:
 FIT_ACCURACY = 0.99  # a run has fitted its training labels once its train accuracy reaches it
 
 
-def fitted(train_accuracy: list[float]) -> dict[str, float]:
-    """`fit_epoch`: the first epoch whose train accuracy (against the labels the run trains
-    on, corrupted ones included) reached FIT_ACCURACY; nothing when none did. Zhang et al.'s
-    measure of how much slower noisier labels are fitted."""
+def fitted(train_accuracy: list[float], epochs: list[int]) -> dict[str, float]:
+    """`fit_epoch`: the first evaluated epoch (of `epochs`, one per accuracy) whose train
+    accuracy (against the labels the run trains on, corrupted ones included) reached
+    FIT_ACCURACY; nothing when none did. Zhang et al.'s measure of how much slower noisier
+    labels are fitted."""
     reached = np.flatnonzero(np.asarray(train_accuracy) >= FIT_ACCURACY)
-    return {"fit_epoch": float(reached[0] + 1)} if len(reached) else {}
+    return {"fit_epoch": float(epochs[reached[0]])} if len(reached) else {}
 
 
 def per_class(confusion: np.ndarray) -> dict[str, float]:

@@ -455,3 +455,12 @@ def test_fit_epoch_is_the_first_epoch_at_099_train_accuracy() -> None:
     never = History()
     never.append({"train_accuracy": 0.989, "test_accuracy": 0.5})
     assert "fit_epoch" not in never.final()
+
+
+def test_fit_epoch_counts_epochs_not_evaluations() -> None:
+    from suite.history import History
+
+    history = History()
+    for epoch, train_accuracy in ((20, 0.5), (40, 0.995), (60, 1.0)):
+        history.append({"train_accuracy": train_accuracy, "test_accuracy": 0.5}, epoch)
+    assert history.final()["fit_epoch"] == 40.0
