@@ -483,13 +483,18 @@ def validate(model: type[Any], raw: Any, where: str, origin: str | dict[str, str
             prefix = origin
         else:
             # the part of the file that set this key, a key below it, or a key above it
+            section = dotted.rpartition(".")[0]
             prefix = next(
                 (
                     origin[k]
                     for k in origin
                     if dotted == k or dotted.startswith(k + ".") or k.startswith(dotted + ".")
                 ),
-                "base.",
+                # a key missing beside one that was set: `--set data.label_noise.kind=any`
+                # on a study without noise lacks the fraction
+                next(
+                    (origin[k] for k in origin if section and k.startswith(section + ".")), "base."
+                ),
             )
         key = (prefix if not prefix.startswith("--set") else "") + dotted
         label = f"--set {dotted}" if prefix.startswith("--set") else key

@@ -195,6 +195,9 @@ def test_bad_override_names_the_set_key(write_study) -> None:
     assert "'epochs'" in str(err.value)
     with pytest.raises(SpecError, match="--set train.epochs: expected a whole number"):
         load_study(path, parse_overrides(["train.epochs=three"]))
+    # a key missing beside the one set: the section came from --set, and so does the error
+    with pytest.raises(SpecError, match=r"--set data\.label_noise\.fraction: Field required"):
+        load_study(path, parse_overrides(["data.label_noise.kind=any"]))
 
 
 @pytest.mark.parametrize(
