@@ -216,6 +216,9 @@ def test_adamw_defaults_and_keras_optimizer() -> None:
 @pytest.mark.parametrize("path", sorted((REPO_ROOT / "experiments").glob("*.yaml")), ids=str)
 def test_cells_without_the_new_settings_keep_their_hashes(path: Path) -> None:
     for cell in load_study(path, check_data=False).cells:
+        model, train = cell.config.model, cell.config.train
+        if model.init_scale is not None or train.eval_every > 1 or train.optimizer.name == "adamw":
+            continue  # a study of the new settings (grokking, double_descent)
         identity = cell.config.identity()
         assert "init_scale" not in identity["model"]
         assert "eval_every" not in identity["train"]
