@@ -74,6 +74,11 @@ LOGGED_WITH = {
     **dict.fromkeys(EARLY_STOP_METRICS, "train.early_stopping"),
     **dict.fromkeys(NOISE_METRICS, "data.label_noise"),
     **dict.fromkeys(STEP_METRICS, "train.log_batch_loss"),
+    # the temperature is fitted on the validation split (and only in cross-entropy runs, which
+    # suite.study checks for every calibration metric)
+    **dict.fromkeys(
+        ("val_ece", "temperature", "test_ece_scaled", "test_loss_scaled"), "data.val_size"
+    ),
 }
 
 # what a study's `reference:` may name: a final metric, or a per-epoch name meaning its final value

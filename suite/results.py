@@ -68,7 +68,7 @@ SUMMARY_COLUMNS = [
 ]
 # tags and metrics that count things: integers (missing where a run has none)
 INTEGER_TAGS = ("n_train", "n_val", "n_test", "n_classes")
-INTEGER_METRICS = ("best_epoch", "stopped_epoch", "restored_epoch")
+INTEGER_METRICS = ("best_epoch", "stopped_epoch", "restored_epoch", "fit_epoch", "n_params")
 # what `load` reads that a user has no use for, or that `runs` renames
 HIDDEN = ("run_name", "study_file", "params", "logged", "epochs", "suite_version", "git_commit")
 

@@ -327,8 +327,8 @@ class RunConfig(Strict):
         every, stopping = train.eval_every, train.early_stopping
         if every > train.epochs:
             raise ValueError(
-                f"train.eval_every: {every} is more than train.epochs ({train.epochs}): at most "
-                "every epoch's last, set eval_every to train.epochs or fewer"
+                f"train.eval_every: {every} is more than train.epochs ({train.epochs}); set "
+                f"it to {train.epochs} or fewer (a shorter run: --set train.eval_every too)"
             )
         # patience counts evaluations; a stop needs max(patience, 1) + 1 of them (never at the
         # first): refused when the run has fewer, as patience given in epochs would be
@@ -493,7 +493,12 @@ def validate(model: type[Any], raw: Any, where: str, origin: str | dict[str, str
                 # a key missing beside one that was set: `--set data.label_noise.kind=any`
                 # on a study without noise lacks the fraction
                 next(
-                    (origin[k] for k in origin if section and k.startswith(section + ".")), "base."
+                    (
+                        origin[k]
+                        for k in origin
+                        if first["type"] == "missing" and section and k.startswith(section + ".")
+                    ),
+                    "base.",
                 ),
             )
         key = (prefix if not prefix.startswith("--set") else "") + dotted

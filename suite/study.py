@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from suite.calibration import measured
-from suite.metrics import LOGGED_WITH, REFERENCE_METRICS
+from suite.metrics import ECE_METRICS, LOGGED_WITH, REFERENCE_METRICS, SCALING_METRICS
 from suite.report.figure_spec import FIGURE_METRICS, GROUP_FIELDS, GROUP_NAMES, ReportSpec
 from suite.spec import (
     DataSpec,
@@ -472,6 +472,12 @@ def _check_figures(report: ReportSpec, cells: list[Cell], where: str) -> None:
             setting = LOGGED_WITH.get(metric)
             if setting and not any(_sets(cell, setting) for cell in cells):
                 raise SpecError(f"{label}.{key}: no cell logs {metric}: it needs {setting}")
+            calibrated = any(measured(c.config.train.loss) for c in cells)
+            if metric in (*ECE_METRICS, *SCALING_METRICS) and not calibrated:
+                raise SpecError(
+                    f"{label}.{key}: no cell logs {metric}: calibration is measured in "
+                    "train.loss: cross_entropy runs only"
+                )
         if figure.kind == "reliability" and not any(measured(c.config.train.loss) for c in cells):
             raise SpecError(
                 f"{label}.kind: reliability needs cells trained with train.loss: cross_entropy "

@@ -181,6 +181,8 @@ def test_the_size_figure_of_runs_without_n_params_draws_nothing() -> None:
         ("{kind: size, y: [final_gap], x: n_params}", "x", "unknown key"),
         ("{kind: curves, metric: memorized}", "metric", "it needs data.label_noise"),
         ("{kind: versus, x: grid, y: [best_val_accuracy]}", "y", "it needs data.val_size"),
+        ("{kind: versus, x: grid, y: [temperature]}", "y", "it needs data.val_size"),
+        ("{kind: curves, metric: val_ece}", "metric", "it needs data.val_size"),
     ],
 )
 def test_a_figure_naming_a_metric_the_runs_do_not_log_is_one_line(
@@ -197,3 +199,18 @@ def test_a_figure_naming_a_metric_the_runs_do_not_log_is_one_line(
     assert f"{key}" in message.split(": ")[1] and words in message, message
     # nothing was run: the store holds no such study
     assert Tracker(tracking_uri).experiment_id("bad", create=False) is None
+
+
+def test_calibration_metrics_need_a_cross_entropy_cell(
+    write_study: Callable[..., Path], tracking_uri: str
+) -> None:
+    path = write_study(
+        "name: squared\nbase:\n  data: {train_size: 20, val_size: 10}\n  train: {loss: mse}\n"
+        "report:\n  figures:\n    - {kind: curves, metric: test_ece}\n"
+    )
+    with pytest.raises(SpecError) as err:
+        load_study(path)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{path}: report.figures[0].metric")
+    assert "no cell logs test_ece" in message and "cross_entropy" in message
+    assert Tracker(tracking_uri).experiment_id("squared", create=False) is None
