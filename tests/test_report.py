@@ -854,3 +854,18 @@ def test_a_report_without_its_study_file_says_so_in_one_line(
     assert "study file: not found" in markdown
     html = paths.html.read_text()
     assert html.count("No study file for &#39;cures&#39;") == 1
+
+
+def test_a_cell_that_memorizes_random_labels_learns_them() -> None:
+    from suite.report.aggregate import CellRow, Stat
+
+    def cell(train: float, test: float) -> CellRow:
+        stats = {
+            "final_train_accuracy": Stat(train, 0.0, 3),
+            "final_test_accuracy": Stat(test, 0.0, 3),
+        }
+        return CellRow("c", "c", 0, "h", True, False, 3, 3, 0, 0, stats=stats, chance=0.1)
+
+    assert not cell(train=0.13, test=0.11).learns  # nothing fitted: train and test at chance
+    assert cell(train=1.0, test=0.105).learns  # random labels: fitted, nothing generalises
+    assert cell(train=0.3, test=0.4).learns

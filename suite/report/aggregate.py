@@ -86,6 +86,9 @@ LOWER_IS_BETTER = ("final_gap",)  # ranked smallest first
 # this margin: 0.15 for MNIST's 10 digits. Its small gap is no cure (train and test are both at
 # chance), so it is flagged, ranked last and never named or starred for its gap.
 CHANCE_MARGIN = 0.05
+# ... unless it fits at least this share of its training labels: then it learns them, even if
+# nothing of it generalises (random labels, `data.label_noise: {fraction: 1.0}`)
+FITS_TRAINING = 0.5
 # the gap star goes to a cell that keeps its test accuracy: within this of the best cell's
 # (a cell that barely learns has a small gap too, and is no cure)
 GAP_STAR_TEST_MARGIN = 0.05
@@ -193,10 +196,14 @@ class CellRow:
 
     @property
     def learns(self) -> bool:
-        """False when the mean final test accuracy is below chance + `CHANCE_MARGIN` (a cell
-        without test accuracy, or of unknown chance, is given the benefit of the doubt)."""
+        """False when the mean final test accuracy is below chance + `CHANCE_MARGIN` and the
+        training labels are not fitted either (`FITS_TRAINING`); a cell without test accuracy,
+        or of unknown chance, is given the benefit of the doubt."""
         stat = self.stats.get("final_test_accuracy")
         if stat is None or math.isnan(stat.mean) or math.isnan(self.chance):
+            return True
+        train = self.stats.get("final_train_accuracy")
+        if train is not None and train.mean >= FITS_TRAINING:
             return True
         return stat.mean >= self.chance + CHANCE_MARGIN
 
