@@ -130,12 +130,18 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+# the suite's own catalogue, beside the package in a clone (an editable install)
+CATALOGUE = Path(__file__).resolve().parents[1] / "experiments"
+
+
 def study_path(study: str) -> Path:
-    """A YAML path as given, or `experiments/<name>.yaml` for a bare name."""
+    """A YAML path as given, or for a bare name `experiments/<name>.yaml` here, else in the
+    suite's own catalogue (so `overfit run grokking` works from any folder)."""
     path = Path(study)
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path
-    return EXPERIMENTS / f"{study}.yaml"
+    here, shipped = EXPERIMENTS / f"{study}.yaml", CATALOGUE / f"{study}.yaml"
+    return shipped if not here.is_file() and shipped.is_file() else here
 
 
 def load(study: str, sets: list[str] | None, missing_data: str = "error") -> Study:

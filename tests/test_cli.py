@@ -124,8 +124,8 @@ def test_validate_prints_the_cells(tmp_path: Path) -> None:
 
 
 def test_validate_shows_the_research_settings(tmp_path: Path) -> None:
-    experiments = Path(__file__).resolve().parents[1] / "experiments"
-    done = overfit("validate", str(experiments / "grokking.yaml"), cwd=tmp_path)
+    # a bare study name finds the suite's own catalogue from any folder
+    done = overfit("validate", "grokking", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "pytorch x8" in done.stdout and "adamw 0.001 wd 0.01" in done.stdout
     assert "20000 (eval /100)" in done.stdout
