@@ -162,7 +162,8 @@ def validate(study: StudyArg, set_: SetOpt = None) -> None:
 SeedsOpt = Annotated[
     str | None,
     typer.Option(
-        help="Seeds to run: one (0), a list (0,1,2) or a range (0-4) [default: the study's]."
+        help="Seed numbers to run, not a count (3 is seed 3): one (0), a list (0,1,2) or a "
+        "range (0-4) [default: the study's]."
     ),
 ]
 OnlyOpt = Annotated[
@@ -229,7 +230,8 @@ def run(
             tracker = Tracker(tracking_uri)
             if dry_run:
                 todo = runner.plan(spec, tracker, seed_list, rerun)[0]
-                out.print(display.cells_table(spec))
+                out.print(display.cells_table(spec, seed_list))
+                out.print(f"seeds: {list(seed_list or spec.seeds)}")
                 n = len(spec.runs(seed_list))
                 out.print(
                     f"dry run: {len(todo)} of {n} runs to train, {n - len(todo)} already finished"

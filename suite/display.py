@@ -29,6 +29,8 @@ from suite.spec import ModelSpec, RunConfig, describe_init
 from suite.study import RunKey, Study
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from suite.lifecycle import RunResult
     from suite.runner import StudyResult
     from suite.tracking import Tracker
@@ -69,8 +71,10 @@ def _layers(model: ModelSpec) -> str:
     return f"conv {convs} > {dense}"
 
 
-def cells_table(study: Study) -> Table:
-    table = Table(title=f"{study.name}: {len(study.cells)} cells x {len(study.seeds)} seeds")
+def cells_table(study: Study, seeds: Sequence[int] | None = None) -> Table:
+    """The study's cells, one row each; the title counts `seeds` (default: the study's)."""
+    count = len(seeds if seeds is not None else study.seeds)
+    table = Table(title=f"{study.name}: {len(study.cells)} cells x {count} seeds")
     widest = max((len(c.name) for c in study.cells), default=4)
     table.add_column("cell", no_wrap=True, min_width=min(widest, 48))
     table.add_column("hash", no_wrap=True, min_width=10)

@@ -176,6 +176,10 @@ def test_run_list_and_dry_run(
 
     dry = overfit("run", str(study), "--dry-run", cwd=tmp_path)
     assert "2 of 4 runs to train, 2 already finished" in dry.stdout
+    # --seeds names seed numbers: the plan counts those
+    one = overfit("run", str(study), "--dry-run", "--seeds", "3", cwd=tmp_path)
+    assert "2 cells x 1 seeds" in one.stdout and "seeds: [3]" in one.stdout
+    assert "2 of 2 runs to train" in one.stdout
     listed = overfit("list", cwd=tmp_path)
     assert listed.returncode == 0 and "tiny" in listed.stdout
 
