@@ -52,7 +52,13 @@ class OptimizerSpec(Strict):
         defaults = OPTIMIZER_DEFAULTS[self.name]
         for key in ("momentum", "rho", "beta_1", "beta_2", "epsilon", "weight_decay"):
             if getattr(self, key) is not None and key not in defaults:
-                raise ValueError(f"{key}: not a setting of the {self.name} optimizer")
+                hint = (
+                    " (decoupled weight decay is adamw's; the L2 penalty of any optimizer is "
+                    "model.weight_decay)"
+                    if key == "weight_decay"
+                    else ""
+                )
+                raise ValueError(f"{key}: not a setting of the {self.name} optimizer{hint}")
         for key, value in defaults.items():
             if getattr(self, key) is None:
                 object.__setattr__(self, key, value)

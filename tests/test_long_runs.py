@@ -261,7 +261,7 @@ BAD = {
     "negative init_scale": ("base: {model: {init_scale: -2.0}}", "base.model.init_scale"),
     "weight_decay of adam": (
         "base: {train: {optimizer: {name: adam, weight_decay: 0.01}}}",
-        "base.train.optimizer: weight_decay: not a setting of the adam optimizer",
+        "base.train.optimizer: weight_decay: not a setting of the adam optimizer (decoupled weight decay is adamw's; the L2 penalty of any optimizer is model.weight_decay)",
     ),
     "negative adamw decay": (
         "base: {train: {optimizer: {name: adamw, weight_decay: -0.1}}}",
