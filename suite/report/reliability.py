@@ -158,7 +158,8 @@ def caption(pooled: dict[str, Pooled], finished: int) -> str:
     missing = finished - sum(p.runs for p in pooled.values())
     if missing > 0:
         text += (
-            f" {missing} of {finished} finished runs have no reliability bins (mse-loss runs, "
-            "or runs logged before the suite measured calibration) and are left out."
+            f" {missing} of {finished} finished runs {'has' if missing == 1 else 'have'} no "
+            "reliability bins (mse-loss runs, or runs logged before the suite measured "
+            f"calibration) and {'is' if missing == 1 else 'are'} left out."
         )
     return text

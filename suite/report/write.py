@@ -75,6 +75,11 @@ class ReportPaths:
     run_id: str | None = None
 
 
+def finished_runs(count: int) -> str:
+    """`1 finished run has` / `3 finished runs have`: the start of a note's sentence."""
+    return f"{count} finished run has" if count == 1 else f"{count} finished runs have"
+
+
 def write_report(
     study: str,
     tracker: Tracker,
@@ -523,7 +528,7 @@ def _notes(
         missing = int(used[column.metric].isna().sum())
         if missing:
             notes.append(
-                f"{missing} finished runs have no {column.metric}; their cells show fewer values."
+                f"{finished_runs(missing)} no {column.metric}; their cells show fewer values."
             )
     logged = set(histories["metric"].unique())
     for view in views:
@@ -534,7 +539,7 @@ def _notes(
         have = set(histories.loc[histories["metric"] == main, "run_id"].unique())
         missing = len(set(used["run_id"]) - have)
         if missing:
-            notes.append(f"{missing} finished runs have no per-epoch {main}; curves omit them.")
+            notes.append(f"{finished_runs(missing)} no per-epoch {main}; curves omit them.")
     stopped = stopping.note(used)
     notes += [stopped] if stopped else []
     if spec is not None and any(not c.in_study for c in cells):
