@@ -89,6 +89,9 @@ def cells_table(study: Study, seeds: Sequence[int] | None = None) -> Table:
     randomized = any(cell.config.data.randomize_inputs for cell in study.cells)
     if randomized:
         table.add_column("inputs")
+    losses = any(cell.config.train.loss != "cross_entropy" for cell in study.cells)
+    if losses:
+        table.add_column("loss")
     for cell in study.cells:
         m, t = cell.config.model, cell.config.train
         table.add_row(
@@ -105,6 +108,7 @@ def cells_table(study: Study, seeds: Sequence[int] | None = None) -> Table:
             *([_cures(cell.config) or "-"] if cured else []),
             *([_label_noise(cell.config)] if noisy else []),
             *([cell.config.data.randomize_inputs or "-"] if randomized else []),
+            *([t.loss] if losses else []),
         )
     return table
 

@@ -128,7 +128,7 @@ def test_validate_shows_the_research_settings(tmp_path: Path) -> None:
     done = overfit("validate", "grokking", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "pytorch x8" in done.stdout and "adamw 0.001 wd 0.01" in done.stdout
-    assert "20000 (eval /100)" in done.stdout
+    assert "20000 (eval /100)" in done.stdout and "mse_logits" in done.stdout
 
 
 def test_validate_checks_a_study_without_its_data_and_run_refuses_it(
