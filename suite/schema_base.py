@@ -31,3 +31,14 @@ def did_you_mean(word: str, options: Any) -> str:
     """` (did you mean 'x'?)` for the option closest to `word`, or nothing."""
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def off_or_choice(value: Any, choices: tuple[str, ...]) -> Any:
+    """An optional choice key's value: `off` (which YAML reads as false) and null are None;
+    anything else must name one of `choices` (ValueError with the nearest one)."""
+    if value is None or value is False or value == "off":
+        return None
+    if value not in choices:
+        hint = did_you_mean(value, choices) if isinstance(value, str) else ""
+        raise ValueError(f"expected {', '.join(choices)} or off, got {value!r}{hint}")
+    return value

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from suite.schema_base import PositiveInt, Strict, did_you_mean
+from suite.schema_base import PositiveInt, Strict, off_or_choice
 
 # `data.randomize_inputs` besides off (Zhang et al. 2017; semantics in `suite.randomize`)
 RANDOMIZE_INPUTS = ("shuffled_pixels", "random_pixels", "gaussian")
@@ -59,13 +59,7 @@ class DataSpec(Strict):
     @field_validator("randomize_inputs", mode="before")
     @classmethod
     def _randomize_inputs(cls, value: Any) -> Any:
-        """`off` (which YAML reads as false) and null are off; anything else names a kind."""
-        if value is None or value is False or value == "off":
-            return None
-        if value not in RANDOMIZE_INPUTS:
-            hint = did_you_mean(value, RANDOMIZE_INPUTS) if isinstance(value, str) else ""
-            raise ValueError(f"expected {', '.join(RANDOMIZE_INPUTS)} or off, got {value!r}{hint}")
-        return value
+        return off_or_choice(value, RANDOMIZE_INPUTS)
 
     @field_validator("path")
     @classmethod

@@ -45,6 +45,7 @@ from suite.schema_base import (
     Probability,
     Strict,
     did_you_mean,
+    off_or_choice,
 )
 from suite.schema_cures import AugmentSpec, EarlyStopping
 from suite.schema_data import DataSpec, LabelNoise
@@ -422,13 +423,7 @@ class StudyFile(Strict):
     @field_validator("log_model", mode="before")
     @classmethod
     def _log_model(cls, value: Any) -> Any:
-        """`off` (which YAML reads as false) and null are off; anything else names a choice."""
-        if value is None or value is False or value == "off":
-            return None
-        if value not in LOG_MODEL:
-            hint = did_you_mean(value, LOG_MODEL) if isinstance(value, str) else ""
-            raise ValueError(f"expected final, best or off, got {value!r}{hint}")
-        return value
+        return off_or_choice(value, LOG_MODEL)
 
 
 LOG_MODEL = ("final", "best")  # `log_model:` besides off

@@ -462,6 +462,7 @@ def _check_figures(report: ReportSpec, cells: list[Cell], where: str) -> None:
     settings = {key for cell in cells for key in cell.config.flat()}
     # a section key groups by what is below it: `model.init` covers `model.init.std`
     settings |= {key.rsplit(".", n)[0] for key in settings for n in range(1, key.count("."))}
+    calibrated = any(measured(c.config.train.loss) for c in cells)  # some cell measures ECE
     for index, figure in enumerate(report.figures):
         label = f"{where}: report.figures[{index}]"
         for key, metric, known in FIGURE_METRICS[figure.kind](figure):
@@ -472,13 +473,12 @@ def _check_figures(report: ReportSpec, cells: list[Cell], where: str) -> None:
             setting = LOGGED_WITH.get(metric)
             if setting and not any(_sets(cell, setting) for cell in cells):
                 raise SpecError(f"{label}.{key}: no cell logs {metric}: it needs {setting}")
-            calibrated = any(measured(c.config.train.loss) for c in cells)
             if metric in (*ECE_METRICS, *SCALING_METRICS) and not calibrated:
                 raise SpecError(
                     f"{label}.{key}: no cell logs {metric}: calibration is measured in "
                     "train.loss: cross_entropy runs only"
                 )
-        if figure.kind == "reliability" and not any(measured(c.config.train.loss) for c in cells):
+        if figure.kind == "reliability" and not calibrated:
             raise SpecError(
                 f"{label}.kind: reliability needs cells trained with train.loss: cross_entropy "
                 "(calibration is measured in cross-entropy runs only); no cell does"
