@@ -160,6 +160,7 @@ class Leases:
             TOKEN_TAG: token,
             HEARTBEAT_TAG: f"{time.time():.3f}",
             TIMEOUT_TAG: f"{claim_timeout():g}",
+            **(cell.slot.tags() if cell.slot is not None else {}),
         }
         data_source = cell.data_source or "unknown"
         run_id = self.tracker.create_run(experiment_id, study, cell, seed, data_source, tags)

@@ -255,6 +255,7 @@ def run(
     line = (
         f"{result.count('finished')} finished, {result.count('skipped')} skipped, "
         f"{result.count('failed')} failed"
+        + (f", {result.count('pruned')} pruned" if result.count("pruned") else "")
     )
     out.print(line if result.ok else f"[red]{line}[/]")
     display.plain(

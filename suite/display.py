@@ -24,7 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from suite.names import FAILED, KILLED, SKIPPED, Stored
+from suite.names import FAILED, KILLED, PRUNED, SKIPPED, Stored
 from suite.spec import ModelSpec, RunConfig, describe_init
 from suite.study import RunKey, Study
 
@@ -215,6 +215,12 @@ class RichObserver:
             return
         if result.status == FAILED:
             self.progress.console.print(f"[red]failed[/]   {name}: {result.reason}")
+            return
+        if result.status == PRUNED:  # a search's trial its pruner ended early
+            value = result.final.get("final_val_accuracy", float("nan"))
+            self.progress.console.print(
+                f"pruned   {name}: {result.reason}, validation {value:.3f}", highlight=False
+            )
             return
         if result.status == SKIPPED:  # trained meanwhile by another invocation
             self.progress.console.print(f"elsewhere {name}: {result.reason}", highlight=False)

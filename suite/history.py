@@ -20,6 +20,10 @@ if TYPE_CHECKING:  # a saved network is only carried here
     from suite.models import SavedNetwork
 
 
+class Pruned(Exception):  # noqa: N818 - a verdict, not an error
+    """Raised by a run's epoch callback: its search's pruner ends the trial at this epoch."""
+
+
 @dataclass
 class History:
     """Per-epoch metrics of one run, at the epochs it evaluated (`evaluated`)."""
@@ -51,6 +55,8 @@ class History:
     calibration: dict[str, Any] | None = None
     # the network's trainable parameters, counted on the built Keras model (a builder's too)
     n_params: int | None = None
+    # a search's trial its pruner ended (`suite.search`): the epoch it stopped at
+    pruned_epoch: int | None = None
 
     @property
     def epochs(self) -> int:

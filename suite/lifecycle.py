@@ -22,11 +22,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from suite.names import (
     ACTIVATIONS_ARTIFACT,
+    EPOCHS_TRAINED_TAG,
     FAILED,
     FINISHED,
     KILLED,
     LABEL_NOISE_ARTIFACT,
     LOST,
+    PRUNED,
+    PRUNED_TAG,
     RELIABILITY_ARTIFACT,
     Ended,
     Stored,
@@ -127,11 +130,12 @@ def train_run(
 
     cfg = key.cell.config
     try:
+        stops, heard = _pruned(key, on_epoch)
         split = data.make_split(**cfg.data.model_dump(), seed=key.seed, source=source)
         on_sizes({**split.sizes, "classes": split.num_classes})
         try:
             builder = key.cell.builder_file or None
-            history = train(cfg, split, key.seed, on_epoch, builder, key.log_model)
+            history = train(cfg, split, key.seed, heard, builder, key.log_model, stops)
         finally:
             if flush is not None:
                 flush()
@@ -143,6 +147,25 @@ def train_run(
     except Exception as err:  # noqa: BLE001 - one failing run never stops the study
         trained = Trained(FAILED, reason=f"{type(err).__name__}: {err}")
     return replace(trained, peak_memory_mb=peak_memory_mb())
+
+
+def _pruned(
+    key: RunKey, on_epoch: Callable[[int, dict[str, float]], None]
+) -> tuple[list[int], Callable[[int, dict[str, float]], None]]:
+    """A search trial's pruner around `on_epoch` (`suite.search.Pruning`): the epochs its
+    training stops at to ask it, and the callback that asks it once an epoch is heard."""
+    slot = key.cell.slot
+    if slot is None or slot.spec.pruner == "none":
+        return [], on_epoch
+    from suite.search import Pruning
+
+    pruning = Pruning.of(slot, key.cell.config)
+
+    def heard(epoch: int, values: dict[str, float]) -> None:
+        on_epoch(epoch, values)
+        pruning.report(epoch, values)
+
+    return pruning.checks, heard
 
 
 def conclude(leases: Leases, key: RunKey, run_id: str, trained: Trained) -> RunResult:
@@ -172,11 +195,22 @@ def _conclude(leases: Leases, key: RunKey, run_id: str, trained: Trained) -> Run
         return RunResult(key, KILLED, run_id, reason=trained.reason, peak_memory_mb=memory)
     if trained.status != FINISHED or trained.history is None:
         return replace(fail(leases, key, run_id, trained.reason or ""), peak_memory_mb=memory)
+    history = trained.history
+    if key.cell.slot is not None:  # a search's trial: how far it trained, where it was pruned
+        tags = {EPOCHS_TRAINED_TAG: str(history.epochs)}
+        if history.pruned_epoch:
+            tags[PRUNED_TAG] = str(history.pruned_epoch)
+        leases.tracker.set_tags(run_id, tags)
     try:
-        final = _record(leases, run_id, trained.history)
+        final = _record(leases, run_id, history)
     except ClaimLost as err:
         return RunResult(key, LOST, run_id, reason=str(err))
-    return RunResult(key, FINISHED, run_id, final, peak_memory_mb=memory)
+    status, why = (
+        (PRUNED, f"pruned at epoch {history.pruned_epoch}")
+        if history.pruned_epoch
+        else (FINISHED, None)
+    )
+    return RunResult(key, status, run_id, final, why, peak_memory_mb=memory)
 
 
 def fail(

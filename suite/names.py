@@ -29,14 +29,16 @@ class Ended(StrEnum):
     FAILED = "failed"  # diverged, bad data, any error: its reason is kept
     KILLED = "killed"  # stopped by Ctrl-C or SIGTERM (a later invocation resumes it)
     LOST = "lost"  # another invocation took it as abandoned while it trained: look again
+    PRUNED = "pruned"  # a search's trial its pruner ended early: FINISHED in the store, tagged
 
 
-FINISHED, SKIPPED, FAILED, KILLED, LOST = (
+FINISHED, SKIPPED, FAILED, KILLED, LOST, PRUNED = (
     Ended.FINISHED,
     Ended.SKIPPED,
     Ended.FAILED,
     Ended.KILLED,
     Ended.LOST,
+    Ended.PRUNED,
 )
 
 # --- run tags: what a run is ---------------------------------------------------------------
@@ -53,6 +55,15 @@ SIZE_TAGS = ("n_train", "n_val", "n_test", "n_classes")  # a run's data, once cu
 FAILURE_TAG = "failure_reason"
 RUN_KIND_TAG = "run_kind"  # `report` on the study's report run
 TOKEN_TAG = "invocation"  # the token of the `overfit run` that claimed (and trained) it
+# an adaptive search's trial (`suite.search`): which search, which of its slots, what was asked
+SEARCH_ID_TAG = "search_id"  # the search: its frame's settings, data, space, sampler, pruner, seed
+SEARCH_FRAME_TAG = "search_frame"  # the variant and grid point it searches ("" for none)
+TRIAL_TAG = "trial"  # the slot's number, from 0
+SEARCH_POINT_TAG = "search_point"  # JSON of the asked settings, {dotted key: value}
+SAMPLER_TAG = "sampler"  # random or tpe
+PRUNER_TAG = "pruner"  # none, median or hyperband
+PRUNED_TAG = "pruned"  # on a pruned trial: the epoch its pruner ended it at
+EPOCHS_TRAINED_TAG = "epochs_trained"  # on a trial: the epochs it trained
 
 # --- lease tags: how a RUNNING run is held (deleted when it ends) --------------------------
 OWNER_TAG = "owner"  # host:pid of the process that logs the run

@@ -205,6 +205,11 @@ def run_study(
         OptionError: executor options that do not go together (see `check_executor`).
     """
     check_executor(executor, workers, tracker.uri, ray_address, cpus_per_run)
+    searched = any(cell.slot is not None for cell in study.cells)
+    if searched and seeds is not None and len(seeds) != 1:
+        raise OptionError(
+            f"--seeds: an adaptive search trains each trial with one seed, got {len(seeds)}"
+        )
     observer = observer or Silent()
     todo, finished = plan(study, tracker, seeds, rerun)
     chosen = choose_executor(executor, workers, len(todo), ray_address, cpus_per_run)
@@ -227,7 +232,13 @@ def run_study(
         tracker.note_study_file(experiment_id, study.path)
     from suite.claims import leases_of
 
-    claims = Claims(todo, leases_of(tracker), experiment_id, study.name, rerun, observer)
+    coordinator = None
+    if searched:
+        from suite.search import Coordinator
+
+        coordinator = Coordinator(tracker, experiment_id)
+    leases = leases_of(tracker)
+    claims = Claims(todo, leases, experiment_id, study.name, rerun, observer, coordinator)
     stop = StopRequest()
     with stop.installed():
         chosen.run(claims, stop)

@@ -7,7 +7,7 @@ or expand a study. It imports pydantic and `suite.schema_base` only.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -39,11 +39,27 @@ class Distribution(Strict):
         return self
 
 
+SAMPLERS = ("random", "tpe")
+PRUNERS = ("none", "median", "hyperband")
+
+
 class SearchSpec(Strict):
-    """A study's `search:` block: `trials` random configurations drawn from `space` with
-    `seed`; each trial is a cell (crossed with the variants and the grid). The draws are
-    `suite.study.trial_points`."""
+    """A study's `search:` block: `trials` configurations from `space`, crossed with the
+    variants and the grid.
+
+    `sampler: random` with `pruner: none` (the default) draws every trial up front with
+    `seed` (`suite.trials.trial_points`), each trial a cell of its own. Any other choice is
+    an adaptive search (`suite.search`): its trials are numbered slots, asked of Optuna one
+    at a time as a worker frees up (`tpe`), or taken from the same up-front draws
+    (`random`), and a pruner may end a trial early on its validation accuracy."""
 
     trials: PositiveInt
     seed: Annotated[int, Field(ge=0)] = 0
     space: dict[str, Distribution] = Field(min_length=1)
+    sampler: Literal["random", "tpe"] = "random"
+    pruner: Literal["none", "median", "hyperband"] = "none"
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the trials are asked one at a time (`suite.search`), not drawn up front."""
+        return self.sampler != "random" or self.pruner != "none"

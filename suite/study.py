@@ -10,7 +10,7 @@
    (part of the cell's hash), and, when asked, its sizes checked against that data.
 
 Owns: `Cell`, `RunKey`, `Study` (with `runs`, `split_names`, `select`), the expansion and its
-checks, the search's draws (`sample`, `trial_points`), and `resolve_data`.
+checks, and `resolve_data`. A search's draws and slots are `suite.trials`'.
 Must not touch: the schema and its error messages (`suite.spec`), how data is found or loaded
 (`suite.data`, imported only inside `resolve_data`), training or the tracking store.
 """
@@ -23,7 +23,6 @@ import functools
 import hashlib
 import itertools
 import json
-import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +33,7 @@ from suite.metrics import ECE_METRICS, LOGGED_WITH, REFERENCE_METRICS, SCALING_M
 from suite.report.figure_spec import FIGURE_METRICS, GROUP_FIELDS, GROUP_NAMES, ReportSpec
 from suite.spec import (
     DataSpec,
-    Distribution,
     RunConfig,
-    SearchSpec,
     SpecError,
     StudyFile,
     conv_output_sizes,
@@ -46,6 +43,7 @@ from suite.spec import (
     short_value,
     validate,
 )
+from suite.trials import Slot, check_search, search_id, trial_points
 
 # `--only` accepts a cell hash prefix of at least this many characters.
 MIN_HASH_PREFIX = 4
@@ -63,12 +61,18 @@ class Cell:
     builder_file: str = ""  # the module file `model.builder` resolved to (see suite.builders)
     builder_source: str = ""  # a fingerprint of that file's source
     data_missing: str = ""  # why its data is not on this machine (a study validated without it)
+    # an adaptive search's trial: its config is the search's frame until a point is asked
+    # (`suite.trials.fill`), and its hash the slot's, whatever the point
+    slot: Slot | None = field(default=None, compare=False)
 
     @functools.cached_property
     def hash(self) -> str:
         """The cell's identity: its resolved configuration and the data it resolved to, so
         runs on the bundled subset never count as done once full MNIST is found; with a
-        builder, its source too, so an edited builder is a new cell."""
+        builder, its source too, so an edited builder is a new cell. A slot's: its search's
+        id (which holds all of that) and its number."""
+        if self.slot is not None:
+            return self.slot.cell_hash
         if not self.data_source and not self.builder_source:
             return self.config.hash
         identity = {"config": self.config.identity(), "data_source": self.data_source}
@@ -222,7 +226,14 @@ def resolve_data(study: Study, where: str, check_sizes: bool, missing_data: str 
     for cell in study.cells:
         source, missing = _data_source(cell, where, check_sizes, strict)
         found = dataclasses.replace(cell, data_source=source, data_missing=missing)
-        cells.append(_with_builder(found, folder, where, check_sizes and not missing))
+        found = _with_builder(found, folder, where, check_sizes and not missing)
+        if found.slot is not None:  # a search on other data is another search
+            data = found.data_source + found.builder_source
+            ident = search_id(found.slot.spec, found.config, data)
+            found = dataclasses.replace(
+                found, slot=dataclasses.replace(found.slot, search_id=ident)
+            )
+        cells.append(found)
     if check_sizes and not strict:
         _warn_missing(cells, where)
     return dataclasses.replace(study, cells=tuple(cells))
@@ -340,10 +351,15 @@ def _expand_cells(
     top: StudyFile, where: str, overrides: dict[str, Any], implicit: bool
 ) -> list[Cell]:
     """Each variant crossed with the study's grid, its own grid and the search's trials, with
-    `--set` applied last; no two cells may resolve to the same configuration."""
+    `--set` applied last; no two cells may resolve to the same configuration. An adaptive
+    search's trials are slots (`suite.trials.Slot`), their points asked when they train."""
     grid_points = _product(top.grid)
-    trials: list[dict[str, Any] | None] = list(trial_points(top.search)) if top.search else [None]
-    searched = set(top.search.space) if top.search else set()
+    search = top.search
+    adaptive = search is not None and search.adaptive
+    trials: list[dict[str, Any] | None] = [None]
+    if search is not None:
+        trials = [{} for _ in range(search.trials)] if adaptive else trial_points(search)
+    searched = set(search.space) if search else set()
     for key in overrides:
         if key in searched:
             raise SpecError(
@@ -366,8 +382,14 @@ def _expand_cells(
             config = _cell_config(top.base, variant, patch, layers, where)
             settings = {**point, **own}
             name = _cell_name(variant, settings, number, trial, implicit)
-            cells.append(Cell(name, variant, config, {**settings, **(trial or {})}))
-    _check_distinct(cells, where, bool(searched))
+            slot = None
+            if adaptive and search is not None:
+                frame = _cell_name(variant, settings, 0, None, implicit)
+                slot = Slot(search_id(search, config), number, frame, search)
+            cells.append(Cell(name, variant, config, {**settings, **(trial or {})}, slot=slot))
+    if search is not None and adaptive:
+        check_search(search, cells, _seeds(top, where), where)
+    _check_distinct([c for c in cells if c.slot is None], where, bool(searched))
     return cells
 
 
@@ -497,35 +519,6 @@ def _sets(cell: Cell, dotted: str) -> bool:
     """Whether a cell sets `dotted` to something besides off (a value, or keys below it)."""
     flat = cell.config.flat()
     return bool(flat.get(dotted)) or any(key.startswith(dotted + ".") for key in flat)
-
-
-def sample(distribution: Distribution, rng: Any) -> Any:
-    """One draw from a search dimension with a numpy Generator (`integers`, `uniform`)."""
-    if distribution.choice is not None:
-        return copy.deepcopy(distribution.choice[int(rng.integers(len(distribution.choice)))])
-    if distribution.log_uniform is not None:
-        lo, hi = distribution.log_uniform
-        return _round(10 ** rng.uniform(math.log10(lo), math.log10(hi)), lo, hi)
-    assert distribution.uniform is not None
-    lo, hi = distribution.uniform
-    return _round(rng.uniform(lo, hi), lo, hi)
-
-
-def _round(value: float, lo: float, hi: float) -> float:
-    """Four significant digits (readable params and names, far finer than a search needs),
-    unless rounding would leave [lo, hi): a draw stays inside its range."""
-    rounded = float(f"{value:.4g}")
-    return rounded if lo <= rounded < hi else value
-
-
-def trial_points(search: SearchSpec) -> list[dict[str, Any]]:
-    """The trials' settings, the same for the same block on every machine."""
-    import numpy as np
-
-    rng = np.random.default_rng(search.seed)
-    return [
-        {key: sample(dist, rng) for key, dist in search.space.items()} for _ in range(search.trials)
-    ]
 
 
 def _product(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:

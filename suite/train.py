@@ -50,7 +50,7 @@ import suite._tf  # noqa: F401  (quiet TensorFlow start-up, before keras)
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
@@ -59,7 +59,7 @@ import tensorflow as tf
 
 from suite import builders, calibration, cures
 from suite.data import Split
-from suite.history import History, confusion_matrix, per_class
+from suite.history import History, Pruned, confusion_matrix, per_class
 from suite.metrics import EPOCH_METRICS, FINAL_METRICS, VAL_METRICS
 from suite.models import (
     activations_record,
@@ -146,6 +146,7 @@ def train(
     on_epoch: EpochCallback | None = None,
     builder_file: str | None = None,
     log_model: str | None = None,
+    stops: Sequence[int] = (),
 ) -> History:
     """Train one run and return its per-epoch history.
 
@@ -159,6 +160,9 @@ def train(
         builder_file: with `model.builder`, the file its module was found in.
         log_model: `final` or `best`: the history's `network` holds the weights the run ends
             with, or those of its `best_epoch` (kept by the compiled epochs, see `_BestTest`).
+        stops: epochs a compiled call ends at besides its usual ones, so `on_epoch` hears
+            them before more is trained (a search's pruner, which may raise `Pruned` there:
+            the history then ends at that epoch, `pruned_epoch` set).
 
     With `train.early_stopping` the history ends at the stop; the run's final metrics are
     those of the weights it ends with (see `History.final`).
@@ -203,8 +207,9 @@ def train(
         n_params=trainable_count(model),
     )
     start = time.perf_counter()
-    for first in range(0, spec.epochs, per_call):
-        chunk, chunk_numbers = orders[first : first + per_call], numbers[first : first + per_call]
+    ends = sorted({*range(per_call, spec.epochs, per_call), *stops, spec.epochs} - {0})
+    for first, end in zip([0, *ends[:-1]], ends, strict=True):
+        chunk, chunk_numbers = orders[first:end], numbers[first:end]
         ran = program.run(chunk, chunk_numbers, x_eval_t, y_eval_t)
         result = {k: v.numpy() for k, v in ran.items()}
         if spec.log_batch_loss:
@@ -225,8 +230,12 @@ def train(
                 accounted = epoch - first
             history.append(values, epoch)
             if on_epoch is not None:
-                on_epoch(epoch, values)
-        if program.stop is not None and int(program.stop.stopped):
+                try:
+                    on_epoch(epoch, values)
+                except Pruned:
+                    history.pruned_epoch = epoch
+                    break
+        if history.pruned_epoch or (program.stop is not None and int(program.stop.stopped)):
             break
     if program.stop is not None:
         _conclude_stopping(program, history, x_eval_t, y_eval_t)

@@ -74,6 +74,14 @@ class StopRequest:
                 signal.signal(sig, handler)
 
 
+class Asker(Protocol):
+    """Fills an adaptive search's slot with its point (`suite.search.Coordinator`)."""
+
+    def ask(self, key: RunKey) -> RunKey: ...
+
+    def ended(self, key: RunKey) -> None: ...
+
+
 class Claims:
     """The runs one invocation has yet to see end, claimed one at a time as an executor
     frees up (`take`), so that any number of invocations can share a store and a study.
@@ -91,6 +99,7 @@ class Claims:
         study: str,
         rerun: bool,
         observer: Observer,
+        search: Asker | None = None,
     ) -> None:
         self.order = [(k.cell.hash, k.seed) for k in todo]
         self.waiting: deque[RunKey] = deque(todo)
@@ -100,6 +109,7 @@ class Claims:
         self.rerun, self.observer = rerun, observer
         self.token = uuid.uuid4().hex  # this invocation's claims
         self.started = 0  # runs started here so far
+        self.search = search  # asks an adaptive search's slots (`suite.search.Coordinator`)
 
     def done(self) -> bool:
         return not self.waiting and not self.held
@@ -116,7 +126,17 @@ class Claims:
             if at <= now:
                 del self.held[ident]
                 self.waiting.appendleft(key)
-        return self.waiting.popleft() if self.waiting else None
+        while self.waiting:
+            key = self.waiting.popleft()
+            if key.cell.slot is None or self.search is None:
+                return key
+            try:  # an adaptive search's slot: its point is asked now, just before its claim
+                return self.search.ask(key)
+            except Exception as err:  # noqa: BLE001 - that trial fails, the search goes on
+                from suite.tracking import first_line
+
+                self.ended(RunResult(key, FAILED, reason=f"could not ask: {first_line(err)}"))
+        return None
 
     def take(self) -> tuple[RunKey, str] | None:
         """The next run this invocation owns now (claimed: its RUNNING run's id), or None
@@ -172,6 +192,8 @@ class Claims:
 
     def ended(self, result: RunResult) -> None:
         """Record how a run ended and show it; a lost claim is looked at again."""
+        if self.search is not None:
+            self.search.ended(result.key)
         if result.status == LOST:
             self.retry(result.key)
             return
