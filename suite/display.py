@@ -94,21 +94,37 @@ def cells_table(study: Study, seeds: Sequence[int] | None = None) -> Table:
         table.add_column("loss")
     for cell in study.cells:
         m, t = cell.config.model, cell.config.train
+        # an adaptive search's slot shows its frame: what its search asks is not known yet
+        asked = set(cell.slot.spec.space) if cell.slot and cell.slot.point is None else set()
         table.add_row(
             escape(cell.name),
             "[yellow]no data[/]" if cell.data_missing else cell.hash,
             _layers(m),
             "-" if m.builder else describe_init(m.init) + _times(m.init_scale),
-            f"{m.weight_decay:g}",
-            f"{m.dropout:g} {m.dropout_style}" if m.dropout else "-",
+            "asked" if "model.weight_decay" in asked else f"{m.weight_decay:g}",
+            "asked"
+            if "model.dropout" in asked
+            else (f"{m.dropout:g} {m.dropout_style}" if m.dropout else "-"),
             "yes" if m.batch_norm else "-",
-            f"{t.optimizer.name} {t.optimizer.learning_rate:g}"
+            f"{t.optimizer.name} "
+            + (
+                "asked"
+                if "train.optimizer.learning_rate" in asked
+                else f"{t.optimizer.learning_rate:g}"
+            )
             + (f" wd {t.optimizer.weight_decay:g}" if t.optimizer.weight_decay else ""),
             str(t.epochs) + (f" (eval /{t.eval_every})" if t.eval_every > 1 else ""),
             *([_cures(cell.config) or "-"] if cured else []),
             *([_label_noise(cell.config)] if noisy else []),
             *([cell.config.data.randomize_inputs or "-"] if randomized else []),
             *([t.loss] if losses else []),
+        )
+    slots = [cell.slot for cell in study.cells if cell.slot is not None]
+    if slots:
+        spec = slots[0].spec
+        table.caption = (
+            f"trial_NNN: slots of a {spec.sampler} search (pruner: {spec.pruner}); each asks "
+            f"{', '.join(spec.space)} just before it trains"
         )
     return table
 

@@ -15,6 +15,7 @@ store first (`suite.claims`), so invocations sharing a store train each run once
 from __future__ import annotations
 
 import statistics
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,7 +23,7 @@ from suite.executors import workers as worker_processes
 from suite.executors.base import EXECUTORS, Claims, Executor, StopRequest
 from suite.executors.local import LocalExecutor
 from suite.lifecycle import Observer, RunResult, Silent
-from suite.names import FAILED, FINISHED, SKIPPED, Stored
+from suite.names import FAILED, FINISHED, SEARCH_ID_TAG, SKIPPED, Stored
 from suite.store import resolve_uri
 from suite.study import RunKey, Study
 
@@ -97,9 +98,38 @@ def plan(
     # by start time, so that of several FINISHED runs of a key (--rerun) the latest is kept
     ordered = sorted(records, key=lambda r: r.start_time)
     finished = {(r.cell_hash, r.seed): r for r in ordered if r.status == Stored.FINISHED}
+    _notice_changed_search(study, records)
     keys = study.runs(seeds)
     todo = keys if rerun else [k for k in keys if (k.cell.hash, k.seed) not in finished]
     return todo, finished
+
+
+class SearchChanged(UserWarning):
+    """A search's stored trials were made with other search settings: a new search starts."""
+
+
+def _notice_changed_search(study: Study, records: list[RunRecord]) -> None:
+    """One line when stored trials of the study's trial cells belong to another search (its
+    space, sampler, pruner, seed or frame changed): the new search's trials are new cells,
+    never mixed with the old ones, which stay in the store."""
+    cells = {cell.name: cell for cell in study.cells}
+    stale = {
+        r.tags.get(SEARCH_ID_TAG, "random")
+        for r in records
+        if r.cell in cells
+        and r.cell_hash != cells[r.cell].hash
+        and (SEARCH_ID_TAG in r.tags or cells[r.cell].slot is not None)
+    }
+    if stale:
+        ids = {c.slot.search_id for c in cells.values() if c.slot is not None} or {"random"}
+        warnings.warn(
+            f"{study.name}: its search changed (search.space, sampler, pruner, seed or the "
+            f"settings it searches around): search {', '.join(sorted(ids))} starts anew, its "
+            f"trials new cells; the stored trials of search {', '.join(sorted(stale))} are "
+            "kept apart",
+            SearchChanged,
+            stacklevel=3,
+        )
 
 
 def check_executor(

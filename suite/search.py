@@ -44,7 +44,7 @@ from suite.names import (
     TRIAL_TAG,
     Stored,
 )
-from suite.trials import REDUCTION_FACTOR, Known, Slot, check_epochs, fill, rounded, trial_points
+from suite.trials import REDUCTION_FACTOR, Known, Slot, check_epochs, rounded, trial_points
 
 if TYPE_CHECKING:
     from suite.spec import Distribution, RunConfig, SearchSpec
@@ -71,9 +71,11 @@ def _distribution(dist: Distribution) -> BaseDistribution:
     if dist.choice is not None:
         return CategoricalDistribution(list(range(len(dist.choice))))
     if dist.log_uniform is not None:
-        return FloatDistribution(*dist.log_uniform, log=True)
+        low, high = dist.log_uniform
+        return FloatDistribution(low, high, log=True)
     assert dist.uniform is not None
-    return FloatDistribution(*dist.uniform)
+    low, high = dist.uniform
+    return FloatDistribution(low, high)
 
 
 def encode(spec: SearchSpec, point: dict[str, Any]) -> dict[str, Any] | None:
@@ -213,7 +215,7 @@ class Coordinator:
         point = self._draw(spec, slot) if spec.sampler == "random" else self._tpe(spec, slot, mine)
         finished = tuple(t for t in mine if t.state != "running")
         self.pending[(slot.search_id, slot.number)] = point
-        filled = fill(cell, point)
+        filled = cell.asked(point)
         assert filled.slot is not None
         with_history = replace(filled.slot, history=finished if spec.pruner != "none" else ())
         return replace(key, cell=replace(filled, slot=with_history))
@@ -285,7 +287,8 @@ class SlotHyperband(optuna.pruners.HyperbandPruner):
     def rung_attrs(self, name: str, trial: Known) -> dict[str, float]:
         """The `completed_rung_<r>` attributes the pruner wrote on `trial` as it reached
         each rung of its bracket (the values at the rungs' epochs)."""
-        values, attrs, rung = dict(trial.curve), {}, 0
+        values, rung = dict(trial.curve), 0
+        attrs: dict[str, float] = {}
         bracket = self.bracket(name, trial.slot)
         while True:
             step = self._min_resource * REDUCTION_FACTOR ** (bracket + rung)

@@ -43,7 +43,7 @@ from suite.spec import (
     short_value,
     validate,
 )
-from suite.trials import Slot, check_search, search_id, trial_points
+from suite.trials import Slot, check_search, fill, search_id, trial_points
 
 # `--only` accepts a cell hash prefix of at least this many characters.
 MIN_HASH_PREFIX = 4
@@ -64,6 +64,14 @@ class Cell:
     # an adaptive search's trial: its config is the search's frame until a point is asked
     # (`suite.trials.fill`), and its hash the slot's, whatever the point
     slot: Slot | None = field(default=None, compare=False)
+
+    def asked(self, point: dict[str, Any]) -> Cell:
+        """A slot's cell with the point its search asked set over its frame (its hash, the
+        slot's, unchanged; see `suite.trials.fill`)."""
+        assert self.slot is not None
+        slot = dataclasses.replace(self.slot, point=dict(point))
+        config, settings = fill(self.config, point), {**self.grid_point, **point}
+        return dataclasses.replace(self, config=config, grid_point=settings, slot=slot)
 
     @functools.cached_property
     def hash(self) -> str:
@@ -358,7 +366,7 @@ def _expand_cells(
     adaptive = search is not None and search.adaptive
     trials: list[dict[str, Any] | None] = [None]
     if search is not None:
-        trials = [{} for _ in range(search.trials)] if adaptive else trial_points(search)
+        trials = [{} for _ in range(search.trials)] if adaptive else [*trial_points(search)]
     searched = set(search.space) if search else set()
     for key in overrides:
         if key in searched:
@@ -388,7 +396,8 @@ def _expand_cells(
                 slot = Slot(search_id(search, config), number, frame, search)
             cells.append(Cell(name, variant, config, {**settings, **(trial or {})}, slot=slot))
     if search is not None and adaptive:
-        check_search(search, cells, _seeds(top, where), where)
+        frames = [(c.name, c.config) for c in cells if c.slot is not None and c.slot.number == 0]
+        check_search(search, frames, _seeds(top, where), where)
     _check_distinct([c for c in cells if c.slot is None], where, bool(searched))
     return cells
 

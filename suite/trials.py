@@ -3,7 +3,7 @@
 Owns: `sample` and `trial_points` (random search's draws, the same on every machine), `Slot`
 (an adaptive search's numbered trial, whose cell hash is the search's id and its number, so
 two invocations that ask a slot different points still claim one run), `search_id`, and
-`fill` (a slot's cell made whole with the point asked for it). Must not: ask Optuna
+`fill` (a slot's frame made whole with the point asked for it). Must not: ask Optuna
 (`suite.search`), expand a study (`suite.study`), train or touch the store.
 """
 
@@ -13,8 +13,8 @@ import copy
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 from suite.names import (
     PRUNER_TAG,
@@ -25,9 +25,6 @@ from suite.names import (
     TRIAL_TAG,
 )
 from suite.spec import Distribution, RunConfig, SearchSpec, SpecError, validate
-
-if TYPE_CHECKING:
-    from suite.study import Cell
 
 
 def sample(distribution: Distribution, rng: Any) -> Any:
@@ -119,14 +116,13 @@ def search_id(spec: SearchSpec, frame: RunConfig, data_source: str = "") -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:10]
 
 
-def fill(cell: Cell, point: dict[str, Any], where: str = "search") -> Cell:
-    """A slot's cell with `point` set over its frame's settings (the same hash: the slot's).
+def fill(config: RunConfig, point: dict[str, Any], where: str = "search") -> RunConfig:
+    """A slot's frame `config` with `point` ({dotted key: value}) set over it.
 
     Raises:
         SpecError: the point makes no valid configuration (named by its keys).
     """
-    assert cell.slot is not None
-    tree = cell.config.model_dump(mode="python", exclude_unset=True)  # as the file set it
+    tree = config.model_dump(mode="python", exclude_unset=True)  # as the file set it
     for dotted, value in point.items():
         node = tree
         parts = dotted.split(".")
@@ -136,9 +132,8 @@ def fill(cell: Cell, point: dict[str, Any], where: str = "search") -> Cell:
                 child = node[part] = {}
             node = child
         node[parts[-1]] = copy.deepcopy(value)
-    config = validate(RunConfig, tree, where, {k: "search.space." for k in point})
-    slot = replace(cell.slot, point=dict(point))
-    return replace(cell, config=config, grid_point={**cell.grid_point, **point}, slot=slot)
+    filled: RunConfig = validate(RunConfig, tree, where, {k: "search.space." for k in point})
+    return filled
 
 
 # the median pruner is asked every this many epochs (a compiled call's worth, see suite.train)
@@ -164,7 +159,9 @@ def check_epochs(spec: SearchSpec, config: RunConfig) -> list[int]:
     return []
 
 
-def check_search(spec: SearchSpec, cells: list[Cell], seeds: tuple[int, ...], where: str) -> None:
+def check_search(
+    spec: SearchSpec, frames: list[tuple[str, RunConfig]], seeds: tuple[int, ...], where: str
+) -> None:
     """An adaptive search's checks (one line each, naming the key): one seed, a validation
     split, a space with something to choose, and points that make valid configurations.
 
@@ -185,16 +182,14 @@ def check_search(spec: SearchSpec, cells: list[Cell], seeds: tuple[int, ...], wh
             "or use a grid"
         )
     points = trial_points(spec) if spec.sampler == "random" else _corners(spec)
-    for cell in cells:
-        if cell.slot is None or cell.slot.number != 0:
-            continue
-        if not cell.config.data.val_size:
+    for name, frame in frames:
+        if not frame.data.val_size:
             raise SpecError(
                 f"{where}: {what}: needs a validation split to rank trials by (set "
-                f"data.val_size), as train.early_stopping does (cell {cell.name})"
+                f"data.val_size), as train.early_stopping does (cell {name})"
             )
         for point in points:
-            fill(cell, point, where)
+            fill(frame, point, where)
 
 
 def _corners(spec: SearchSpec) -> list[dict[str, Any]]:
