@@ -1,0 +1,147 @@
+"""An adaptive search (TPE with Hyperband pruning) beyond one process: on Ray, stopped with
+Ctrl-C half-way and run again; and two `overfit run` invocations sharing one search through
+a real `mlflow server`. Either way every slot ends with exactly one FINISHED run (pruned or
+not), `trials` in all, and none is trained twice. `slow`: each invocation pays TensorFlow's
+import, Ray's start-up or a server's."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import MlflowServer
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+TRIALS = 12
+SEARCH = f"""
+name: searched
+base:
+  data: {{train_size: 200, val_size: 100, test_size: 200}}
+  model: {{hidden: [64, 64]}}
+  train: {{batch_size: 20, epochs: 27, optimizer: {{name: sgd}}}}
+seeds: [0]
+search:
+  trials: {TRIALS}
+  sampler: tpe
+  pruner: hyperband
+  space:
+    train.optimizer.learning_rate: {{log_uniform: [1.0e-4, 1.0]}}
+    model.weight_decay: {{log_uniform: [1.0e-6, 1.0e-2]}}
+"""
+
+
+@pytest.fixture(autouse=True)
+def _bundled(bundled_only: None) -> None:
+    """Path-less data resolves to the bundled subset (subprocesses run offline)."""
+
+
+@pytest.fixture
+def started() -> Iterator[list[subprocess.Popen[str]]]:
+    """Processes a test started: killed (whole groups) if the test ends early."""
+    import os
+
+    processes: list[subprocess.Popen[str]] = []
+    yield processes
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def overfit(study: Path, uri: str, *args: str) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "suite", "run", str(study), "--tracking-uri", uri, *args]
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+
+
+def slot_runs(uri: str) -> list[tuple[int, str, str]]:
+    """(slot, status, pruned tag) of every run of the search, deleted ones too."""
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("searched")
+    if experiment is None:
+        return []
+    found = client.search_runs(
+        [experiment.experiment_id], run_view_type=ViewType.ALL, max_results=1000
+    )
+    return [
+        (int(r.data.tags["trial"]), r.info.status, r.data.tags.get("pruned", ""))
+        for r in found
+        if "trial" in r.data.tags
+    ]
+
+
+def assert_each_slot_once(uri: str) -> list[tuple[int, str, str]]:
+    every = slot_runs(uri)
+    finished = Counter(slot for slot, status, _ in every if status == "FINISHED")
+    assert sorted(finished) == list(range(TRIALS)), f"slots: {sorted(finished)}"
+    assert set(finished.values()) == {1}, f"a slot trained twice: {finished}"
+    assert not [r for r in every if r[1] == "RUNNING"], "a run left RUNNING"
+    return every
+
+
+def counts(output: str) -> tuple[int, int, int]:
+    """(finished, skipped, pruned) from an invocation's summary line."""
+    found = re.search(r"(\d+) finished, (\d+) skipped, 0 failed(?:, (\d+) pruned)?", output)
+    assert found, output
+    return int(found[1]), int(found[2]), int(found[3] or 0)
+
+
+def wait_for_finished(uri: str, process: subprocess.Popen[str], at_least: int) -> None:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if sum(status == "FINISHED" for _, status, _ in slot_runs(uri)) >= at_least:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the search ended or stalled before {at_least} trials finished")
+
+
+def test_a_search_on_ray_stopped_half_way_and_run_again_trains_each_slot_once(
+    write_study: Callable[..., Path], mlflow_server: MlflowServer, started: list
+) -> None:
+    pytest.importorskip(
+        "ray", reason="needs the optional Ray extra: make setup-ray (pip install '.[ray]')"
+    )
+    study = write_study(SEARCH, "searched.yaml")
+    first = overfit(study, mlflow_server.uri, "--executor", "ray")
+    started.append(first)
+    wait_for_finished(mlflow_server.uri, first, TRIALS // 3)
+    first.send_signal(signal.SIGINT)
+    output, _ = first.communicate(timeout=180)
+    assert first.returncode == 130, output
+    before = Counter(status for _, status, _ in slot_runs(mlflow_server.uri))
+    assert before["FINISHED"] < TRIALS and before["RUNNING"] == 0, before
+
+    second = overfit(study, mlflow_server.uri, "--executor", "ray")
+    started.append(second)
+    output, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, output
+    finished, skipped, pruned = counts(output)
+    assert skipped == before["FINISHED"] and finished + pruned == TRIALS - skipped
+    every = assert_each_slot_once(mlflow_server.uri)
+    assert any(tag for _, status, tag in every if status == "FINISHED"), "nothing was pruned"
+
+
+def test_two_invocations_share_one_search_through_a_server(
+    write_study: Callable[..., Path], mlflow_server: MlflowServer, started: list
+) -> None:
+    study = write_study(SEARCH, "searched.yaml")
+    both = [overfit(study, mlflow_server.uri, "--workers", "1") for _ in range(2)]
+    started.extend(both)
+    outputs = [process.communicate(timeout=600)[0] for process in both]
+    assert [p.returncode for p in both] == [0, 0], outputs
+    trained = [counts(out) for out in outputs]
+    # every slot trained by one of them; the other saw it end there (or never took it)
+    assert sum(f + p for f, _, p in trained) == TRIALS, outputs
+    assert all(f + p > 0 for f, _, p in trained), "one invocation trained everything"
+    assert_each_slot_once(mlflow_server.uri)
