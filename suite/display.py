@@ -24,8 +24,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from suite.names import FAILED, KILLED, PRUNED, SKIPPED, Stored
-from suite.spec import ModelSpec, RunConfig, describe_init
+from suite.names import FAILED, FINISHED, KILLED, PRUNED, SKIPPED, Stored
+from suite.spec import ModelSpec, RunConfig, describe_init, short_value
 from suite.study import RunKey, Study
 
 if TYPE_CHECKING:
@@ -256,6 +256,10 @@ class RichObserver:
 
 
 def summary_table(result: StudyResult) -> Table:
+    """The study's cells with their means over seeds; a search's best trials, for a search
+    whose trials are asked (`search_table`)."""
+    if any(cell.slot is not None for cell in result.study.cells):
+        return search_table(result)
     table = Table(title=f"{result.study.name}: final values, mean over seeds")
     table.add_column("cell", no_wrap=True)
     for column in ("seeds", "failed", "train acc", "test acc", "gap"):
@@ -273,6 +277,42 @@ def summary_table(result: StudyResult) -> Table:
             fmt(cell.test_accuracy),
             fmt(cell.gap),
         )
+    return table
+
+
+SEARCH_TOP = 10  # the trials the end of `overfit run` shows of an adaptive search
+
+
+def search_table(result: StudyResult) -> Table:
+    """An adaptive search's best trials by final validation accuracy, with the settings each
+    was asked; pruned trials are counted below, not ranked."""
+    ended = [r for r in result.results if r.status in (FINISHED, SKIPPED, PRUNED) and r.final]
+    pruned = [r for r in ended if r.status == PRUNED or (r.reason or "").startswith("pruned")]
+    ranked = sorted(
+        (r for r in ended if r not in pruned),
+        key=lambda r: -r.final.get("final_val_accuracy", float("-inf")),
+    )
+    slot = next(c.slot for c in result.study.cells if c.slot is not None)
+    table = Table(title=f"{result.study.name}: best trials by final validation accuracy")
+    table.add_column("trial", no_wrap=True)
+    for key in slot.spec.space:
+        table.add_column(key.rsplit(".", 1)[-1], justify="right")
+    for column in ("val acc", "test acc", "epochs"):
+        table.add_column(column, justify="right")
+    for run in ranked[:SEARCH_TOP]:
+        point = run.key.cell.slot.point if run.key.cell.slot else None
+        final = run.final
+        table.add_row(
+            escape(run.key.cell.name),
+            *(short_value((point or {}).get(k), k) for k in slot.spec.space),
+            f"{final.get('final_val_accuracy', float('nan')):.3f}",
+            f"{final.get('final_test_accuracy', float('nan')):.3f}",
+            str(run.key.cell.config.train.epochs),
+        )
+    table.caption = (
+        f"{len(ranked)} trials trained to the end, {len(pruned)} pruned "
+        f"({slot.spec.sampler}, pruner {slot.spec.pruner}); all of them: overfit report"
+    )
     return table
 
 

@@ -14,16 +14,25 @@ store first (`suite.claims`), so invocations sharing a store train each run once
 
 from __future__ import annotations
 
+import json
 import statistics
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from suite.executors import workers as worker_processes
 from suite.executors.base import EXECUTORS, Claims, Executor, StopRequest
 from suite.executors.local import LocalExecutor
 from suite.lifecycle import Observer, RunResult, Silent
-from suite.names import FAILED, FINISHED, SEARCH_ID_TAG, SKIPPED, Stored
+from suite.names import (
+    FAILED,
+    FINISHED,
+    PRUNED_TAG,
+    SEARCH_ID_TAG,
+    SEARCH_POINT_TAG,
+    SKIPPED,
+    Stored,
+)
 from suite.store import resolve_uri
 from suite.study import RunKey, Study
 
@@ -120,16 +129,31 @@ def _notice_changed_search(study: Study, records: list[RunRecord]) -> None:
         and r.cell_hash != cells[r.cell].hash
         and (SEARCH_ID_TAG in r.tags or cells[r.cell].slot is not None)
     }
-    if stale:
-        ids = {c.slot.search_id for c in cells.values() if c.slot is not None} or {"random"}
-        warnings.warn(
-            f"{study.name}: its search changed (search.space, sampler, pruner, seed or the "
-            f"settings it searches around): search {', '.join(sorted(ids))} starts anew, its "
-            f"trials new cells; the stored trials of search {', '.join(sorted(stale))} are "
-            "kept apart",
-            SearchChanged,
-            stacklevel=3,
+    if not stale:
+        return
+    ids = ", ".join(sorted({c.slot.search_id for c in cells.values() if c.slot} or {"random"}))
+    hashes = {cell.hash for cell in cells.values()}
+    old = ", ".join(sorted(stale))
+    if any(r.cell_hash in hashes for r in records):  # this search has trials stored already
+        message = f"the store also holds trials of another search ({old}), kept apart"
+    else:
+        message = (
+            "its search changed (search.space, sampler, pruner, seed or the settings it "
+            f"searches around): search {ids} starts anew, its trials new cells; the stored "
+            f"trials of search {old} are kept apart"
         )
+    warnings.warn(f"{study.name}: {message}", SearchChanged, stacklevel=3)
+
+
+def _stored_result(key: RunKey, record: RunRecord) -> RunResult:
+    """A run FINISHED in the store already, as a `skipped` result; a search's trial with the
+    point it was asked, and the epoch it was pruned at as its reason."""
+    reason = None
+    if key.cell.slot is not None and SEARCH_POINT_TAG in record.tags:
+        key = replace(key, cell=key.cell.asked(json.loads(record.tags[SEARCH_POINT_TAG])))
+        if PRUNED_TAG in record.tags:
+            reason = f"pruned at epoch {record.tags[PRUNED_TAG]}"
+    return RunResult(key, SKIPPED, record.run_id, record.metrics, reason)
 
 
 def check_executor(
@@ -249,7 +273,7 @@ def run_study(
     for key in study.runs(seeds):
         if (key.cell.hash, key.seed) not in todo_ids:
             record = finished[(key.cell.hash, key.seed)]
-            results.append(RunResult(key, SKIPPED, record.run_id, record.metrics))
+            results.append(_stored_result(key, record))
     if todo and isinstance(chosen, LocalExecutor):
         import suite.train  # noqa: F401  TensorFlow's import takes seconds: before the clock starts
     observer.study_started(study, todo, len(results))

@@ -310,3 +310,26 @@ def test_a_search_on_two_workers_stopped_and_resumed_trains_each_slot_once(
     assert any(pruned for _, pruned, _ in done.values())
     statuses = Counter(status for found in trials(tracker).values() for status, *_ in found)
     assert statuses["FINISHED"] == 10 and statuses["RUNNING"] == 0
+
+
+def test_the_end_of_a_search_shows_its_best_trials_with_their_asked_settings(
+    write_study: Callable[..., Path], tracking_uri: str
+) -> None:
+    from rich.console import Console
+
+    from suite import display
+
+    study = load_study(write_study(search_text(trials=6)))
+    tracker = Tracker(tracking_uri)
+    for _ in range(2):  # trained, then every trial found in the store (skipped)
+        result = run_study(study, tracker, workers=1)
+        console = Console(record=True, width=200)
+        console.print(display.summary_table(result))
+        text = console.export_text()
+        done = finished(tracker)
+        best = max((v, s) for s, (_, pruned, v) in done.items() if not pruned)[1]
+        point = done[best][0]
+        row = next(line for line in text.splitlines() if f"trial_{best:03d}" in line)
+        assert f"{point['model.weight_decay']:.4g}" in row and f"{done[best][2]:.3f}" in row
+        count = sum(bool(pruned) for _, pruned, _ in done.values())
+        assert f"{6 - count} trials trained to the end, {count} pruned" in text
