@@ -82,6 +82,8 @@ def test_study_runs_and_its_report_renders(path: Path, tmp_path: Path) -> None:
     for run in result.results:
         if (study.name, run.key.cell.name) in MAY_DIVERGE:
             assert run.status == "finished" or run.reason.startswith("diverged")
+        elif run.key.cell.slot is not None and run.key.cell.slot.spec.pruner != "none":
+            assert run.status in ("finished", "pruned"), f"{run.key.cell.name}: {run.reason}"
         else:
             assert run.status == "finished", f"{run.key.cell.name}: {run.reason}"
 
