@@ -20,6 +20,22 @@ if TYPE_CHECKING:  # a saved network is only carried here
     from suite.models import SavedNetwork
 
 
+def shortest(value: float) -> float:
+    """The shortest decimal that reads back as the value's float32, which is what the store
+    holds and the UI shows (`suite.tracking.Tracker.log_epochs`): 0.1135, not
+    0.11349999904632568. Lossless for Keras' metrics (float32); the few computed in float64
+    (the gap of two of them, seconds, macro F1) keep the 7 significant digits of float32.
+    Values beyond float32's normal range stay."""
+    with np.errstate(over="ignore", under="ignore"):
+        single = np.float32(value)
+    if value == 0 or (np.isfinite(single) and abs(single) >= TINY):
+        return float(str(single))
+    return float(value)
+
+
+TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32
+
+
 class Pruned(Exception):  # noqa: N818 - a verdict, not an error
     """Raised by a run's epoch callback: its search's pruner ends the trial at this epoch."""
 

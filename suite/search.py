@@ -36,7 +36,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from suite.history import Pruned
+from suite.history import Pruned, shortest
 from suite.names import (
     PRUNED_TAG,
     SEARCH_ID_TAG,
@@ -343,6 +343,8 @@ class Pruning:
         value = values.get(CURVE)
         if value is None:
             return
-        self.trial.report(value, epoch)
+        # as the store holds it, which is what the trials it is compared with were replayed
+        # from: 0.13, not float32's 0.12999999523, which would lose every tie at 0.13
+        self.trial.report(shortest(value), epoch)
         if epoch in self.checks and self.trial.should_prune():
             raise Pruned(f"pruned at epoch {epoch}")

@@ -27,7 +27,6 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import os
 import subprocess
 import tempfile
@@ -44,6 +43,7 @@ from mlflow.tracking import MlflowClient
 
 import suite
 from suite import mlflow_internals
+from suite.history import shortest
 from suite.images import confusion_png
 from suite.names import (
     CELL_HASH_TAG,
@@ -368,7 +368,7 @@ class Tracker:
     def log_epochs(self, run_id: str, rows: Iterable[tuple[int, dict[str, float]]]) -> None:
         """Send per-epoch metrics (step = epoch, from 1) in as few requests as the API allows.
 
-        Values are logged as the shortest decimals of their float32 (see `shortest`), and a
+        Values are logged as the shortest decimals of their float32 (`suite.history.shortest`), and a
         gap as the difference of the two accuracies so logged (0.07, not 0.06999999 as the
         float32 difference would show). Each row's dict is updated to the values logged, so
         its holder has what the store has.
@@ -376,21 +376,6 @@ class Tracker:
         A database store takes finite values as one bulk insert (`suite.mlflow_internals`); a
         tracking server, or a batch holding NaN or infinity, goes through `log_batch`.
         """
-        import numpy
-
-        tiny = float(numpy.finfo(numpy.float32).tiny)  # the smallest normal float32
-
-        def shortest(value: float) -> float:
-            """The shortest decimal that reads back as the value's float32, which is what the
-            UI shows: 0.1135, not 0.11349999904632568. Lossless for Keras' metrics (float32);
-            the few computed in float64 (the gap of two of them, seconds, macro F1) keep the
-            7 significant digits of float32. Values beyond float32's normal range stay."""
-            with numpy.errstate(over="ignore", under="ignore"):
-                single = numpy.float32(value)
-            if value == 0 or (math.isfinite(single) and abs(single) >= tiny):
-                return float(str(single))
-            return float(value)
-
         rows = list(rows)
         for _, values in rows:
             for name, value in values.items():

@@ -186,7 +186,7 @@ def test_replayed_rungs_equal_what_the_live_pruner_wrote(
             cell.slot.search_id, number, cell.slot.frame, cell.slot.spec, {}, ()
         )
         pruning = Pruning.of(slot, cell.config)
-        curve = {epoch: 0.1 + 0.02 * epoch for epoch in range(1, 41)}
+        curve = {epoch: round(0.1 + 0.02 * epoch, 4) for epoch in range(1, 41)}
         for epoch, value in curve.items():
             pruning.report(epoch, {"val_accuracy": value})  # alone in its bracket: never pruned
         live = {
@@ -333,3 +333,34 @@ def test_the_end_of_a_search_shows_its_best_trials_with_their_asked_settings(
         assert f"{point['model.weight_decay']:.4g}" in row and f"{done[best][2]:.3f}" in row
         count = sum(bool(pruned) for _, pruned, _ in done.values())
         assert f"{6 - count} trials trained to the end, {count} pruned" in text
+
+
+def test_a_tie_with_a_stored_trial_is_a_tie_not_a_float32_loss(
+    write_study: Callable[..., Path],
+) -> None:
+    """The trials a pruner compares with are replayed from the store, which holds 0.13 for
+    float32's 0.12999999523; the running trial reports what the store will hold, so a tie
+    at a rung is promoted, as Optuna's rule says, not pruned by a rounding."""
+    import numpy as np
+
+    from suite.search import Pruning, SlotHyperband
+
+    cell = load_study(write_study(search_text().replace("epochs: 9", "epochs: 40"))).cells[0]
+    assert cell.slot is not None
+    probe = Pruning.of(cell.slot, cell.config).study.pruner
+    assert isinstance(probe, SlotHyperband)
+    ident = cell.slot.search_id
+    # two slots in bracket 0 (rungs at epochs 1, 3, 9, 27): a stored one, then this one
+    first, second = [n for n in range(200) if probe.bracket(ident, n) == 0][:2]
+    curve = tuple((epoch, 0.13) for epoch in range(1, 41))
+    stored = Known(
+        first,
+        {"train.optimizer.learning_rate": 0.01, "model.weight_decay": 1e-4},
+        "complete",
+        0.13,
+        curve,
+    )
+    slot = cell.slot.__class__(ident, second, cell.slot.frame, cell.slot.spec, {}, (stored,))
+    pruning = Pruning.of(slot, cell.config)
+    for epoch in range(1, 10):
+        pruning.report(epoch, {"val_accuracy": float(np.float32(0.13))})  # never pruned
