@@ -51,7 +51,7 @@ test: setup ## Fast test suite (offline; a few minutes on 2 cores)
 test-full: setup ## Every test, the slow real-data checks included
 	SUITE_OFFLINE=1 $(BIN)/pytest -m "slow or not slow"
 
-bench: setup ## The performance record (about 25 min): prints a table, writes bench/results/*.json
+bench: setup ## The performance record (about 30 min): prints a table, writes bench/results/*.json
 	SUITE_OFFLINE=1 $(BIN)/python bench/bench.py
 
 lint: setup ## ruff (lint + format check) and mypy

@@ -32,6 +32,12 @@ Rows (each a fresh measurement on this machine, now):
   bits; another thread count may round differently, and training carries that on).
 - the report over a synthetic 200-run x 200-epoch store (`bench/report_bench.py`), and
   `suite.results`' three frames over it (the curves of every per-epoch metric: target < 5 s).
+- search (`bench/search_bench.py`): does a search that learns pay? experiments/hparam_search's
+  question by random search and by TPE with Hyperband pruning (experiments/hparam_tpe.yaml),
+  60 trials each, search seeds 0, 1 and 2, one worker, bundled data as the study files have
+  it: best validation accuracy, epochs trained, and the epochs TPE + Hyperband needs to come
+  within 0.01 of random search's best (gate: a third of random's epochs). Also written to
+  `bench/results/search.json`.
 
 Data: `../shared/data/mnist.npz` when it is there (the official 10,000-image test set), else
 the bundled subset (2,000 held-out test images), so absolute times differ between the two.
@@ -65,6 +71,7 @@ sys.path.insert(0, str(ROOT))
 import cures_bench  # noqa: E402
 import model_bench  # noqa: E402
 import report_bench  # noqa: E402
+import search_bench  # noqa: E402
 import startup_bench  # noqa: E402
 
 from suite.tracking import git_commit  # noqa: E402
@@ -84,6 +91,7 @@ SECTIONS = (
     "ray",
     "server",
     "report",
+    "search",
 )
 TRIES = 3
 HEADLINE_RUNS = 21  # the headline study: 7 cells x 3 seeds
@@ -584,6 +592,10 @@ def main() -> None:
     if "report" not in skip:
         step("report over a synthetic 200-run store")
         record["report"] = report_bench.main()
+    if "search" not in skip:
+        step("search: random against TPE + Hyperband, 60 trials x 3 search seeds, 1 worker")
+        record["search"] = search_bench.measure()
+        search_bench.save(record["search"])
 
     rows = table(record)
     record["table"] = rows
@@ -778,6 +790,7 @@ def table(record: dict[str, Any]) -> list[tuple[str, str, str]]:
                     f"{report['results_summary_seconds']:.1f} s",
                 )
             )
+    rows += search_bench.rows(record.get("search") or {})
     return rows
 
 
