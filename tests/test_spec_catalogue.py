@@ -218,7 +218,7 @@ def test_search_errors_that_name_the_cause(write_study: Callable[..., Path]) -> 
 
 def test_rounded_draws_stay_inside_an_open_range() -> None:
     from suite.spec import Distribution
-    from suite.study import sample
+    from suite.trials import sample
 
     class Draw:
         """A generator whose uniform draw is fixed: 0.99996 rounds to 1.0 at 4 digits."""
