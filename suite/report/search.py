@@ -190,7 +190,7 @@ def importances(search: SearchSpec | None, trials: Sequence[Trial]) -> tuple[lis
             and math.isfinite(t.value)
             and encode(search, t.point) is not None
         ]
-        where = f" ({frame})" if frame else ""
+        where = f" ({frame})" if len(frames) > 1 else ""
         if len(done) < 2:
             notes.append(
                 f"Importance{where} needs at least 2 finished trials with "
