@@ -17,7 +17,9 @@ studies side by side, told apart by its `study` column) and `uri`, the tracking 
   `data_source`, `start_time`, `end_time`, `failure`, the run's final and best metrics
   (`final_test_accuracy`, `best_epoch`, `final_test_loss`, ...), and every setting of its
   configuration as its own column, typed as the study file types it (`model.weight_decay` a
-  float, `model.hidden` a list, `model.init` `he` or `std:0.01`).
+  float, `model.hidden` a list, `model.init` `he` or `std:0.01`); for an adaptive search's
+  trials also `trial` (its slot), `pruned` (the epoch its pruner ended it at, NaN when it
+  finished) and `epochs_trained`.
 - `curves`: `run_id, study, cell, seed, epoch, metric, value`, every run's per-epoch metrics
   (epochs from 1; all the runs logged, or the ones asked for), read in bulk.
 - `summary`: `study, cell, cell_hash, metric, n, mean, std, ci95_low, ci95_high`: per cell (in
@@ -43,6 +45,7 @@ from typing import Any
 import pandas as pd
 
 from suite.metrics import STEP_METRICS
+from suite.names import EPOCHS_TRAINED_TAG, PRUNED_TAG, TRIAL_TAG
 from suite.report import aggregate, load
 from suite.results_model import model
 from suite.spec import RunConfig, did_you_mean, flatten, parse_yaml, short_value
@@ -69,8 +72,21 @@ SUMMARY_COLUMNS = [
 # tags and metrics that count things: integers (missing where a run has none)
 INTEGER_TAGS = ("n_train", "n_val", "n_test", "n_classes")
 INTEGER_METRICS = ("best_epoch", "stopped_epoch", "restored_epoch", "fit_epoch", "n_params")
-# what `load` reads that a user has no use for, or that `runs` renames
-HIDDEN = ("run_name", "study_file", "params", "logged", "epochs", "suite_version", "git_commit")
+# what `load` reads that a user has no use for, or that `runs` renames (a search trial's
+# point is its settings' columns)
+HIDDEN = (
+    "run_name",
+    "study_file",
+    "params",
+    "logged",
+    "epochs",
+    "suite_version",
+    "git_commit",
+    *(t for t in load.SEARCH_TAGS if t not in (TRIAL_TAG, PRUNED_TAG, EPOCHS_TRAINED_TAG)),
+)
+# an adaptive search's trials: the slot, the epoch its pruner ended it at (NaN: not pruned)
+# and the epochs it trained; columns only when some run of the study has them
+TRIAL_COLUMNS = (TRIAL_TAG, PRUNED_TAG, EPOCHS_TRAINED_TAG)
 
 
 class ResultsError(LookupError):
@@ -204,6 +220,8 @@ def _runs(name: str, tracker: Tracker) -> pd.DataFrame:
     )
     out.insert(0, "study", name)
     out["counted"] = out["run_id"].isin(counted)
+    if out[TRIAL_TAG].isna().all():
+        out = out.drop(columns=list(TRIAL_COLUMNS))
     for column in (*INTEGER_TAGS, *INTEGER_METRICS):
         if column in out:
             out[column] = pd.to_numeric(out[column], errors="coerce").round().astype("Int64")

@@ -34,6 +34,7 @@ from suite.report.figure_spec import FIGURE_METRICS, GROUP_FIELDS, GROUP_NAMES, 
 from suite.spec import (
     DataSpec,
     RunConfig,
+    SearchSpec,
     SpecError,
     StudyFile,
     conv_output_sizes,
@@ -112,6 +113,7 @@ class Study:
     reference: dict[str, dict[str, tuple[float, float]]]
     report: ReportSpec = field(default_factory=ReportSpec)
     log_model: str | None = None  # `final`, `best` or None: what each run logs of its network
+    search: SearchSpec | None = None  # the `search:` block: its space, sampler and pruner
 
     def runs(self, seeds: tuple[int, ...] | None = None) -> list[RunKey]:
         """Every (cell, seed), cells in order, seeds inner."""
@@ -205,7 +207,15 @@ def expand(raw: Any, path: Path | None, overrides: dict[str, Any]) -> Study:
         )
     _check_figures(top.report, cells, where)
     return Study(
-        top.name, top.description, path, tuple(cells), seeds, reference, top.report, top.log_model
+        top.name,
+        top.description,
+        path,
+        tuple(cells),
+        seeds,
+        reference,
+        top.report,
+        top.log_model,
+        top.search,
     )
 
 

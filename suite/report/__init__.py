@@ -19,13 +19,15 @@ the study's own figures (`report.figures`: curves grouped by settings, final met
 setting, a search's scatter, activation histograms, confusion matrices, the cures figure of
 final gap against test accuracy), learning curves (means over the seeds still training, runs
 stopped early marked where they stopped), the final gap chart, the reference check, failed
-runs, every run linked to the UI (`--ui-url`), provenance. The stages are separate modules:
-`write` (the order of the work), `source` (finding the study file), `load` (MLflow ->
-DataFrames), `aggregate` (every derived number; early stopping's in `stopping`), `finding`
-(the answer in words), `groups` (cells by setting), `colours` (the one palette), `figures`,
-`extra` and `cures` (PNG bytes; `marks`: seed counts and stops on curves), `links` (URLs of
-the UI), `render` (jinja2 templates in `templates/`); the `report:` block's schema is
-`figure_spec`.
+runs, every run linked to the UI (`--ui-url`), provenance. A search's report adds, below the
+table, its pruned trials (never ranked), the best so far against trials and epochs, and each
+searched setting's importance. The stages are separate modules: `write` (the order of the
+work), `source` (finding the study file), `load` (MLflow -> DataFrames), `aggregate` (every
+derived number; early stopping's in `stopping`, a search's in `search`), `finding` (the
+answer in words), `notes` (the notes under the table, provenance), `groups` (cells by
+setting), `colours` (the one palette), `figures`, `extra`, `cures` and `search_figures` (PNG
+bytes; `marks`: seed counts and stops on curves), `links` (URLs of the UI), `render` (jinja2
+templates in `templates/`); the `report:` block's schema is `figure_spec`.
 
 The package itself is callable: `suite.report(study)` is `suite.notebook.report(study)`, the
 notebook's way to write a report (`import suite` binds the name `suite.report` to this

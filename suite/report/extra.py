@@ -1,12 +1,12 @@
 """The figures a study asks for in `report.figures`: curves grouped by settings, final metrics
-against a setting, a search's scatter, activation histograms and confusion matrices.
+against a setting, activation histograms and confusion matrices (a search's scatter is
+`search_figures`').
 
 Each function returns PNG bytes (None when there is nothing to draw) and draws only numbers
 `aggregate` computed or the runs logged; grouping values come from `groups`.
 
-Owns: how each kind of study figure looks (`curves_by`, `versus`, `scatter`, `activations`,
-`confusion`), the per-run smoothing of curves (`smoothed`), and the metrics' labels
-(`metric_label`). Must not: read or write the tracking store or its artifacts (`write` hands
+Owns: how each kind of study figure looks (`curves_by`, `versus`, `activations`, `confusion`),
+the per-run smoothing of curves (`smoothed`), and the metrics' labels (`metric_label`). Must not: read or write the tracking store or its artifacts (`write` hands
 over the runs, curves and documents), compute intervals or differences (`aggregate`), or write
 files.
 """
@@ -23,7 +23,6 @@ import pandas as pd
 from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -31,9 +30,9 @@ from matplotlib.ticker import NullFormatter, NullLocator
 
 from suite.metrics import STEP_METRICS
 from suite.report import groups, marks
-from suite.report.aggregate import LOWER_IS_BETTER, CellRow, Stat
+from suite.report.aggregate import CellRow, Stat
 from suite.report.colours import colours as qualitative
-from suite.report.figure_spec import ConfusionFigure, CurvesFigure, ScatterFigure, VersusFigure
+from suite.report.figure_spec import ConfusionFigure, CurvesFigure, VersusFigure
 from suite.report.figures import BAND_ALPHA, BAND_LABEL, _legend, _png, _stops, _style
 
 STYLES = ("-", "--", ":", "-.")
@@ -390,67 +389,6 @@ def _versus_handles(
         text += f"\n... and {len(lost) - 8} more" if len(lost) > 8 else ""
         handles.append(Patch(color="none", label=text))
     return handles
-
-
-def scatter(
-    spec: ScatterFigure, used: pd.DataFrame, values: dict[str, dict[str, Any]], study: str
-) -> bytes | None:
-    """One point per run at (`x`, `y`) coloured by its `color` metric; the best run starred."""
-    points = used.assign(
-        x=used["cell_hash"].map(values[spec.x]), y=used["cell_hash"].map(values[spec.y])
-    ).dropna(subset=["x", "y", spec.color])
-    points = points[points["x"].map(_is_number) & points["y"].map(_is_number)]
-    if points.empty:
-        return None
-    with _style():
-        figure = Figure(figsize=(8.0, 6.0), layout="constrained")
-        FigureCanvasAgg(figure)
-        ax = figure.subplots()
-        colour = points[spec.color].astype(float)
-        norm = Normalize(float(colour.min()), float(colour.max()))
-        drawn = ax.scatter(
-            points["x"].astype(float),
-            points["y"].astype(float),
-            c=colour,
-            cmap="viridis",
-            norm=norm,
-            s=46,
-            edgecolors="0.2",
-            linewidths=0.4,
-        )
-        lower = spec.color in LOWER_IS_BETTER or spec.color.endswith(("_loss", "_seconds"))
-        best = points.loc[colour.idxmin() if lower else colour.idxmax()]
-        ax.scatter(
-            [best["x"]],
-            [best["y"]],
-            marker="*",
-            s=320,
-            facecolors="none",
-            edgecolors="crimson",
-            linewidths=1.6,
-            zorder=5,
-        )
-        # the label points into the axes, away from the edge the best run sits near
-        right = float(best["x"]) >= float(points["x"].astype(float).median())
-        ax.annotate(
-            f"best: {best['cell']} ({metric_label(spec.color)} {best[spec.color]:.3f})",
-            (best["x"], best["y"]),
-            xytext=(-10 if right else 10, 10),
-            textcoords="offset points",
-            ha="right" if right else "left",
-            fontsize="small",
-            bbox={"boxstyle": "round", "fc": "white", "ec": "0.7", "alpha": 0.9},
-        )
-        if spec.log_x:
-            ax.set_xscale("log")
-        if spec.log_y:
-            ax.set_yscale("log")
-        ax.set_xlabel(_axis_label(spec.x) + (" (log scale)" if spec.log_x else ""))
-        ax.set_ylabel(_axis_label(spec.y) + (" (log scale)" if spec.log_y else ""))
-        figure.colorbar(drawn, ax=ax, label=metric_label(spec.color))
-        title = spec.title or f"{metric_label(spec.color)} by {spec.x} and {spec.y}"
-        figure.suptitle(f"{study}: {title} ({len(points)} runs)", fontsize="large")
-        return _png(figure)
 
 
 STAGES = {

@@ -8,18 +8,21 @@ groups correctly; a section key joins the settings below it (`model.init` of an
 
 Owns: a cell's value of a grouping key (`cell_values`), the order of those values (`ordered`),
 how a value reads in titles and legends (`label`, `text`), and the grid and search values the
-table lists beside each cell's name (`grid_keys`, `grid_values`). Must not: read or write the
+table lists beside each cell's name (`grid_keys`, `grid_values`; an adaptive search's trials'
+from the points they were asked, `asked_points`). Must not: read or write the
 tracking store (the params arrive in `load`'s table), or draw.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
 
+from suite.names import SEARCH_POINT_TAG
 from suite.report.aggregate import CellRow
 from suite.spec import short_value
 from suite.study import Study
@@ -78,27 +81,52 @@ def text(value: Any, key: str = "") -> str:
     return short_value(value, key)
 
 
-def grid_keys(spec: Study | None) -> list[str]:
-    """The grid and search keys, as table columns (none for a study of plain variants)."""
-    if spec is None:
-        return []
+def grid_keys(spec: Study | None, runs: pd.DataFrame | None = None) -> list[str]:
+    """The grid and search keys, as table columns (none for a study of plain variants): the
+    cells' own, then the search's space (an adaptive search's cells hold only their frame's
+    settings); without a study file, the keys of the points the runs were asked."""
     keys: list[str] = []
-    for cell in spec.cells:
+    for cell in spec.cells if spec is not None else ():
         keys += [k for k in cell.grid_point if k not in keys]
+    if spec is not None and spec.search is not None:
+        keys += [k for k in spec.search.space if k not in keys]
+    if spec is None and runs is not None:
+        for point in asked_points(runs).values():
+            keys += [k for k in point if k not in keys]
     return keys
 
 
-def grid_values(spec: Study | None, cells: Sequence[CellRow]) -> dict[str, dict[str, str]]:
-    """Each table row's grid and search values, by cell hash (found by the cell's name, so a
-    cell shown with runs of other settings keeps them)."""
-    if spec is None:
-        return {}
-    points = {c.name: c.grid_point for c in spec.cells}
+def grid_values(
+    spec: Study | None, cells: Sequence[CellRow], runs: pd.DataFrame | None = None
+) -> dict[str, dict[str, str]]:
+    """Each table row's grid and search values, by cell hash: the study file's (found by the
+    cell's name, so a cell shown with runs of other settings keeps them), with an adaptive
+    search's trial's asked point over them (from `runs`, see `asked_points`)."""
+    points = {c.name: c.grid_point for c in spec.cells} if spec is not None else {}
+    asked = asked_points(runs) if runs is not None else {}
     return {
-        row.cell_hash: {k: short_value(v, k) for k, v in points[row.name].items()}
+        row.cell_hash: {
+            k: short_value(v, k)
+            for k, v in {**points.get(row.name, {}), **asked.get(row.cell_hash, {})}.items()
+        }
         for row in cells
-        if row.name in points
+        if row.name in points or row.cell_hash in asked
     }
+
+
+def asked_points(runs: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """The points an adaptive search's trials were asked ({dotted key: value}, their
+    `search_point` tag), by cell hash: the first run in `runs` with one (the counted run,
+    when `runs` lists those first). A cell of no adaptive search has none."""
+    if SEARCH_POINT_TAG not in runs:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for cell_hash, text in zip(runs["cell_hash"], runs[SEARCH_POINT_TAG], strict=True):
+        if isinstance(text, str) and cell_hash not in out:
+            point = json.loads(text)
+            if isinstance(point, dict):
+                out[cell_hash] = point
+    return out
 
 
 def _setting(params: dict[str, str], key: str) -> Any:

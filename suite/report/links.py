@@ -10,7 +10,8 @@ in a tab (checked in headless Chromium). The runs-table link is `suite.ui_views.
 GenAI overview page.
 
 Owns: the UI's address (`check_ui_url`, `ui_address`), every URL the report holds (the runs
-table, each run, the report run) and the rows of its run lists (`run_links`). Must not: reach
+table, each run, the report run) and the rows of its run lists (`run_links`; a search's
+pruned trial's status says so). Must not: reach
 the tracking store, the tracking server or the UI (links are built, never fetched), or lay out
 the page (`render`).
 """
@@ -18,10 +19,12 @@ the page (`render`).
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import urlsplit
 
 import pandas as pd
 
+from suite.names import PRUNED_TAG
 from suite.report import load, render
 from suite.report.load import ReportError
 from suite.ui_views import runs_url
@@ -93,7 +96,7 @@ def run_links(
         render.RunLink(
             cell=labels.get(r["cell_hash"], r["cell"]),
             seed=None if pd.isna(r["seed"]) else int(r["seed"]),
-            status=r["status"],
+            status=r["status"] + _pruned(r.get(PRUNED_TAG)),
             reason=r[load.FAILURE_TAG] or "",
             run_id=r["run_id"],
             url=run_url(ui, r.get("experiment_id") or experiment_id, r["run_id"]),
@@ -101,3 +104,8 @@ def run_links(
         )
         for r in rows.to_dict("records")
     ]
+
+
+def _pruned(epoch: Any) -> str:
+    """` (pruned at epoch 9)` for a search's trial its pruner ended, else nothing."""
+    return "" if epoch is None or pd.isna(epoch) else f" (pruned at epoch {int(epoch)})"

@@ -5,12 +5,12 @@ Of the report's modules this one reads the runs, their histories and artifacts; 
 the study-file tag and `write` stores the report run. All three go through
 `suite.tracking.Tracker`: no report module imports MLflow.
 
-Owns: reading a study back for the report (`load_runs`: one row per active run with its tags,
-params, status, failure reason, final metrics and early stopping's epochs, and its last losses,
-those of the weights it kept when it stopped early; `load_histories`; `load_documents`, a run's
-JSON artifacts), the `ReportError` a report stops with, and the tracking URI as printed
-(`display_uri`, without credentials). Must not: write to the store, or derive numbers from what
-it reads (`aggregate` does).
+Owns: reading a study back for the report (`load_runs`: one row per active run with its tags
+(a search trial's too, `SEARCH_TAGS`), params, status, failure reason, final metrics and early
+stopping's epochs, and its last losses, those of the weights it kept when it stopped early;
+`load_histories`; `load_documents`, a run's JSON artifacts), the `ReportError` a report stops
+with, and the tracking URI as printed (`display_uri`, without credentials). Must not: write to
+the store, or derive numbers from what it reads (`aggregate` does).
 """
 
 from __future__ import annotations
@@ -34,12 +34,20 @@ from suite.names import (
     CELL_TAG,
     DATA_SOURCE_TAG,
     DATASET_TAG,
+    EPOCHS_TRAINED_TAG,
     FAILURE_TAG,
     GIT_COMMIT_TAG,
+    PRUNED_TAG,
+    PRUNER_TAG,
+    SAMPLER_TAG,
+    SEARCH_FRAME_TAG,
+    SEARCH_ID_TAG,
+    SEARCH_POINT_TAG,
     SEED_TAG,
     SIZE_TAGS,
     STUDY_FILE_TAG,
     SUITE_VERSION_TAG,
+    TRIAL_TAG,
     VARIANT_TAG,
     Stored,
 )
@@ -57,6 +65,18 @@ TAGS = (
     GIT_COMMIT_TAG,
     *SIZE_TAGS,
     STUDY_FILE_TAG,  # the study YAML the run was made from (absolute path)
+)
+# an adaptive search's trial (`suite.search`): its search, slot, asked point, sampler and
+# pruner, the epochs it trained and, when its pruner ended it, that epoch (None elsewhere)
+SEARCH_TAGS = (
+    SEARCH_ID_TAG,
+    SEARCH_FRAME_TAG,
+    TRIAL_TAG,
+    SEARCH_POINT_TAG,
+    SAMPLER_TAG,
+    PRUNER_TAG,
+    PRUNED_TAG,
+    EPOCHS_TRAINED_TAG,
 )
 # a run's last logged per-epoch value, under the name the report gives it (for a run stopped
 # early, its value at `restored_epoch`: the weights its other final metrics describe)
@@ -78,6 +98,7 @@ RUN_COLUMNS = (
     "start_time",
     "end_time",
     *TAGS,
+    *SEARCH_TAGS,
     FAILURE_TAG,
     "epochs",
     *RUN_END_METRICS,
@@ -138,10 +159,11 @@ def read_runs(study: str, tracker: Tracker) -> StudyRuns:
         )
 
     runs = pd.DataFrame(list(_run_rows(tracker, experiment_id)), columns=list(RUN_COLUMNS))
-    for column in ("seed", "epochs"):
+    for column in ("seed", "epochs", TRIAL_TAG, EPOCHS_TRAINED_TAG):
         runs[column] = pd.to_numeric(runs[column], errors="coerce").astype("Int64")
     for column in ("start_time", "end_time"):
         runs[column] = pd.to_datetime(runs[column], unit="ms", utc=True)
+    runs[PRUNED_TAG] = pd.to_numeric(runs[PRUNED_TAG], errors="coerce").astype(float)
     for metric in (*RUN_END_METRICS, *LAST_VALUES.values()):
         runs[metric] = runs[metric].astype(float)
     _restored_losses(tracker, runs)
@@ -200,7 +222,7 @@ def _run_rows(tracker: Tracker, experiment_id: str) -> Iterable[dict[str, object
             "params": dict(run.data.params),
             "logged": tuple(run.data.metrics),
         }
-        row.update({tag: tags.get(tag) for tag in TAGS})
+        row.update({tag: tags.get(tag) for tag in (*TAGS, *SEARCH_TAGS)})
         row.update({m: run.data.metrics.get(m) for m in RUN_END_METRICS})
         # MLflow keeps each metric's value at its highest step: the last epoch's
         row.update({name: run.data.metrics.get(m) for m, name in LAST_VALUES.items()})

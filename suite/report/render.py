@@ -3,9 +3,10 @@
 Both templates get the same `Context`; numbers are formatted here, once, so the two agree.
 
 Owns: what a page shows (`Context`, `Figure`, `RunLink`), the number formats (`format_stat`,
-`format_value`, `format_difference`, `format_p`, `format_range`), Markdown escaping, and the
-templates in `templates/`. Must not: compute numbers (`aggregate`), read or write the tracking store, or
-write files: `render` returns the two texts and `write` saves them.
+`format_value`, `format_number`, `format_difference`, `format_p`, `format_range`), Markdown
+escaping, and the templates in `templates/`. Must not: compute numbers (`aggregate`), read or
+write the tracking store, or write files: `render` returns the two texts and `write` saves
+them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from suite.report.aggregate import (
     Stat,
 )
 from suite.report.finding import Finding
+from suite.report.search import SearchSection
 
 TEMPLATES = Path(__file__).parent / "templates"
 VERDICTS = {
@@ -58,7 +60,7 @@ class Figure:
     data_uri: str  # the same PNG for the self-contained HTML
     alt: str  # a short title
     caption: str
-    section: str  # "curves" or "final"
+    section: str  # "study", "search", "curves" or "final"
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class Context:
     setting_columns: list[str] = field(default_factory=list)  # grid / search keys shown
     settings: dict[str, dict[str, str]] = field(default_factory=dict)  # cell hash -> key -> value
     chance_margin: float = CHANCE_MARGIN  # "does not learn": test accuracy below chance + this
+    search: SearchSection | None = None  # a search's trials apart from the table, its figures
 
 
 def environment() -> jinja2.Environment:
@@ -109,6 +112,7 @@ def environment() -> jinja2.Environment:
     env.filters["range"] = format_range
     env.filters["verdict"] = VERDICTS.get
     env.filters["md"] = escape_markdown
+    env.filters["num"] = format_number
     return env
 
 
@@ -140,6 +144,13 @@ def format_value(row: CellRow, column: Column) -> str:
     if stat is None and not row.early_stopping:
         return "–"
     return f"{stat.n if stat is not None else 0} of {row.done}"
+
+
+def format_number(value: float | None, digits: int = DIGITS) -> str:
+    """`0.620`; `–` without a value."""
+    if value is None or math.isnan(value):
+        return "–"
+    return f"{value:.{digits}f}"
 
 
 def format_difference(d: Difference | None) -> str:

@@ -4,10 +4,12 @@
 (default `reports/<study>/`), `index.html` (self-contained) and `report.md` beside its PNGs,
 then logs the folder as the `report/` artifacts of the study's report run.
 
-Owns: the order of the report's work and its notes to the reader, and the study's own figures
-(`report.figures`), each kind drawn by its entry in `DRAW` and explained by `NEEDS` when it has
-nothing to draw. Must not touch: the numbers (`aggregate`), the pictures' pixels (`figures`,
-`extra`), the page layout (`render`), or the study file's schema (`figure_spec`).
+Owns: the order of the report's work, the study's own figures (`report.figures`), each kind
+drawn by its entry in `DRAW` and explained by `NEEDS` when it has nothing to draw, and a
+search's section (its pruned trials kept out of the numbers, `search.split_pruned`). Must not
+touch: the numbers (`aggregate`, `search`), the notes' wording (`notes`), the pictures' pixels
+(`figures`, `extra`, `search_figures`), the page layout (`render`), or the study file's schema
+(`figure_spec`).
 
 It is the report's one writer to the tracking store: the study's report run and its `report/`
 artifacts (`Tracker.report_run`, `Tracker.log_report`); it never writes to a (cell, seed) run.
@@ -16,9 +18,8 @@ artifacts (`Tracker.report_run`, `Tracker.log_report`); it never writes to a (ce
 from __future__ import annotations
 
 import base64
-import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,8 @@ from suite.report import (
     load,
     reliability,
     render,
+    search,
+    search_figures,
     size,
     stopping,
 )
@@ -55,6 +58,7 @@ from suite.report.figure_spec import (
     VersusFigure,
 )
 from suite.report.links import UI_DEFAULT, check_ui_url
+from suite.report.notes import failure_notes, provenance, table_notes
 from suite.report.source import missing_notice, recorded
 from suite.spec import steps_per_epoch
 from suite.study import Study
@@ -73,11 +77,6 @@ class ReportPaths:
     markdown: Path
     folder: Path
     run_id: str | None = None
-
-
-def finished_runs(count: int) -> str:
-    """`1 finished run has` / `3 finished runs have`: the start of a note's sentence."""
-    return f"{count} finished run has" if count == 1 else f"{count} finished runs have"
 
 
 def write_report(
@@ -116,8 +115,12 @@ def write_report(
     if ui_url is not None:
         check_ui_url(ui_url)  # before any work
     runs = side.runs if side is not None else load.load_runs(study, tracker)
-    cells = aggregate.cell_rows(runs.runs, spec)
-    used = aggregate.finished_runs(runs.runs)
+    every = aggregate.cell_rows(runs.runs, spec)
+    counted = aggregate.finished_runs(runs.runs)
+    # a search's pruned trials stopped at an early epoch: reported apart, never ranked
+    used, pruned = search.split_pruned(counted)
+    apart = set(pruned["cell_hash"]) - set(used["cell_hash"])
+    cells = [c for c in every if c.cell_hash not in apart]
     table = aggregate.ranked(cells, settings.sort)
     views = [figures.VIEWS[name] for name in settings.metrics]
     custom = [f for f in settings.figures if isinstance(f, CurvesFigure)]
@@ -125,10 +128,12 @@ def write_report(
     histories = _histories(tracker, used, wanted)
     notes = [
         *(side.notes if side else []),
-        *_notes(cells, used, histories, views, spec, settings.sort),
+        *table_notes(cells, used, histories, views, spec, settings.sort),
     ]
     baseline, comparisons = _compared(cells, used, table, settings, spec, notes)
-    numbers = _Numbers(runs, cells, table, used, baseline, comparisons)
+    searched = search.section(spec, every, counted) if side is None else None
+    kept_apart = [c for c in every if c.cell_hash in apart]
+    numbers = _Numbers(runs, cells, table, used, baseline, comparisons, pruned, kept_apart)
 
     folder = Path(out) if out is not None else Path("reports") / study
     folder.mkdir(parents=True, exist_ok=True)
@@ -139,11 +144,13 @@ def write_report(
         )
     shown = _study_figures(folder, settings, tracker, numbers, histories, spec, study, notes)
     shown += _cell_figures(folder, settings, views, histories, numbers, study, notes)
+    shown += _search_figures(folder, searched, study)
 
     ui = links.ui_address(ui_url, runs.uri)
     run_id = tracker.report_run(runs.experiment_id, study) if log_to_mlflow and not side else None
     tagged = recorded(tracker, runs.experiment_id, runs.runs) if spec is None and not side else None
     context = _context(study, spec, settings, numbers, shown, notes, ui, run_id, tagged, side)
+    context = replace(context, search=searched)
     html, markdown = render.render(context)
     paths = ReportPaths(folder / HTML, folder / MARKDOWN, folder, run_id)
     paths.html.write_text(html, encoding="utf-8")
@@ -163,6 +170,8 @@ class _Numbers:
     used: pd.DataFrame  # the finished runs the numbers use
     baseline: aggregate.CellRow | None
     comparisons: list[aggregate.Comparison]  # each cell against the baseline
+    pruned: pd.DataFrame  # a search's pruned trials' runs, kept out of `used`
+    pruned_cells: list[aggregate.CellRow]  # their cells, kept out of `cells`
 
 
 def _compared(
@@ -226,6 +235,31 @@ def _cell_figures(
     return out
 
 
+def _search_figures(
+    folder: Path, searched: search.SearchSection | None, study: str
+) -> list[render.Figure]:
+    """A search's best-so-far figure (none without a finished trial's objective)."""
+    if searched is None:
+        return []
+    progress = search.best_so_far(searched.trials)
+    order = "slot order" if searched.adaptive else "the study's order"
+    png = search_figures.best_so_far(progress, study, search.OBJECTIVE, order)
+    if png is None:
+        return []
+    caption = (
+        f"Left: the best {search.OBJECTIVE_LABEL} among the finished trials so far (step line) "
+        f"against the trial number, in {order}; right: the same against the epochs all "
+        "trials up to it trained. Dots: each finished trial"
+        + (
+            "; hollow circles: pruned trials at the value they had when pruned, which add "
+            "their epochs but never a best."
+            if progress["pruned"].any()
+            else "."
+        )
+    )
+    return [_figure(folder, "best_so_far.png", png, "best so far", caption, "search")]
+
+
 def _context(
     study: str,
     spec: Study | None,
@@ -243,8 +277,10 @@ def _context(
     `tagged` is the study file the store records, for the notice of a report without one."""
     runs, cells, table = numbers.runs, numbers.cells, numbers.table
     baseline, comparisons = numbers.baseline, numbers.comparisons
-    labels = {c.cell_hash: c.label for c in cells}
+    labels = {c.cell_hash: c.label for c in [*cells, *numbers.pruned_cells]}
     eid = runs.experiment_id
+    # a search trial's asked point: its counted run's first
+    known = pd.concat([numbers.used, numbers.pruned, runs.runs], ignore_index=True)
     return render.Context(
         study=study,
         description=(spec.description.strip() if spec else ""),
@@ -265,7 +301,9 @@ def _context(
         runs=links.run_links(
             runs.runs.sort_values(["cell", "seed", "start_time"]), labels, ui, eid
         ),
-        provenance=side.provenance if side else _provenance(runs, numbers.used, spec),
+        provenance=side.provenance
+        if side
+        else provenance(runs, numbers.used, spec, len(numbers.pruned)),
         notes=notes,
         finding=finding.summarise(table, baseline, comparisons),
         study_notice=(
@@ -282,8 +320,8 @@ def _context(
             if settings.sort not in ("final_test_accuracy", "final_gap")
             else None
         ),
-        setting_columns=side.setting_columns if side else groups.grid_keys(spec),
-        settings=side.settings if side else groups.grid_values(spec, cells),
+        setting_columns=side.setting_columns if side else groups.grid_keys(spec, known),
+        settings=side.settings if side else groups.grid_values(spec, cells, known),
     )
 
 
@@ -326,17 +364,18 @@ def _study_figures(
     to draw (no run logged what it needs) gets a note instead."""
     out: list[render.Figure] = []
     runs, table, used = numbers.runs.runs, numbers.table, numbers.used
-    failures = _failure_notes(runs, numbers.cells)
+    failures = failure_notes(runs, numbers.cells)
     # the cures figure draws its reference lines through the baseline even without the
     # versus-baseline section
     base = numbers.baseline or aggregate.baseline_cell(numbers.cells, spec)
-    inputs = _Inputs(tracker, used, table, histories, study, failures, base)
+    inputs = _Inputs(tracker, used, table, histories, study, failures, base, numbers.pruned)
     # settings of every cell with runs, a finished run's first (a failed run may lack n_train)
     known = pd.concat([used, runs], ignore_index=True)
+    placed = [*table, *numbers.pruned_cells]  # a search's pruned trials have points too
     for index, fig in enumerate(settings.figures, 1):
         keys = [k for k in GROUP_FIELDS if isinstance(getattr(fig, k, None), str)]
         values = {
-            getattr(fig, k): groups.cell_values(known, table, getattr(fig, k), spec) for k in keys
+            getattr(fig, k): groups.cell_values(known, placed, getattr(fig, k), spec) for k in keys
         }
         pngs = DRAW[fig.kind](fig, f"figure{index}-{fig.kind}", inputs, values)
         drawn = [(f, png, alt, cap) for f, png, alt, cap in pngs if png is not None]
@@ -361,6 +400,7 @@ class _Inputs:
     study: str
     failures: dict[str, str]  # cell hash -> the first failure's reason
     baseline: aggregate.CellRow | None
+    pruned: pd.DataFrame  # a search's pruned trials' runs (the scatter draws them apart)
 
 
 # the images one study figure makes: (file name without .png, PNG or None, alt text, caption)
@@ -407,10 +447,16 @@ def _size(fig: SizeFigure, name: str, inputs: _Inputs, values: Values) -> Images
 
 
 def _scatter(fig: ScatterFigure, name: str, inputs: _Inputs, values: Values) -> Images:
-    png = extra.scatter(fig, inputs.used, values, inputs.study)
+    png = search_figures.scatter(fig, inputs.used, values, inputs.study, inputs.pruned)
     caption = (
         f"Every run at its {fig.x} and {fig.y}, coloured by "
-        f"{extra.metric_label(fig.color)}; the star marks the best run."
+        f"{extra.metric_label(fig.color)}; the star marks the best run"
+        + (
+            "; hollow grey circles: pruned trials at their points, not coloured (their "
+            "metrics are those of the epoch they were pruned at)."
+            if len(inputs.pruned)
+            else "."
+        )
     )
     return [(name, png, fig.title or f"{fig.color} map", caption)]
 
@@ -483,17 +529,6 @@ NEEDS: dict[str, Callable[[Any], str]] = {
 }
 
 
-def _failure_notes(runs: pd.DataFrame, cells: list[aggregate.CellRow]) -> dict[str, str]:
-    """Cells with failed seeds -> the first failure's reason, shortened."""
-    failed = aggregate.failed_runs(runs)
-    out = {}
-    for row in cells:
-        reasons = failed.loc[failed["cell_hash"] == row.cell_hash, load.FAILURE_TAG].dropna()
-        if row.failed and len(reasons):
-            out[row.cell_hash] = str(reasons.iloc[0]).split(":")[0][:40]
-    return out
-
-
 def _figure(
     folder: Path, name: str, png: bytes, alt: str, caption: str, section: str
 ) -> render.Figure:
@@ -511,82 +546,3 @@ def _summary(study: str, context: render.Context) -> str:
     lines = [f"Report of study `{study}`: open `report/index.html` in the artifacts."]
     lines += [f"- {line}" for line in context.finding.lines]
     return "\n".join(lines)
-
-
-def _notes(
-    cells: list[aggregate.CellRow],
-    used: pd.DataFrame,
-    histories: pd.DataFrame,
-    views: list[figures.View],
-    spec: Study | None,
-    sort: str,
-) -> list[str]:
-    """What the reader should know about missing values (and a `report.sort` no cell has)
-    and cells outside the study file."""
-    notes = []
-    for column in aggregate.TABLE_COLUMNS:
-        missing = int(used[column.metric].isna().sum())
-        if missing:
-            notes.append(
-                f"{finished_runs(missing)} no {column.metric}; their cells show fewer values."
-            )
-    logged = set(histories["metric"].unique())
-    for view in views:
-        if not logged & set(view.lines):
-            notes.append(f"No run has the per-epoch metrics of the {view.name} view; not drawn.")
-            continue
-        main = next(m for m in view.lines if m in logged)
-        have = set(histories.loc[histories["metric"] == main, "run_id"].unique())
-        missing = len(set(used["run_id"]) - have)
-        if missing:
-            notes.append(f"{finished_runs(missing)} no per-epoch {main}; curves omit them.")
-    stopped = stopping.note(used)
-    notes += [stopped] if stopped else []
-    if spec is not None and any(not c.in_study for c in cells):
-        notes.append(
-            "Cells marked 'not in the study file' are configurations found in the store that "
-            "the current study file no longer has (edited since, or run with --set)."
-        )
-    if any(c.adopted for c in cells):
-        notes.append(
-            "Cells marked 'settings differ from the study file' show the latest runs stored "
-            "under their name, whose configuration is not the file's as written (run with "
-            "--set, or the file edited since); the hash column is the runs'."
-        )
-    if not any(sort in c.stats for c in cells):
-        notes.append(
-            f"No cell has {extra.metric_label(sort)} (report.sort): the table keeps the "
-            "study's order."
-        )
-    return notes
-
-
-def _provenance(
-    runs: load.StudyRuns, used: pd.DataFrame, spec: Study | None
-) -> list[tuple[str, str]]:
-    status = runs.runs["status"].str.lower().value_counts()
-    counts = ", ".join(f"{n} {s}" for s, n in status.items())
-    items = [("tracking URI", runs.uri), ("MLflow experiment", runs.experiment_id)]
-    if spec is not None and spec.path is not None:
-        items.append(("study file", str(Path(spec.path).resolve())))
-    elif spec is None:
-        items.append(("study file", "not found (see the top of the report)"))
-    sizes = used["n_train"].fillna("?") + " / " + used["n_val"].fillna("?")
-    sizes = sizes + " / " + used["n_test"].fillna("?")
-    items += [
-        ("data source", _values(used["data_source"])),
-        ("images: train / validation / test", _values(sizes.where(used["n_train"].notna()))),
-        ("runs", f"{len(runs.runs)} in the store ({counts}); {len(used)} used for the numbers"),
-        ("suite version", _values(used["suite_version"])),
-        ("git commit", _values(used["git_commit"])),
-        ("generated at", dt.datetime.now(dt.UTC).isoformat(timespec="seconds")),
-    ]
-    return items
-
-
-def _values(column: pd.Series) -> str:
-    """`a` when every run agrees, else `a (3 runs), b (1 run)`; `unknown` when untagged."""
-    counts = column.fillna("unknown").value_counts()
-    if len(counts) == 1:
-        return str(counts.index[0])
-    return ", ".join(f"{v} ({n} run{'s' if n != 1 else ''})" for v, n in counts.items())
