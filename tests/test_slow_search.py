@@ -145,3 +145,36 @@ def test_two_invocations_share_one_search_through_a_server(
     assert sum(f + p for f, _, p in trained) == TRIALS, outputs
     assert all(f + p > 0 for f, _, p in trained), "one invocation trained everything"
     assert_each_slot_once(mlflow_server.uri)
+
+
+def test_tpe_with_hyperband_finds_at_least_random_searchs_best_in_half_its_epochs(
+    write_study: Callable[..., Path], tmp_path: Path, _store_template: Path
+) -> None:
+    """`make bench`'s question (docs/performance.md), reduced to 30 trials and search seed
+    0: `hparam_tpe` against `hparam_search`, as the catalogue has them. Measured here: random
+    0.79 in 1,500 epochs, TPE + Hyperband 0.81 in 674 (18 pruned)."""
+    from suite.names import PRUNED
+    from suite.runner import run_study
+    from suite.study import load_study
+    from suite.tracking import Tracker
+
+    root = Path(__file__).parent.parent / "experiments"
+    found = {}
+    for name in ("hparam_search", "hparam_tpe"):
+        text = (root / f"{name}.yaml").read_text()
+        assert "  trials: 100\n" in text
+        study = load_study(write_study(text.replace("  trials: 100\n", "  trials: 30\n")))
+        db = tmp_path / f"{name}.db"
+        db.write_bytes(_store_template.read_bytes())
+        result = run_study(study, Tracker(f"sqlite:///{db}"), workers=1)
+        assert result.ok and len(result.results) == 30
+        ended = [r for r in result.results if r.status in ("finished", PRUNED)]
+        best = max(r.final["final_val_accuracy"] for r in ended if r.status == "finished")
+        epochs = sum(
+            int((r.reason or "").rsplit(" ", 1)[-1]) if r.status == PRUNED else 50 for r in ended
+        )
+        found[name] = (best, epochs, result.count(PRUNED))
+    (random_best, random_epochs, _), (best, epochs, pruned) = found.values()
+    assert random_epochs == 1500
+    assert pruned > 0 and epochs <= random_epochs / 2, found
+    assert best >= random_best, found
