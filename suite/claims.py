@@ -61,6 +61,7 @@ class Claim:
     metrics: dict[str, float] = field(default_factory=dict)
     token: str | None = None  # of the invocation that finished it
     holder: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)  # of the run that finished it
 
 
 def claim_timeout() -> float:
@@ -207,7 +208,9 @@ class Leases:
         finished = [r for r in others if r.status == Stored.FINISHED]
         if finished and not rerun:
             latest = max(finished, key=lambda r: r.start_time)
-            return Claim("finished", latest.run_id, latest.metrics, latest.tags.get(TOKEN_TAG))
+            made_by = latest.tags.get(TOKEN_TAG)
+            tags = dict(latest.tags)
+            return Claim("finished", latest.run_id, latest.metrics, made_by, tags=tags)
         if live:
             return Claim("held", live[0].run_id, holder=live[0].tags.get(OWNER_TAG))
         return None

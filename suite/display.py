@@ -24,7 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from suite.names import FAILED, FINISHED, KILLED, PRUNED, SKIPPED, Stored
+from suite.names import FAILED, KILLED, PRUNED, SKIPPED, Stored
 from suite.spec import ModelSpec, RunConfig, describe_init, short_value
 from suite.study import RunKey, Study
 
@@ -285,11 +285,11 @@ SEARCH_TOP = 10  # the trials the end of `overfit run` shows of an adaptive sear
 
 def search_table(result: StudyResult) -> Table:
     """An adaptive search's best trials by final validation accuracy, with the settings each
-    was asked; pruned trials are counted below, not ranked."""
-    ended = [r for r in result.results if r.status in (FINISHED, SKIPPED, PRUNED) and r.final]
-    pruned = [r for r in ended if r.status == PRUNED or (r.reason or "").startswith("pruned")]
+    was asked and the epochs it trained; pruned trials are counted in the caption, not
+    ranked."""
+    pruned = [r for r in result.results if r.pruned_epoch]
     ranked = sorted(
-        (r for r in ended if r not in pruned),
+        (r for r in result.results if r.complete),
         key=lambda r: -r.final.get("final_val_accuracy", float("-inf")),
     )
     slot = next(c.slot for c in result.study.cells if c.slot is not None)
@@ -307,10 +307,10 @@ def search_table(result: StudyResult) -> Table:
             *(short_value((point or {}).get(k), k) for k in slot.spec.space),
             f"{final.get('final_val_accuracy', float('nan')):.3f}",
             f"{final.get('final_test_accuracy', float('nan')):.3f}",
-            str(run.key.cell.config.train.epochs),
+            f"{final.get('stopped_epoch', run.key.cell.config.train.epochs):.0f}",
         )
     table.caption = (
-        f"{len(ranked)} trials trained to the end, {len(pruned)} pruned "
+        f"{len(ranked)} trials finished, {len(pruned)} pruned "
         f"({slot.spec.sampler}, pruner {slot.spec.pruner}); all of them: overfit report"
     )
     return table

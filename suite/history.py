@@ -3,7 +3,9 @@
 Owns: `History` (what `suite.train.train` returns and `suite.lifecycle` records: per-epoch
 metrics, the confusion matrix, per-update losses, activation histograms, early stopping's
 epochs, a saved network, the label noise the run trained with) and the end-of-run summary
-(`History.final`, with the per-class scores of `per_class` and `confusion_matrix`). Must not:
+(`History.final`, with the per-class scores of `per_class` and `confusion_matrix`), a search
+pruner's verdict (`Pruned`, which ends the history at its epoch), and `shortest` (a value as
+the store holds it). Must not:
 train, import TensorFlow (a parent process unpickles a worker's history) or log anything.
 """
 

@@ -14,9 +14,11 @@ worker process imports this module to train, and never imports MLflow.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import resource
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -31,6 +33,8 @@ from suite.names import (
     PRUNED,
     PRUNED_TAG,
     RELIABILITY_ARTIFACT,
+    SEARCH_POINT_TAG,
+    SKIPPED,
     Ended,
     Stored,
 )
@@ -87,6 +91,34 @@ class RunResult:
     final: dict[str, float] = field(default_factory=dict)
     reason: str | None = None
     peak_memory_mb: float | None = None  # of the process that trained it, when it did
+    pruned_epoch: int | None = None  # a search's trial its pruner ended: at this epoch
+
+    @property
+    def complete(self) -> bool:
+        """Trained to its end (here or before): finished or skipped, and not pruned."""
+        return self.status in (FINISHED, SKIPPED) and not self.pruned_epoch and bool(self.final)
+
+
+def stored(
+    key: RunKey,
+    run_id: str | None,
+    metrics: dict[str, float],
+    tags: Mapping[str, str],
+    status: Ended = SKIPPED,
+    reason: str | None = None,
+) -> RunResult:
+    """A run FINISHED in the store already (by an earlier or another invocation) as a result
+    of `status`; a search's trial with the point it was asked (its `search_point` tag) and
+    the epoch its pruner ended it at. A point that no longer makes a valid configuration
+    leaves the key as it is: it is shown, not trained."""
+    pruned = tags.get(PRUNED_TAG)
+    if key.cell.slot is not None and SEARCH_POINT_TAG in tags:
+        with contextlib.suppress(Exception):  # the point is for display only
+            key = replace(key, cell=key.cell.asked(json.loads(tags[SEARCH_POINT_TAG])))
+    epoch = int(pruned) if pruned and pruned.isdigit() else None
+    if epoch is not None and reason is None:
+        reason = f"pruned at epoch {epoch}"
+    return RunResult(key, status, run_id, metrics, reason, pruned_epoch=epoch)
 
 
 @dataclass(frozen=True)
@@ -205,12 +237,10 @@ def _conclude(leases: Leases, key: RunKey, run_id: str, trained: Trained) -> Run
         final = _record(leases, run_id, history)
     except ClaimLost as err:
         return RunResult(key, LOST, run_id, reason=str(err))
-    status, why = (
-        (PRUNED, f"pruned at epoch {history.pruned_epoch}")
-        if history.pruned_epoch
-        else (FINISHED, None)
-    )
-    return RunResult(key, status, run_id, final, why, peak_memory_mb=memory)
+    if history.pruned_epoch:
+        why = f"pruned at epoch {history.pruned_epoch}"
+        return RunResult(key, PRUNED, run_id, final, why, memory, history.pruned_epoch)
+    return RunResult(key, FINISHED, run_id, final, peak_memory_mb=memory)
 
 
 def fail(
@@ -297,6 +327,7 @@ def as_dict(result: RunResult) -> dict[str, Any]:
         "final": result.final,
         "reason": result.reason,
         "peak_memory_mb": result.peak_memory_mb,
+        "pruned_epoch": result.pruned_epoch,
     }
 
 
@@ -308,4 +339,5 @@ def from_dict(key: RunKey, sent: dict[str, Any]) -> RunResult:
         sent.get("final") or {},
         sent.get("reason"),
         sent.get("peak_memory_mb"),
+        sent.get("pruned_epoch"),
     )

@@ -18,6 +18,8 @@ EPOCH_METRICS = (
     "weight_norm",  # L2 norm of all kernels
 )
 VAL_METRICS = ("val_loss", "val_accuracy")  # when the run has a validation split
+# what an adaptive search maximizes (`suite.search`) and its report ranks trials by
+SEARCH_OBJECTIVE = "final_val_accuracy"
 # per epoch, when the run has `data.label_noise`: the accuracy on the training images whose
 # labels were not corrupted, and the share of corrupted ones predicted as their corrupted label
 # (each when the run has such images); train_accuracy is against the labels the run trains on

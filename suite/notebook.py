@@ -195,7 +195,9 @@ class NotebookProgress:
         self.live.clear()
         self.ended.append(
             f"{result.count('finished')} finished, {result.count('skipped')} skipped, "
-            f"{result.count('failed')} failed in {time.monotonic() - self.start:.0f} s"
+            f"{result.count('failed')} failed"
+            + (f", {result.count('pruned')} pruned" if result.count("pruned") else "")
+            + f" in {time.monotonic() - self.start:.0f} s"
         )
         self._show(force=True)
 

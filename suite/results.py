@@ -13,7 +13,8 @@ studies side by side, told apart by its `study` column) and `uri`, the tracking 
 `sqlite:///mlflow.db` in the current folder; a tracking server works the same).
 
 - `runs`: `run_id, study, cell, seed, status, dataset`, then `counted` (True for the run the
-  numbers use: the latest FINISHED run of its cell and seed), `cell_hash`, `variant`,
+  numbers use: the latest FINISHED run of its cell and seed, unless a search's pruner ended
+  it: the report ranks pruned trials apart), `cell_hash`, `variant`,
   `data_source`, `start_time`, `end_time`, `failure`, the run's final and best metrics
   (`final_test_accuracy`, `best_epoch`, `final_test_loss`, ...), and every setting of its
   configuration as its own column, typed as the study file types it (`model.weight_decay` a
@@ -172,10 +173,18 @@ def summary_of(study: str, frame: pd.DataFrame, spec: Any = None) -> pd.DataFram
             "ci95_low": stat.low,
             "ci95_high": stat.high,
         }
-        for row in aggregate.cell_rows(frame, spec)
+        for row in aggregate.cell_rows(_unpruned(frame), spec)
         for metric, stat in row.stats.items()
     ]
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS).astype({"n": int})
+
+
+def _unpruned(frame: pd.DataFrame) -> pd.DataFrame:
+    """The runs no search's pruner ended: a pruned trial's final metrics are an early
+    epoch's, which the report's numbers leave out (`suite.report.search.split_pruned`)."""
+    if PRUNED_TAG not in frame:
+        return frame
+    return frame[frame[PRUNED_TAG].isna()].reset_index(drop=True)
 
 
 def settings_of(params: dict[str, str]) -> dict[str, Any]:
@@ -213,7 +222,7 @@ def _value(text: str) -> Any:
 
 def _runs(name: str, tracker: Tracker) -> pd.DataFrame:
     frame = _read(name, tracker).runs
-    counted = aggregate.finished_runs(frame)["run_id"]
+    counted = aggregate.finished_runs(_unpruned(frame))["run_id"]
     settings = pd.DataFrame([settings_of(p or {}) for p in frame["params"]], index=frame.index)
     out = frame.drop(columns=[c for c in HIDDEN if c in frame]).rename(
         columns={"failure_reason": "failure"}

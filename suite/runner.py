@@ -14,23 +14,18 @@ store first (`suite.claims`), so invocations sharing a store train each run once
 
 from __future__ import annotations
 
-import json
 import statistics
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from suite.executors import workers as worker_processes
 from suite.executors.base import EXECUTORS, Claims, Executor, StopRequest
 from suite.executors.local import LocalExecutor
-from suite.lifecycle import Observer, RunResult, Silent
+from suite.lifecycle import Observer, RunResult, Silent, stored
 from suite.names import (
     FAILED,
-    FINISHED,
-    PRUNED_TAG,
     SEARCH_ID_TAG,
-    SEARCH_POINT_TAG,
-    SKIPPED,
     Stored,
 )
 from suite.store import resolve_uri
@@ -77,7 +72,7 @@ class StudyResult:
 
     def _cell(self, name: str, cell_hash: str) -> CellSummary:
         mine = [r for r in self.results if r.key.cell.hash == cell_hash]
-        done = [r.final for r in mine if r.status in (FINISHED, SKIPPED) and r.final]
+        done = [r.final for r in mine if r.complete]  # a pruned trial's are an early epoch's
 
         def mean(metric: str) -> float | None:
             values = [d[metric] for d in done if metric in d]
@@ -138,22 +133,11 @@ def _notice_changed_search(study: Study, records: list[RunRecord]) -> None:
         message = f"the store also holds trials of another search ({old}), kept apart"
     else:
         message = (
-            "its search changed (search.space, sampler, pruner, seed or the settings it "
-            f"searches around): search {ids} starts anew, its trials new cells; the stored "
+            "its search changed (search.space, sampler, pruner, seed, the settings it "
+            f"searches around, or the data or builder it trains on): search {ids} starts anew, its trials new cells; the stored "
             f"trials of search {old} are kept apart"
         )
     warnings.warn(f"{study.name}: {message}", SearchChanged, stacklevel=3)
-
-
-def _stored_result(key: RunKey, record: RunRecord) -> RunResult:
-    """A run FINISHED in the store already, as a `skipped` result; a search's trial with the
-    point it was asked, and the epoch it was pruned at as its reason."""
-    reason = None
-    if key.cell.slot is not None and SEARCH_POINT_TAG in record.tags:
-        key = replace(key, cell=key.cell.asked(json.loads(record.tags[SEARCH_POINT_TAG])))
-        if PRUNED_TAG in record.tags:
-            reason = f"pruned at epoch {record.tags[PRUNED_TAG]}"
-    return RunResult(key, SKIPPED, record.run_id, record.metrics, reason)
 
 
 def check_executor(
@@ -260,6 +244,11 @@ def run_study(
     """
     check_executor(executor, workers, tracker.uri, ray_address, cpus_per_run)
     searched = any(cell.slot is not None for cell in study.cells)
+    if searched and rerun:
+        raise OptionError(
+            "--rerun: an adaptive search asks each trial from the ones before it, so its "
+            "trials cannot be trained again alone; change search.seed for a new search"
+        )
     if searched and seeds is not None and len(seeds) != 1:
         raise OptionError(
             f"--seeds: an adaptive search trains each trial with one seed, got {len(seeds)}"
@@ -273,7 +262,7 @@ def run_study(
     for key in study.runs(seeds):
         if (key.cell.hash, key.seed) not in todo_ids:
             record = finished[(key.cell.hash, key.seed)]
-            results.append(_stored_result(key, record))
+            results.append(stored(key, record.run_id, record.metrics, record.tags))
     if todo and isinstance(chosen, LocalExecutor):
         import suite.train  # noqa: F401  TensorFlow's import takes seconds: before the clock starts
     observer.study_started(study, todo, len(results))

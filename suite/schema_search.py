@@ -1,7 +1,7 @@
-"""The schema of a study's `search:` block: random-search trials drawn from a space.
+"""The schema of a study's `search:` block: trials from a space, drawn up front or asked.
 
 Owns: `Distribution` (one dimension: log-uniform, uniform or a choice, and its bounds' checks)
-and `SearchSpec` (trials, seed, space). Must not: draw the trials (`suite.study.trial_points`)
+and `SearchSpec` (trials, seed, space, sampler, pruner). Must not: draw the trials (`suite.trials.trial_points`)
 or expand a study. It imports pydantic and `suite.schema_base` only.
 """
 
@@ -16,7 +16,7 @@ from suite.schema_base import PositiveInt, Strict
 
 class Distribution(Strict):
     """One search dimension: exactly one of `log_uniform: [lo, hi]` (10^U(log lo, log hi)),
-    `uniform: [lo, hi]`, or `choice: [a, b, ...]`. Drawn by `suite.study.sample`."""
+    `uniform: [lo, hi]`, or `choice: [a, b, ...]`. Drawn by `suite.trials.sample`."""
 
     log_uniform: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
     uniform: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None

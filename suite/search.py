@@ -8,9 +8,10 @@ claimed (`Coordinator.ask`): the search's runs in the store are replayed into a 
 in-memory Optuna study (finished ones COMPLETE with their final validation accuracy, pruned
 ones PRUNED with their curve, live RUNNING ones RUNNING, so that TPE's constant liar keeps
 parallel asks apart), then its sampler, seeded by the search's seed and the slot, is asked.
-A search asked one slot at a time asks the same points however often it is stopped and
-resumed; a parallel search's order, and so its points, depend on timing, while each trial
-trains the same from its point and seed.
+A search asked one slot at a time, stopped with Ctrl-C and run again, asks the points an
+uninterrupted one asks (a slot asked again after a failure sees the trials after it too); a
+parallel search's order, and so its points, depend on timing, while each trial trains the
+same from its point and seed.
 
 A trial's pruner runs in the process that trains it (`Pruning`), from the finished trials
 replayed when its slot was asked: the trial reports its validation accuracy at every
@@ -37,6 +38,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from suite.history import Pruned, shortest
+from suite.metrics import SEARCH_OBJECTIVE as OBJECTIVE
 from suite.names import (
     PRUNED_TAG,
     SEARCH_ID_TAG,
@@ -53,7 +55,6 @@ if TYPE_CHECKING:
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-OBJECTIVE = "final_val_accuracy"  # what a search maximizes: the textbook ranks trials by it
 CURVE = "val_accuracy"  # what a trial reports to its pruner at every evaluation
 MEDIAN_STARTUP = 5  # the median pruner prunes nothing before this many trials completed
 
@@ -86,7 +87,8 @@ def encode(spec: SearchSpec, point: dict[str, Any]) -> dict[str, Any] | None:
             return None
         value = point[key]
         if dist.choice is not None:
-            same = [i for i, c in enumerate(dist.choice) if json.dumps(c) == json.dumps(value)]
+            stored = json.dumps(value, sort_keys=True)  # as `Slot.tags` wrote it
+            same = [i for i, c in enumerate(dist.choice) if json.dumps(c, sort_keys=True) == stored]
             if not same:
                 return None
             params[key] = same[0]
@@ -104,8 +106,9 @@ def decode(spec: SearchSpec, params: dict[str, Any]) -> dict[str, Any]:
         if dist.choice is not None:
             point[key] = dist.choice[int(value)]
         else:
-            lo, hi = dist.log_uniform or dist.uniform or (value, value)
-            point[key] = rounded(float(value), lo, hi)
+            bounds = dist.log_uniform or dist.uniform
+            assert bounds is not None
+            point[key] = rounded(float(value), *bounds)
     return point
 
 

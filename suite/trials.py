@@ -188,6 +188,12 @@ def check_search(
                 f"{where}: {what}: needs a validation split to rank trials by (set "
                 f"data.val_size), as train.early_stopping does (cell {name})"
             )
+        if spec.pruner != "none" and not check_epochs(spec, frame):
+            raise SpecError(
+                f"{where}: search.pruner: {spec.pruner}: train.epochs {frame.train.epochs} "
+                "leaves no epoch to prune at (median asks every 10 epochs, hyperband at "
+                "eval_every x 3^k, both before the last); raise train.epochs or set pruner: none"
+            )
         for point in points:
             fill(frame, point, where)
 

@@ -150,7 +150,8 @@ def test_slots_share_their_frame_until_asked_and_hash_by_search_and_number(
     more = load_study(write_study(search_text(trials=12)))
     assert [c.hash for c in more.cells[:8]] == [c.hash for c in study.cells]
     # another space, sampler or pruner is another search
-    for other in (search_text(pruner="median"), search_text(sampler="random")):
+    median = search_text(pruner="median").replace("epochs: 9", "epochs: 20")
+    for other in (median, search_text(sampler="random")):
         assert not {c.hash for c in load_study(write_study(other)).cells} & {
             c.hash for c in study.cells
         }
@@ -332,7 +333,7 @@ def test_the_end_of_a_search_shows_its_best_trials_with_their_asked_settings(
         row = next(line for line in text.splitlines() if f"trial_{best:03d}" in line)
         assert f"{point['model.weight_decay']:.4g}" in row and f"{done[best][2]:.3f}" in row
         count = sum(bool(pruned) for _, pruned, _ in done.values())
-        assert f"{6 - count} trials trained to the end, {count} pruned" in text
+        assert f"{6 - count} trials finished, {count} pruned" in text
 
 
 def test_a_tie_with_a_stored_trial_is_a_tie_not_a_float32_loss(
@@ -364,3 +365,103 @@ def test_a_tie_with_a_stored_trial_is_a_tie_not_a_float32_loss(
     pruning = Pruning.of(slot, cell.config)
     for epoch in range(1, 10):
         pruning.report(epoch, {"val_accuracy": float(np.float32(0.13))})  # never pruned
+
+
+def test_a_choice_of_mappings_is_found_again_in_the_stored_points(
+    write_study: Callable[..., Path],
+) -> None:
+    """A stored point is JSON with sorted keys (`Slot.tags`); a choice of mappings written in
+    another key order in the file is still recognised, so its trials are replayed."""
+    from suite.search import encode
+
+    text = (
+        search_text(pruner="none")
+        .replace(
+            "    model.weight_decay: {log_uniform: [1.0e-6, 1.0e-2]}",
+            "    train.optimizer: {choice: [{name: sgd, learning_rate: 0.1},"
+            " {name: adam, learning_rate: 0.001}]}",
+        )
+        .replace("    train.optimizer.learning_rate: {log_uniform: [1.0e-4, 1.0]}\n", "")
+    )
+    slot = load_study(write_study(text)).cells[0].slot
+    assert slot is not None
+    for index, choice in enumerate(slot.spec.space["train.optimizer"].choice or []):
+        filled = slot.__class__(slot.search_id, 0, "", slot.spec, {"train.optimizer": choice})
+        stored = json.loads(filled.tags()["search_point"])
+        assert encode(slot.spec, stored) == {"train.optimizer": index}
+
+
+def test_a_trial_finished_elsewhere_ends_with_its_point_and_its_pruning(
+    write_study: Callable[..., Path], tracking_uri: str
+) -> None:
+    """An invocation that finds a slot finished by another one (its claim comes back
+    `finished`) reports that trial with the point asked there and, when it was pruned, as
+    pruned: never ranked as a trial trained to its end."""
+    from suite.claims import leases_of
+    from suite.executors.base import Claims
+    from suite.search import Coordinator
+
+    study = load_study(write_study(search_text()))
+    tracker = Tracker(tracking_uri)
+    assert run_study(study, tracker, workers=1).ok
+    done = finished(tracker)
+    experiment_id = tracker.experiment_id("tpe", create=False)
+    assert experiment_id is not None
+    claims = Claims(
+        [RunKey(cell, 0) for cell in study.cells],
+        leases_of(tracker),
+        experiment_id,
+        "tpe",
+        False,
+        Silent(),
+        Coordinator(tracker, experiment_id),
+    )
+    assert claims.take() is None and claims.done()  # every slot finished elsewhere
+    for slot, result in enumerate(claims.in_order()):
+        point, pruned, value = done[slot]
+        assert result.status == SKIPPED and result.key.cell.slot is not None
+        assert result.key.cell.slot.point == point
+        assert result.pruned_epoch == (int(pruned) if pruned else None)
+        assert result.complete == (not pruned)
+
+
+def test_rerun_and_a_pruner_that_never_asks_are_refused(
+    write_study: Callable[..., Path], tracking_uri: str
+) -> None:
+    study = load_study(write_study(search_text(trials=2)))
+    with pytest.raises(OptionError, match=r"^--rerun: an adaptive search asks each trial"):
+        run_study(study, Tracker(tracking_uri), rerun=True)
+    short = search_text(pruner="median")  # 9 epochs: the median pruner asks every 10
+    with pytest.raises(SpecError, match=r"search.pruner: median: train.epochs 9 leaves no epoch"):
+        load_study(write_study(short))
+
+
+def test_the_report_and_the_summary_keep_an_older_search_and_pruned_trials_apart(
+    write_study: Callable[..., Path], tracking_uri: str, tmp_path: Path
+) -> None:
+    from suite import results
+    from suite.report import write_report
+
+    tracker = Tracker(tracking_uri)
+    old = load_study(write_study(search_text(trials=3).replace("seed: 0", "seed: 5")))
+    assert run_study(old, tracker, workers=1).ok
+    study = load_study(write_study(search_text(trials=6)))
+    assert run_study(study, tracker, workers=1).ok
+    paths = write_report("tpe", tracker, tmp_path / "report", study, log_to_mlflow=False)
+    text = paths.markdown.read_text()
+    assert "6 trials trained" in text, text[text.find("## Search") :][:400]
+    summary = results.summary("tpe", uri=tracking_uri)
+    ranked = set(summary["cell_hash"])
+    mine = {cell.hash for cell in study.cells}
+    pruned = {
+        r.run_id
+        for r in tracker.runs(tracker.experiment_id("tpe", create=False) or "")
+        if "pruned" in r.tags
+    }
+    assert pruned, "nothing pruned: the test shows nothing"
+    frame = results.runs("tpe", uri=tracking_uri)
+    assert not frame[frame["run_id"].isin(pruned)]["counted"].any()
+    assert ranked <= set(frame[frame["counted"]]["cell_hash"]) & mine | (ranked - mine)
+    assert not ranked & {
+        r.cell_hash for r in tracker.runs(tracker.experiment_id("tpe") or "") if r.run_id in pruned
+    }

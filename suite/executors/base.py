@@ -15,13 +15,13 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
-from suite.lifecycle import Observer, RunResult
-from suite.names import FAILED, FINISHED, LOST, SKIPPED
+from suite.lifecycle import Observer, RunResult, stored
+from suite.names import FAILED, FINISHED, LOST, PRUNED, SKIPPED
 from suite.study import RunKey
 
 if TYPE_CHECKING:
@@ -128,8 +128,8 @@ class Claims:
                 self.waiting.appendleft(key)
         while self.waiting:
             key = self.waiting.popleft()
-            if key.cell.slot is None or self.search is None:
-                return key
+            if key.cell.slot is None or self.search is None or key.cell.slot.point is not None:
+                return key  # a slot asked already (held elsewhere, retried) keeps its point
             try:  # an adaptive search's slot: its point is asked now, just before its claim
                 return self.search.ask(key)
             except Exception as err:  # noqa: BLE001 - that trial fails, the search goes on
@@ -154,7 +154,7 @@ class Claims:
             if claim.outcome == "won":
                 assert claim.run_id is not None
                 return key, claim.run_id
-            self.settled(key, claim.outcome, claim.run_id, claim.metrics, claim.token)
+            self.settled(key, claim.outcome, claim.run_id, claim.metrics, claim.token, claim.tags)
         return None
 
     def settled(
@@ -164,14 +164,19 @@ class Claims:
         run_id: str | None,
         metrics: dict[str, float],
         token: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> None:
         """A claim that was not won: `finished` (elsewhere, or by this invocation's own
         earlier attempt: a task whose worker died after finishing it), or `held` (look
-        again later)."""
-        if outcome == "finished" and token == self.token:
-            self.ended(RunResult(key, FINISHED, run_id, metrics))
-        elif outcome == "finished":
-            self.ended(RunResult(key, SKIPPED, run_id, metrics, ELSEWHERE))
+        again later). A search's trial finished elsewhere ends with the point it was asked
+        there and whether it was pruned, from its run's `tags`."""
+        if outcome == "finished":
+            mine = token == self.token
+            status = FINISHED if mine else SKIPPED
+            result = stored(key, run_id, metrics, tags or {}, status, None if mine else ELSEWHERE)
+            if mine and result.pruned_epoch:
+                result = replace(result, status=PRUNED)
+            self.ended(result)
         else:
             at = time.monotonic() + POLL_SECONDS * random.uniform(0.5, 1.5)
             self.held[(key.cell.hash, key.seed)] = (key, at)

@@ -147,6 +147,7 @@ def _task(
             "run_id": claim.run_id,
             "final": claim.metrics,
             "token": claim.token,
+            "tags": claim.tags,
         }
     assert claim.run_id is not None
     ident = (key.cell.hash, key.seed)
@@ -301,7 +302,10 @@ class _Driver:
             self.claims.ended(RunResult(key, FAILED, reason=reason))
             return
         if out["claim"] != "won":
-            self.claims.settled(key, out["claim"], out["run_id"], out["final"], out["token"])
+            claims = self.claims
+            claims.settled(
+                key, out["claim"], out["run_id"], out["final"], out["token"], out["tags"]
+            )
             return
         self.claims.ended(from_dict(key, out))
 

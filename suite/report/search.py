@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from suite.metrics import SEARCH_OBJECTIVE as OBJECTIVE
 from suite.names import (
     EPOCHS_TRAINED_TAG,
     PRUNED_TAG,
@@ -49,7 +50,6 @@ from suite.report.aggregate import CellRow
 from suite.spec import SearchSpec, short_value
 from suite.study import Study
 
-OBJECTIVE = "final_val_accuracy"  # what a search ranks its trials by (`suite.search.OBJECTIVE`)
 OBJECTIVE_LABEL = "final validation accuracy"
 IMPORTANCE_SEED = 0  # fANOVA's forest is random: seeded, the same runs give the same report
 
@@ -126,6 +126,8 @@ def section(
         return None
     search = spec.search if spec is not None else None
     adaptive = search.adaptive if search is not None else True
+    if adaptive:
+        counted = _current(spec, counted)
     found = (
         _adaptive_trials(cells, counted)
         if adaptive
@@ -210,6 +212,23 @@ def importances(search: SearchSpec | None, trials: Sequence[Trial]) -> tuple[lis
         ranked = sorted(found.items(), key=lambda kv: -kv[1])
         out.append(Importance(frame, [(k, float(v)) for k, v in ranked], len(done)))
     return out, " ".join(notes)
+
+
+def _current(spec: Study | None, counted: pd.DataFrame) -> pd.DataFrame:
+    """The runs of the study's own searches: those of its slots' search ids, or, without the
+    study file (or none of its runs stored), each frame's latest search. Trials of a search
+    since changed (another space, sampler, pruner, seed) are kept apart, as `overfit run`
+    says."""
+    if SEARCH_ID_TAG not in counted or counted.empty:
+        return counted
+    ids = {c.slot.search_id for c in spec.cells if c.slot} if spec is not None else set()
+    mine = counted[SEARCH_ID_TAG].isin(ids)
+    if mine.any():
+        return counted[mine]
+    tagged = counted[counted[SEARCH_ID_TAG].notna()]
+    frames = tagged[SEARCH_FRAME_TAG].fillna("") if SEARCH_FRAME_TAG in tagged else ""
+    latest = tagged.assign(_frame=frames).sort_values("start_time").groupby("_frame").tail(1)
+    return counted[counted[SEARCH_ID_TAG].isin(set(latest[SEARCH_ID_TAG]))]
 
 
 def _adaptive_trials(cells: Sequence[CellRow], counted: pd.DataFrame) -> list[Trial]:
