@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -118,17 +118,6 @@ def histories(uri: str) -> dict[tuple[str, int, str], list[tuple[int, float]]]:
                 points = client.get_metric_history(run_id, name)
                 out[(cell_hash, seed, name)] = sorted((p.step, p.value) for p in points)
     return out
-
-
-@pytest.fixture
-def killer() -> Iterator[list[subprocess.Popen[str]]]:
-    """Processes a test started: killed (whole groups) if the test ends early."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def test_two_invocations_at_once_train_each_run_once(

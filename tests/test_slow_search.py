@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,19 +43,6 @@ search:
 @pytest.fixture(autouse=True)
 def _bundled(bundled_only: None) -> None:
     """Path-less data resolves to the bundled subset (subprocesses run offline)."""
-
-
-@pytest.fixture
-def started() -> Iterator[list[subprocess.Popen[str]]]:
-    """Processes a test started: killed (whole groups) if the test ends early."""
-    import os
-
-    processes: list[subprocess.Popen[str]] = []
-    yield processes
-    for process in processes:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def overfit(study: Path, uri: str, *args: str) -> subprocess.Popen[str]:
@@ -107,14 +94,14 @@ def wait_for_finished(uri: str, process: subprocess.Popen[str], at_least: int) -
 
 
 def test_a_search_on_ray_stopped_half_way_and_run_again_trains_each_slot_once(
-    write_study: Callable[..., Path], mlflow_server: MlflowServer, started: list
+    write_study: Callable[..., Path], mlflow_server: MlflowServer, killer: list
 ) -> None:
     pytest.importorskip(
         "ray", reason="needs the optional Ray extra: make setup-ray (pip install '.[ray]')"
     )
     study = write_study(SEARCH, "searched.yaml")
     first = overfit(study, mlflow_server.uri, "--executor", "ray")
-    started.append(first)
+    killer.append(first)
     wait_for_finished(mlflow_server.uri, first, TRIALS // 3)
     first.send_signal(signal.SIGINT)
     output, _ = first.communicate(timeout=180)
@@ -123,7 +110,7 @@ def test_a_search_on_ray_stopped_half_way_and_run_again_trains_each_slot_once(
     assert before["FINISHED"] < TRIALS and before["RUNNING"] == 0, before
 
     second = overfit(study, mlflow_server.uri, "--executor", "ray")
-    started.append(second)
+    killer.append(second)
     output, _ = second.communicate(timeout=600)
     assert second.returncode == 0, output
     finished, skipped, pruned = counts(output)
@@ -133,11 +120,11 @@ def test_a_search_on_ray_stopped_half_way_and_run_again_trains_each_slot_once(
 
 
 def test_two_invocations_share_one_search_through_a_server(
-    write_study: Callable[..., Path], mlflow_server: MlflowServer, started: list
+    write_study: Callable[..., Path], mlflow_server: MlflowServer, killer: list
 ) -> None:
     study = write_study(SEARCH, "searched.yaml")
     both = [overfit(study, mlflow_server.uri, "--workers", "1") for _ in range(2)]
-    started.extend(both)
+    killer.extend(both)
     outputs = [process.communicate(timeout=600)[0] for process in both]
     assert [p.returncode for p in both] == [0, 0], outputs
     trained = [counts(out) for out in outputs]
