@@ -142,17 +142,26 @@ def test_a_killed_invocation_leaves_nothing_running_and_a_rerun_completes(
     study = study_file(write_study, 300)
     victim = overfit(study, mlflow_server.uri, "--workers", "2")
     killer.append(victim)
-    seen: list[list[tuple[str, int, str, str]]] = []
+    training: set[str] = set()
 
-    def finished_one_and_training() -> bool:
-        seen.append(runs(mlflow_server.uri))
-        statuses = {status for _, _, status, _ in seen[-1]}
-        return {"FINISHED", "RUNNING"} <= statuses
+    def started_after_a_finish() -> bool:
+        # a run claimed after the first run ended is seconds from its own end: the two workers'
+        # first runs start together and end together, so one of those may end before the kill
+        client = MlflowClient(mlflow_server.uri)
+        experiment = client.get_experiment_by_name("scale")
+        found = client.search_runs([experiment.experiment_id]) if experiment else []
+        ends = [r.info.end_time for r in found if r.info.status == "FINISHED"]
+        fresh = {
+            r.info.run_id
+            for r in found
+            if ends and r.info.status == "RUNNING" and r.info.start_time > min(ends)
+        }
+        training.update(fresh)
+        return bool(fresh)
 
-    wait_for(finished_one_and_training, 240, "a finished run and one in progress")
+    wait_for(started_after_a_finish, 240, "a run started after a finished one")
     os.killpg(victim.pid, signal.SIGKILL)  # the parent and its workers, mid-run
     victim.wait()
-    training = {run_id for _, _, status, run_id in seen[-1] if status == "RUNNING"}
     done = {run_id for _, _, status, run_id in runs(mlflow_server.uri) if status == "FINISHED"}
 
     code, out = finish(overfit(study, mlflow_server.uri, "--workers", "2"))
