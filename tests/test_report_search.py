@@ -278,3 +278,30 @@ def _running_sum(values: list[int]) -> Iterator[int]:
     for value in values:
         total += value
         yield total
+
+
+def test_side_by_side_leaves_pruned_trials_out_and_says_so(
+    tpe: Searched, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from suite import data
+    from suite.report.compare import side_by_side
+
+    db = tmp_path / "mlflow.db"
+    shutil.copyfile(tpe.uri.removeprefix("sqlite:///"), db)
+    tracker = Tracker(f"sqlite:///{db}")
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(
+        "name: plain\nbase:\n  data: {train_size: 100, val_size: 50, test_size: 100}\n"
+        "  model: {hidden: [16]}\n  train: {batch_size: 20, epochs: 2}\nseeds: [0]\n"
+    )
+    monkeypatch.setattr(data, "KERAS_CACHE", Path("/nonexistent/keras/datasets/mnist.npz"))
+    assert run_study(load_study(plain), tracker).ok
+    side = side_by_side(["tpe-report", "plain"], tracker)
+    write_report(side.runs.study, tracker, tmp_path / "side", None, False, None, side)
+    markdown = (tmp_path / "side" / "report.md").read_text()
+    ranked = [row["cell"].split(" **")[0] for row in headline(markdown)]
+    pruned = pruned_names(tpe)
+    assert sorted(ranked) == sorted(
+        [f"tpe-report: {c}" for c in set(tpe.tags) - set(pruned)] + ["plain: base"]
+    )
+    assert f"Pruned search trials are left out ({len(pruned)} of tpe-report)" in markdown

@@ -130,6 +130,8 @@ def write_report(
         *(side.notes if side else []),
         *table_notes(cells, used, histories, views, spec, settings.sort),
     ]
+    if side is not None and len(pruned):
+        notes.append(_pruned_apart(pruned))
     baseline, comparisons = _compared(cells, used, table, settings, spec, notes)
     searched = search.section(spec, every, counted) if side is None else None
     kept_apart = [c for c in every if c.cell_hash in apart]
@@ -535,6 +537,16 @@ def _figure(
     (folder / name).write_bytes(png)
     uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
     return render.Figure(name, uri, alt, caption, section)
+
+
+def _pruned_apart(pruned: pd.DataFrame) -> str:
+    """Side by side: the searches' pruned trials, left out of every cell and figure."""
+    per = pruned.groupby("study", sort=False).size()
+    counts = ", ".join(f"{n} of {study}" for study, n in per.items())
+    return (
+        f"Pruned search trials are left out ({counts}): their final metrics are those of the "
+        "epoch the pruner ended them at. The report of each study alone lists them."
+    )
 
 
 def _capitalised(text: str) -> str:
