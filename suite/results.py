@@ -14,7 +14,8 @@ studies side by side, told apart by its `study` column) and `uri`, the tracking 
 
 - `runs`: `run_id, study, cell, seed, status, dataset`, then `counted` (True for the run the
   numbers use: the latest FINISHED run of its cell and seed, unless a search's pruner ended
-  it: the report ranks pruned trials apart), `cell_hash`, `variant`,
+  it or it is a trial of an adaptive search since changed: the report keeps both apart),
+  `cell_hash`, `variant`,
   `data_source`, `start_time`, `end_time`, `failure`, the run's final and best metrics
   (`final_test_accuracy`, `best_epoch`, `final_test_loss`, ...), and every setting of its
   configuration as its own column, typed as the study file types it (`model.weight_decay` a
@@ -48,6 +49,7 @@ import pandas as pd
 from suite.metrics import STEP_METRICS
 from suite.names import EPOCHS_TRAINED_TAG, PRUNED_TAG, TRIAL_TAG
 from suite.report import aggregate, load
+from suite.report.search import older_searches
 from suite.results_model import model
 from suite.spec import RunConfig, did_you_mean, flatten, parse_yaml, short_value
 from suite.tracking import Tracker
@@ -101,7 +103,10 @@ def runs(study: Studies, *, uri: str | None = None) -> pd.DataFrame:
         ResultsError: no such study in the store, or a study without runs.
     """
     tracker = Tracker(uri)
-    return pd.concat([_runs(name, tracker) for name in _names(study)], ignore_index=True)
+    return pd.concat(
+        [_runs(name, tracker, _spec(study, name, tracker)) for name in _names(study)],
+        ignore_index=True,
+    )
 
 
 def curves(
@@ -152,7 +157,7 @@ def summary(study: Studies, *, uri: str | None = None) -> pd.DataFrame:
     """
     tracker = Tracker(uri)
     parts = [
-        summary_of(name, _read(name, tracker).runs, study_file(name, tracker))
+        summary_of(name, _read(name, tracker).runs, _spec(study, name, tracker))
         for name in _names(study)
     ]
     return pd.concat(parts, ignore_index=True)
@@ -173,18 +178,29 @@ def summary_of(study: str, frame: pd.DataFrame, spec: Any = None) -> pd.DataFram
             "ci95_low": stat.low,
             "ci95_high": stat.high,
         }
-        for row in aggregate.cell_rows(_unpruned(frame), spec)
+        for row in aggregate.cell_rows(_numbered(frame, spec), spec)
         for metric, stat in row.stats.items()
     ]
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS).astype({"n": int})
 
 
-def _unpruned(frame: pd.DataFrame) -> pd.DataFrame:
-    """The runs no search's pruner ended: a pruned trial's final metrics are an early
-    epoch's, which the report's numbers leave out (`suite.report.search.split_pruned`)."""
-    if PRUNED_TAG not in frame:
-        return frame
-    return frame[frame[PRUNED_TAG].isna()].reset_index(drop=True)
+def _numbered(frame: pd.DataFrame, spec: Any) -> pd.DataFrame:
+    """The runs the report's numbers may use: none a search's pruner ended (a pruned trial's
+    final metrics are an early epoch's, `suite.report.search.split_pruned`), none of an
+    adaptive search since changed (`suite.report.search.older_searches`)."""
+    keep = ~older_searches(spec, frame)
+    if PRUNED_TAG in frame:
+        keep &= frame[PRUNED_TAG].isna()
+    return frame[keep].reset_index(drop=True)
+
+
+def _spec(study: Studies, name: str, tracker: Tracker) -> Any:
+    """The study file of `name`: the one given (`suite.load`), else the report's."""
+    given = [study] if isinstance(study, str) or hasattr(study, "cells") else list(study)
+    for item in given:
+        if getattr(item, "name", None) == name and hasattr(item, "cells"):
+            return item
+    return study_file(name, tracker)
 
 
 def settings_of(params: dict[str, str]) -> dict[str, Any]:
@@ -220,9 +236,9 @@ def _value(text: str) -> Any:
         return text
 
 
-def _runs(name: str, tracker: Tracker) -> pd.DataFrame:
+def _runs(name: str, tracker: Tracker, spec: Any) -> pd.DataFrame:
     frame = _read(name, tracker).runs
-    counted = aggregate.finished_runs(_unpruned(frame))["run_id"]
+    counted = aggregate.finished_runs(_numbered(frame, spec))["run_id"]
     settings = pd.DataFrame([settings_of(p or {}) for p in frame["params"]], index=frame.index)
     out = frame.drop(columns=[c for c in HIDDEN if c in frame]).rename(
         columns={"failure_reason": "failure"}

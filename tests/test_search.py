@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_report import headline
 
 from suite.lifecycle import Silent
 from suite.names import FINISHED, PRUNED, SKIPPED
@@ -447,21 +448,32 @@ def test_the_report_and_the_summary_keep_an_older_search_and_pruned_trials_apart
     assert run_study(old, tracker, workers=1).ok
     study = load_study(write_study(search_text(trials=6)))
     assert run_study(study, tracker, workers=1).ok
+    records = tracker.runs(tracker.experiment_id("tpe", create=False) or "")
+    mine = {cell.hash for cell in study.cells}
+    older = {r.cell_hash for r in records} - mine
+    pruned = {r.run_id for r in records if "pruned" in r.tags}
+    assert len(older) == 3 and pruned, "the test shows nothing"
+
     paths = write_report("tpe", tracker, tmp_path / "report", study, log_to_mlflow=False)
     text = paths.markdown.read_text()
     assert "6 trials trained" in text, text[text.find("## Search") :][:400]
+    ranked = [row["cell"].split(" **")[0] for row in headline(text)]
+    unpruned = {r.cell_hash for r in records if r.run_id not in pruned}
+    assert len(ranked) == len(unpruned & mine), ranked
+    assert "(not in the study file)" not in text
+    assert "3 finished trials of an earlier search" in text
+    # the old search's report, from its own file, is the old search alone
+    again = write_report("tpe", tracker, tmp_path / "old", old, log_to_mlflow=False).markdown
+    ranked = [row["cell"].split(" **")[0] for row in headline(again.read_text())]
+    assert len(ranked) == len(unpruned & older), ranked
+    assert "finished trials of an earlier search" in again.read_text()
+
     summary = results.summary("tpe", uri=tracking_uri)
-    ranked = set(summary["cell_hash"])
-    mine = {cell.hash for cell in study.cells}
-    pruned = {
-        r.run_id
-        for r in tracker.runs(tracker.experiment_id("tpe", create=False) or "")
-        if "pruned" in r.tags
-    }
-    assert pruned, "nothing pruned: the test shows nothing"
+    assert set(summary["cell_hash"]) <= mine, set(summary["cell_hash"]) & older
     frame = results.runs("tpe", uri=tracking_uri)
     assert not frame[frame["run_id"].isin(pruned)]["counted"].any()
-    assert ranked <= set(frame[frame["counted"]]["cell_hash"]) & mine | (ranked - mine)
-    assert not ranked & {
-        r.cell_hash for r in tracker.runs(tracker.experiment_id("tpe") or "") if r.run_id in pruned
-    }
+    assert not frame[frame["cell_hash"].isin(older)]["counted"].any()
+    assert frame[frame["cell_hash"].isin(mine) & ~frame["run_id"].isin(pruned)]["counted"].all()
+    # a study given as loaded decides which search is its own
+    given = results.runs(old, uri=tracking_uri)
+    assert set(given[given["counted"]]["cell_hash"]) <= {c.hash for c in old.cells}

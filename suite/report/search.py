@@ -215,20 +215,28 @@ def importances(search: SearchSpec | None, trials: Sequence[Trial]) -> tuple[lis
 
 
 def _current(spec: Study | None, counted: pd.DataFrame) -> pd.DataFrame:
-    """The runs of the study's own searches: those of its slots' search ids, or, without the
-    study file (or none of its runs stored), each frame's latest search. Trials of a search
-    since changed (another space, sampler, pruner, seed) are kept apart, as `overfit run`
-    says."""
-    if SEARCH_ID_TAG not in counted or counted.empty:
-        return counted
+    """The runs of the study's own searches (see `older_searches`)."""
+    return counted[~older_searches(spec, counted)]
+
+
+def older_searches(spec: Study | None, runs: pd.DataFrame) -> pd.Series:
+    """Which of `runs` are trials of an adaptive search since changed (another space,
+    sampler, pruner, seed or data: another search id), as `overfit run` says; they are kept
+    out of the numbers. The study's own searches are those of its slots' search ids, or,
+    without the study file (or none of its runs stored), each frame's latest search. A run
+    that is no adaptive search's trial is never older."""
+    if SEARCH_ID_TAG not in runs or runs.empty:
+        return pd.Series(False, runs.index)
+    tagged = runs[SEARCH_ID_TAG].notna()
     ids = {c.slot.search_id for c in spec.cells if c.slot} if spec is not None else set()
-    mine = counted[SEARCH_ID_TAG].isin(ids)
-    if mine.any():
-        return counted[mine]
-    tagged = counted[counted[SEARCH_ID_TAG].notna()]
-    frames = tagged[SEARCH_FRAME_TAG].fillna("") if SEARCH_FRAME_TAG in tagged else ""
-    latest = tagged.assign(_frame=frames).sort_values("start_time").groupby("_frame").tail(1)
-    return counted[counted[SEARCH_ID_TAG].isin(set(latest[SEARCH_ID_TAG]))]
+    if not runs[SEARCH_ID_TAG].isin(ids).any():
+        found = runs[tagged]
+        frames = found[SEARCH_FRAME_TAG].fillna("") if SEARCH_FRAME_TAG in found else ""
+        if "study" in found:  # studies side by side: each its own
+            frames = found["study"].astype(str) + "/" + frames
+        latest = found.assign(_frame=frames).sort_values("start_time").groupby("_frame").tail(1)
+        ids = set(latest[SEARCH_ID_TAG])
+    return tagged & ~runs[SEARCH_ID_TAG].isin(ids)
 
 
 def _adaptive_trials(cells: Sequence[CellRow], counted: pd.DataFrame) -> list[Trial]:

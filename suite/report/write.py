@@ -115,8 +115,11 @@ def write_report(
     if ui_url is not None:
         check_ui_url(ui_url)  # before any work
     runs = side.runs if side is not None else load.load_runs(study, tracker)
-    every = aggregate.cell_rows(runs.runs, spec)
-    counted = aggregate.finished_runs(runs.runs)
+    # an adaptive search since changed: another search, whose trials are never mixed in
+    older = runs.runs[search.older_searches(spec, runs.runs)]
+    gone = set(older["cell_hash"])
+    every = [c for c in aggregate.cell_rows(runs.runs, spec) if c.cell_hash not in gone]
+    counted = aggregate.finished_runs(runs.runs[~runs.runs["run_id"].isin(older["run_id"])])
     # a search's pruned trials stopped at an early epoch: reported apart, never ranked
     used, pruned = search.split_pruned(counted)
     apart = set(pruned["cell_hash"]) - set(used["cell_hash"])
@@ -132,6 +135,8 @@ def write_report(
     ]
     if side is not None and len(pruned):
         notes.append(_pruned_apart(pruned))
+    if gone:
+        notes.append(_older_apart(older))
     baseline, comparisons = _compared(cells, used, table, settings, spec, notes)
     searched = search.section(spec, every, counted) if side is None else None
     kept_apart = [c for c in every if c.cell_hash in apart]
@@ -546,6 +551,17 @@ def _pruned_apart(pruned: pd.DataFrame) -> str:
     return (
         f"Pruned search trials are left out ({counts}): their final metrics are those of the "
         "epoch the pruner ended them at. The report of each study alone lists them."
+    )
+
+
+def _older_apart(older: pd.DataFrame) -> str:
+    """The runs of a search since changed, left out of everything but the runs list."""
+    finished = older[older["status"] == "FINISHED"]
+    return (
+        f"{len(finished)} finished trial{'s' if len(finished) != 1 else ''} of an earlier "
+        "search (its space, sampler, pruner, seed or data since changed) "
+        f"{'are' if len(finished) != 1 else 'is'} left out: another search is never mixed "
+        "with this one. They are still in the store and in the runs list below."
     )
 
 
