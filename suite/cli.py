@@ -16,6 +16,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything imports TensorFlow
 
 import re
+import shlex
 import sys
 import warnings
 from collections.abc import Iterator
@@ -222,6 +223,7 @@ def run(
         if only:
             spec = spec.select(spec.split_names(only))
         seed_list = parse_seeds(seeds) if seeds else None
+        runner.check_search_options(spec, seed_list, rerun)
         if not dry_run:
             runner.start_workers(spec, seed_list, workers, executor)
         try:
@@ -258,8 +260,11 @@ def run(
         + (f", {result.count('pruned')} pruned" if result.count("pruned") else "")
     )
     out.print(line if result.ok else f"[red]{line}[/]")
+    # the store named again when it was given here: the commands work as printed
+    store = f" --tracking-uri {shlex.quote(tracker.uri)}" if tracking_uri else ""
     display.plain(
-        f"tracking: {tracker.uri}   browse: overfit ui   report: overfit report {spec.name}"
+        f"tracking: {tracker.uri}   browse: overfit ui{store}   "
+        f"report: overfit report {shlex.quote(spec.name)}{store}"
     )
     if not result.ok:
         raise typer.Exit(1)

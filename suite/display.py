@@ -310,7 +310,7 @@ def search_table(result: StudyResult) -> Table:
             f"{final.get('stopped_epoch', run.key.cell.config.train.epochs):.0f}",
         )
     table.caption = (
-        f"{len(ranked)} trials finished, {len(pruned)} pruned "
+        f"{len(ranked)} trial{'s' if len(ranked) != 1 else ''} finished, {len(pruned)} pruned "
         f"({slot.spec.sampler}, pruner {slot.spec.pruner}); all of them: overfit report"
     )
     return table

@@ -213,6 +213,20 @@ def choose_executor(
     return LocalExecutor()
 
 
+def check_search_options(study: Study, seeds: tuple[int, ...] | None, rerun: bool) -> None:
+    """`--rerun` and `--seeds` against an adaptive search (`OptionError`), before any work."""
+    searched = any(cell.slot is not None for cell in study.cells)
+    if searched and rerun:
+        raise OptionError(
+            "--rerun: an adaptive search asks each trial from the ones before it, so its "
+            "trials cannot be trained again alone; change search.seed for a new search"
+        )
+    if searched and seeds is not None and len(seeds) != 1:
+        raise OptionError(
+            f"--seeds: an adaptive search trains each trial with one seed, got {len(seeds)}"
+        )
+
+
 def run_study(
     study: Study,
     tracker: Tracker,
@@ -243,16 +257,8 @@ def run_study(
         OptionError: executor options that do not go together (see `check_executor`).
     """
     check_executor(executor, workers, tracker.uri, ray_address, cpus_per_run)
+    check_search_options(study, seeds, rerun)
     searched = any(cell.slot is not None for cell in study.cells)
-    if searched and rerun:
-        raise OptionError(
-            "--rerun: an adaptive search asks each trial from the ones before it, so its "
-            "trials cannot be trained again alone; change search.seed for a new search"
-        )
-    if searched and seeds is not None and len(seeds) != 1:
-        raise OptionError(
-            f"--seeds: an adaptive search trains each trial with one seed, got {len(seeds)}"
-        )
     observer = observer or Silent()
     todo, finished = plan(study, tracker, seeds, rerun)
     chosen = choose_executor(executor, workers, len(todo), ray_address, cpus_per_run)

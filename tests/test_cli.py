@@ -218,6 +218,10 @@ def test_sigint_then_rerun_completes_with_one_finished_run_each(
 
     done = overfit("run", str(study), "--tracking-uri", tracking_uri, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+    # the commands it prints name the store it was given: they work as printed, anywhere
+    said = " ".join(done.stdout.split())
+    assert f"report: overfit report tiny --tracking-uri {tracking_uri}" in said, done.stdout
+    assert f"browse: overfit ui --tracking-uri {tracking_uri}" in said
     after = tracker.runs(experiment_id)
     finished_keys = [(r.cell_hash, r.seed) for r in after if r.status == "FINISHED"]
     assert len(finished_keys) == len(set(finished_keys)) == 4

@@ -677,6 +677,31 @@ def test_the_finding_without_a_clear_cure_or_a_baseline() -> None:
     assert summarise([dead], dead, []).answer.startswith("No cell learns")
 
 
+def test_a_study_ranked_by_validation_accuracy_leads_with_the_cell_it_chooses() -> None:
+    from suite.report.aggregate import CellRow
+    from suite.report.finding import CHOSEN_BY, summarise
+
+    def row(name: str, val: float, test: float, gap: float) -> CellRow:
+        stats = {
+            CHOSEN_BY: Stat.of([val]),
+            "final_test_accuracy": Stat.of([test]),
+            "final_gap": Stat.of([gap]),
+        }
+        return CellRow(name, name, 0, name, True, False, 1, 1, 0, 0, stats, chance=0.1)
+
+    # the validation set chooses b; a is better on the test set, which must not choose
+    a, b = row("a", 0.78, 0.81, 0.2), row("b", 0.82, 0.79, 0.18)
+    assert summarise([b, a], None, [], CHOSEN_BY).answer == (
+        "Chosen by validation accuracy: b (0.820), final test accuracy 0.790. By the test "
+        "set, which chooses nothing here: a has the highest final test accuracy (0.810) and "
+        "b the smallest gap among cells within 0.05 of it (0.180, test accuracy 0.790)."
+    )
+    # ranked by the test set, or without validation accuracies: as before
+    assert summarise([b, a], None, []).answer.startswith("a has the highest final test")
+    plain = row("p", math.nan, 0.8, 0.1)
+    assert summarise([plain], None, [], CHOSEN_BY).answer.startswith("p has the highest")
+
+
 def ciede2000(rgb1: tuple[float, ...], rgb2: tuple[float, ...]) -> float:
     """CIEDE2000 colour difference of two sRGB colours (0-1), D65 white."""
 

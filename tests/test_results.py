@@ -157,9 +157,12 @@ def test_bad_input_is_one_line(report_store: ReportStore, tmp_path: Path) -> Non
             call()
         assert message in str(caught.value) and "\n" not in str(caught.value)
     assert not (tmp_path / "none.db").exists()  # asking did not create a store
-    MlflowClient(uri).create_experiment("empty-study")
+    # an empty study, in a copy: the module's store is shared with other tests
+    copy = tmp_path / "copy.db"
+    shutil.copyfile(uri.removeprefix("sqlite:///"), copy)
+    MlflowClient(f"sqlite:///{copy}").create_experiment("empty-study")
     with pytest.raises(ResultsError, match="study 'empty-study' has no runs"):
-        results.runs("empty-study", uri=uri)
+        results.runs("empty-study", uri=f"sqlite:///{copy}")
 
 
 def test_settings_are_typed_back_from_logged_params() -> None:

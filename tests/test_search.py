@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -435,6 +437,28 @@ def test_rerun_and_a_pruner_that_never_asks_are_refused(
     short = search_text(pruner="median")  # 9 epochs: the median pruner asks every 10
     with pytest.raises(SpecError, match=r"search.pruner: median: train.epochs 9 leaves no epoch"):
         load_study(write_study(short))
+
+
+def test_the_command_refuses_rerun_and_seeds_before_any_work(
+    write_study: Callable[..., Path], tmp_path: Path
+) -> None:
+    """One line on stderr, nothing on stdout, no store, no traceback (the workers started
+    beside the checks are gone cleanly)."""
+    study = write_study(search_text(trials=2))
+    env = {**os.environ, "SUITE_OFFLINE": "1"}
+    for option, said in (
+        (["--rerun"], "error: --rerun: an adaptive search asks each trial"),
+        (["--seeds", "0,1"], "error: --seeds: an adaptive search trains each trial with one"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "suite", "run", str(study), *option,
+             "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--workers", "2"],
+            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
+        )  # fmt: skip
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert done.returncode == 2 and len(errors) == 1 and errors[0].startswith(said), done
+        assert done.stdout == "" and "Traceback" not in done.stderr, done
+        assert not (tmp_path / "m.db").exists()
 
 
 def test_the_report_and_the_summary_keep_an_older_search_and_pruned_trials_apart(

@@ -158,11 +158,16 @@ class Workers:
         """End the workers now, mid-import or idle: waiting would take seconds, for nothing.
         No run is in progress: nothing to mark KILLED."""
         mine = self.processes()
+        manager = getattr(self.executor, "_executor_manager_thread", None)
         self.executor.shutdown(wait=False, cancel_futures=True)
         for process in mine:
             process.kill()
         for process in mine:
             process.join(timeout=5)
+        # the pool's manager thread closes its wake-up pipe as it ends: left running, it
+        # races the interpreter's exit, which writes to that pipe ("Bad file descriptor")
+        if manager is not None:
+            manager.join(timeout=5)
 
     def close(self, wait: bool) -> None:
         """Shut the pool down; with `wait`, until its workers have exited, within

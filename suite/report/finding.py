@@ -46,10 +46,19 @@ class Finding:
         return [self.answer, *self.details]
 
 
+# a study that ranks by this chooses by its validation set: its finding leads with that
+CHOSEN_BY = "final_val_accuracy"
+
+
 def summarise(
-    cells: Sequence[CellRow], baseline: CellRow | None, comparisons: Sequence[Comparison]
+    cells: Sequence[CellRow],
+    baseline: CellRow | None,
+    comparisons: Sequence[Comparison],
+    sort: str | None = None,
 ) -> Finding:
-    """The finding of a study: its cells (table order), its baseline and the comparisons."""
+    """The finding of a study: its cells (table order), its baseline and the comparisons;
+    `sort`, the table's order (`CHOSEN_BY`: without a baseline, the finding names the cell
+    the validation set chooses first, as a search does, and its test accuracy)."""
     dead = [c for c in cells if c.done and not c.learns]
     if not any(c.done and c.learns for c in cells):
         return Finding(
@@ -58,7 +67,18 @@ def summarise(
             _dead(dead),
         )
     if baseline is None or not comparisons:
-        return _by_means(cells, dead)
+        found = _by_means(cells, dead)
+        chosen = best(cells, CHOSEN_BY) if sort == CHOSEN_BY else None
+        if chosen is None:
+            return found
+        held_out = chosen.stats.get("final_test_accuracy")
+        return Finding(
+            f"Chosen by validation accuracy: {chosen.label} "
+            f"({chosen.stats[CHOSEN_BY].mean:.3f})"
+            + (f", final test accuracy {held_out.mean:.3f}" if held_out is not None else "")
+            + f". By the test set, which chooses nothing here: {found.answer}",
+            found.details,
+        )
     if not baseline.learns:
         head = _by_means(cells, [c for c in dead if c is not baseline])
         test = baseline.stats["final_test_accuracy"].mean

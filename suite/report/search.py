@@ -343,7 +343,8 @@ def _note(
     ran = (
         f"The trials ran up to {at_once} at a time"
         if at_once > 1
-        else "The trials ran one at a time"
+        else "The trials ran one at a time, so this search is reproducible (run again one at "
+        "a time on a new store, it trains the same trials)"
     )
     each = "while each trial is (the same point and seed train the same run)"
     if sampler == "random":

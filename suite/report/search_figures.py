@@ -21,6 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from suite.report.aggregate import LOWER_IS_BETTER
 from suite.report.colours import colours
@@ -150,6 +151,7 @@ def best_so_far(
             mine = progress[progress["frame"] == frame]
             for ax, x in zip(axes, ("number", "cumulative"), strict=True):
                 _progress(ax, mine, x, colour)
+        axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are whole
         axes[0].set_xlabel(f"trial ({order})")
         axes[1].set_xlabel("epochs trained by all trials so far")
         axes[0].set_ylabel(label)

@@ -312,7 +312,7 @@ def _context(
         if side
         else provenance(runs, numbers.used, spec, len(numbers.pruned)),
         notes=notes,
-        finding=finding.summarise(table, baseline, comparisons),
+        finding=finding.summarise(table, baseline, comparisons, settings.sort),
         study_notice=(
             None if spec is not None or side else _capitalised(missing_notice(study, tagged))
         ),
