@@ -311,7 +311,7 @@ def search_table(result: StudyResult) -> Table:
         )
     table.caption = (
         f"{len(ranked)} trial{'s' if len(ranked) != 1 else ''} finished, {len(pruned)} pruned "
-        f"({slot.spec.sampler}, pruner {slot.spec.pruner}); all of them: overfit report"
+        f"({slot.spec.sampler}, pruner {slot.spec.pruner}); all: the report"
     )
     return table
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -486,6 +487,9 @@ def test_the_report_and_the_summary_keep_an_older_search_and_pruned_trials_apart
     assert len(ranked) == len(unpruned & mine), ranked
     assert "(not in the study file)" not in text
     assert "3 finished trials of an earlier search" in text
+    assert text.count("FINISHED (an earlier search)") == 3  # the runs list still has them
+    # named as the file names them: no hash told the two searches' trial_000s apart
+    assert not [row for row in headline(text) if re.search(r"\([0-9a-f]{6}\)", row["cell"])]
     # the old search's report, from its own file, is the old search alone
     again = write_report("tpe", tracker, tmp_path / "old", old, log_to_mlflow=False).markdown
     ranked = [row["cell"].split(" **")[0] for row in headline(again.read_text())]

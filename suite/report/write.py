@@ -116,10 +116,11 @@ def write_report(
         check_ui_url(ui_url)  # before any work
     runs = side.runs if side is not None else load.load_runs(study, tracker)
     # an adaptive search since changed: another search, whose trials are never mixed in
-    older = runs.runs[search.older_searches(spec, runs.runs)]
+    is_older = search.older_searches(spec, runs.runs)
+    older, current = runs.runs[is_older], runs.runs[~is_older]
     gone = set(older["cell_hash"])
-    every = [c for c in aggregate.cell_rows(runs.runs, spec) if c.cell_hash not in gone]
-    counted = aggregate.finished_runs(runs.runs[~runs.runs["run_id"].isin(older["run_id"])])
+    every = aggregate.cell_rows(current, spec)  # named without the older search's cells
+    counted = aggregate.finished_runs(current)
     # a search's pruned trials stopped at an early epoch: reported apart, never ranked
     used, pruned = search.split_pruned(counted)
     apart = set(pruned["cell_hash"]) - set(used["cell_hash"])
@@ -288,6 +289,11 @@ def _context(
     eid = runs.experiment_id
     # a search trial's asked point: its counted run's first
     known = pd.concat([numbers.used, numbers.pruned, runs.runs], ignore_index=True)
+    # the runs list has every run; an earlier search's say so (their trials share names)
+    older = search.older_searches(spec, runs.runs)
+    listed = runs.runs.assign(
+        status=runs.runs["status"].where(~older, runs.runs["status"] + " (an earlier search)")
+    )
     return render.Context(
         study=study,
         description=(spec.description.strip() if spec else ""),
@@ -303,11 +309,9 @@ def _context(
         references=aggregate.reference_checks(table),
         figures=shown,
         failed=links.run_links(
-            aggregate.failed_runs(runs.runs).sort_values(["cell", "seed"]), labels, ui, eid
+            aggregate.failed_runs(listed[~older]).sort_values(["cell", "seed"]), labels, ui, eid
         ),
-        runs=links.run_links(
-            runs.runs.sort_values(["cell", "seed", "start_time"]), labels, ui, eid
-        ),
+        runs=links.run_links(listed.sort_values(["cell", "seed", "start_time"]), labels, ui, eid),
         provenance=side.provenance
         if side
         else provenance(runs, numbers.used, spec, len(numbers.pruned)),
