@@ -164,8 +164,7 @@ class Workers:
             process.kill()
         for process in mine:
             process.join(timeout=5)
-        # the pool's manager thread closes its wake-up pipe as it ends: left running, it
-        # races the interpreter's exit, which writes to that pipe ("Bad file descriptor")
+        _unwatched(manager)
         if manager is not None:
             manager.join(timeout=5)
 
@@ -179,6 +178,7 @@ class Workers:
         mine = self.processes()
         manager = getattr(self.executor, "_executor_manager_thread", None)
         self.executor.shutdown(wait=False, cancel_futures=True)
+        _unwatched(manager)
         if not wait:
             return
         deadline = time.monotonic() + CLOSE_SECONDS
@@ -190,6 +190,19 @@ class Workers:
                 process.join(timeout=5)
         if manager is not None:
             manager.join(timeout=5)
+
+
+def _unwatched(manager: threading.Thread | None) -> None:
+    """A shut-down pool's manager thread, taken off the interpreter's exit hook: the thread
+    closes its wake-up pipe as it ends, and the hook (`concurrent.futures.process`'s
+    `_python_exit`) writes to that pipe unlocked, so an exit while the thread ends printed
+    an ignored `OSError: Bad file descriptor` traceback. The thread still ends on its own
+    (shutdown woke it), and the interpreter still joins it."""
+    from concurrent.futures import process
+
+    watched = getattr(process, "_threads_wakeups", None)
+    if manager is not None and watched is not None:
+        watched.pop(manager, None)
 
 
 _warm: Workers | None = None
