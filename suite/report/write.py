@@ -141,7 +141,9 @@ def write_report(
     baseline, comparisons = _compared(cells, used, table, settings, spec, notes)
     searched = search.section(spec, every, counted) if side is None else None
     kept_apart = [c for c in every if c.cell_hash in apart]
-    numbers = _Numbers(runs, cells, table, used, baseline, comparisons, pruned, kept_apart)
+    numbers = _Numbers(
+        runs, cells, table, used, baseline, comparisons, pruned, kept_apart, is_older
+    )
 
     folder = Path(out) if out is not None else Path("reports") / study
     folder.mkdir(parents=True, exist_ok=True)
@@ -180,6 +182,7 @@ class _Numbers:
     comparisons: list[aggregate.Comparison]  # each cell against the baseline
     pruned: pd.DataFrame  # a search's pruned trials' runs, kept out of `used`
     pruned_cells: list[aggregate.CellRow]  # their cells, kept out of `cells`
+    older: pd.Series  # per run of `runs`: a trial of an adaptive search since changed
 
 
 def _compared(
@@ -290,7 +293,7 @@ def _context(
     # a search trial's asked point: its counted run's first
     known = pd.concat([numbers.used, numbers.pruned, runs.runs], ignore_index=True)
     # the runs list has every run; an earlier search's say so (their trials share names)
-    older = search.older_searches(spec, runs.runs)
+    older = numbers.older
     listed = runs.runs.assign(
         status=runs.runs["status"].where(~older, runs.runs["status"] + " (an earlier search)")
     )
